@@ -1,0 +1,1 @@
+"""Real-time market quotes over websockets, fed by Redis pub/sub."""

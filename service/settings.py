@@ -1,0 +1,87 @@
+"""Configuration, in one place, from environment variables, checked at start.
+
+Every knob the service and the publisher read is here with its default, so the README's
+table and the code cannot drift apart; a bad value stops the process with a message that
+names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A bad environment variable; the message names it and says what is allowed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # Where the feed comes from. None: the embedded broker with the simulated market.
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Redis names shared by the publisher and the service (PROTOCOL.md, "Redis").
+    redis_channel: str = "quotes"
+    redis_latest_key: str = "quotes:latest"
+    redis_seq_key: str = "quotes:seq"
+    # Limits announced in `welcome`.
+    heartbeat_s: float = 15.0
+    max_symbols: int = 500
+    max_client_msgs_per_s: int = 20
+    max_frame_bytes: int = 4096
+    # Frames above this are refused by the websocket layer itself with close 1009;
+    # between max_frame_bytes and this, the client gets a `frame_too_large` error.
+    ws_max_size: int = 65536
+    # A send that does not finish in this time means a dead or stalled peer.
+    send_timeout_s: float = 5.0
+    # Back-off between Redis reconnect attempts.
+    redis_retry_max_s: float = 5.0
+    # Simulated market.
+    sim_rate: float = 20.0
+    sim_band_pct: float = 10.0
+    sim_band_min: float = 1.0
+    sim_seed: int | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _convert(f.name, f.default, raw)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        positive = ("heartbeat_s", "max_symbols", "max_client_msgs_per_s", "max_frame_bytes",
+                    "ws_max_size", "send_timeout_s", "redis_retry_max_s", "sim_rate")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.upper()} must be positive, got {getattr(self, name)}")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"PORT must be 1-65535, got {self.port}")
+        if self.ws_max_size < self.max_frame_bytes:
+            raise ConfigError("WS_MAX_SIZE must be at least MAX_FRAME_BYTES")
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, "
+                              f"got {self.redis_url!r}")
+
+
+def _convert(name: str, default: Any, raw: str) -> Any:
+    kind = type(default)
+    try:
+        if kind is int or (default is None and name.endswith("seed")):
+            return int(raw)
+        if kind is float:
+            return float(raw)
+    except ValueError:
+        expected = "an integer" if kind is int or default is None else "a number"
+        raise ConfigError(f"{name.upper()} must be {expected}, got {raw!r}") from None
+    return raw
