@@ -1,0 +1,144 @@
+"""The Starlette application: the websocket endpoint, the page, health, and the feed task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import AsyncIterator, Protocol
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
+
+from .connection import Connection
+from .hub import Hub
+from .protocol import CLOSE_GOING_AWAY
+from .settings import Settings
+
+log = logging.getLogger("service.app")
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+class Feed(Protocol):
+    async def run(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class QuoteService:
+    """What the routes share: the hub, the live connections, and the feed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.hub = Hub(settings.max_symbols)
+        self.connections: set[Connection] = set()
+        self.feed: Feed = self._make_feed()
+        self._feed_task: asyncio.Task[None] | None = None
+
+    def _make_feed(self) -> Feed:
+        if self.settings.redis_url:
+            from .redis_feed import RedisFeed
+
+            return RedisFeed(self.settings, self.hub)
+        from .embedded_feed import EmbeddedFeed
+
+        return EmbeddedFeed(self.settings, self.hub)
+
+    async def start(self) -> None:
+        self._feed_task = asyncio.create_task(self._run_feed(), name="feed")
+
+    async def _run_feed(self) -> None:
+        try:
+            await self.feed.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the feed task failed")
+            self.hub.set_feed("stale")
+            raise
+
+    async def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down",
+                        timeout: float = 3.0) -> None:
+        """Close every client with `code` before the server drops the sockets."""
+        connections = list(self.connections)
+        for connection in connections:
+            connection.close(code, reason)
+        if connections:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await asyncio.gather(*(c.finished.wait() for c in connections))
+
+    async def stop(self) -> None:
+        await self.close_all()
+        if self._feed_task is not None:
+            self._feed_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._feed_task
+        await self.feed.aclose()
+
+    async def websocket(self, websocket: WebSocket) -> None:
+        connection = Connection(websocket, self.hub, self.settings)
+        self.connections.add(connection)
+        try:
+            await connection.serve()
+        finally:
+            self.connections.discard(connection)
+
+
+def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR) -> Starlette:
+    settings = settings or Settings.from_env()
+    service = QuoteService(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    async def index(request: Request) -> Response:
+        return FileResponse(web_dir / "index.html", media_type="text/html; charset=utf-8")
+
+    async def widget(request: Request) -> Response:
+        return FileResponse(
+            web_dir / "widget.js",
+            media_type="text/javascript; charset=utf-8",
+            headers={"Access-Control-Allow-Origin": "*"},
+        )
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(request: Request) -> Response:
+        ready = service.hub.feed == "live"
+        return JSONResponse(
+            {"feed": service.hub.feed, "symbols": len(service.hub.board),
+             "connections": len(service.connections)},
+            status_code=200 if ready else 503,
+        )
+
+    async def ws_plain_get(request: Request) -> Response:
+        return PlainTextResponse("this is a websocket endpoint: connect with ws://", 426,
+                                 headers={"Upgrade": "websocket"})
+
+    app = Starlette(
+        routes=[
+            Route("/", index),
+            Route("/widget.js", widget),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            WebSocketRoute("/ws", service.websocket),
+            Route("/ws", ws_plain_get),
+            Mount("/static", StaticFiles(directory=web_dir, check_dir=False), name="static"),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    return app

@@ -1,0 +1,172 @@
+"""One websocket client: a reader loop for commands and a sender task for the outbox.
+
+Starlette locks nothing, so each connection has exactly one reader and one writer
+(FIELD-NOTES). The reader must always run: it is what reads pongs and notices a peer
+that left. The writer only ever sends what the outbox coalesced, under a timeout, so one
+stalled peer cannot hold anything but its own task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from . import protocol
+from .hub import Hub
+from .outbox import Outbox
+from .protocol import (
+    BAD_REQUEST,
+    FRAME_TOO_LARGE,
+    RATE_LIMITED,
+    Ping,
+    ProtocolError,
+    RateLimiter,
+    Subscribe,
+)
+from .quote import now_ms
+from .settings import Settings
+
+log = logging.getLogger("service.connection")
+
+
+class Connection:
+    def __init__(self, websocket: WebSocket, hub: Hub, settings: Settings) -> None:
+        self.websocket = websocket
+        self.hub = hub
+        self.settings = settings
+        self.outbox = Outbox()
+        self.limiter = RateLimiter(settings.max_client_msgs_per_s)
+        self.closing: tuple[int, str] | None = None
+        self._pending = asyncio.Event()
+        self.finished = asyncio.Event()
+        client = websocket.client
+        self.peer = f"{client.host}:{client.port}" if client else "?"
+
+    # Subscriber
+
+    def wake(self) -> None:
+        self._pending.set()
+
+    def overflow(self, reason: str) -> None:
+        self.close(protocol.CLOSE_SLOW_CONSUMER, "slow consumer")
+        log.warning("closing %s as a slow consumer: %s", self.peer, reason)
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask the sender to close after what is already queued; the first reason wins."""
+        if self.closing is None:
+            self.closing = (code, reason)
+            self._pending.set()
+
+    # Lifetime
+
+    async def serve(self) -> None:
+        settings = self.settings
+        await self.websocket.accept()
+        self.hub.add(self)
+        try:
+            self.outbox.put_control(protocol.welcome(
+                heartbeat_s=settings.heartbeat_s,
+                max_symbols=settings.max_symbols,
+                max_client_msgs_per_s=settings.max_client_msgs_per_s,
+                max_frame_bytes=settings.max_frame_bytes,
+            ))
+            self.hub.greet(self)
+            self._subscribe_from_query()
+            sender = asyncio.create_task(self._send_loop())
+            reader = asyncio.create_task(self._read_loop())
+            try:
+                await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                reader.cancel()
+                if not sender.done() and self.closing is None:
+                    sender.cancel()
+                await asyncio.gather(sender, reader, return_exceptions=True)
+        finally:
+            self.hub.remove(self)
+            self.finished.set()
+
+    def _subscribe_from_query(self) -> None:
+        raw = self.websocket.query_params.get("symbols")
+        if raw is None:
+            return
+        try:
+            symbols = protocol.parse_query_symbols(raw, self.settings.max_symbols)
+            if symbols is not None:
+                self.hub.subscribe(self, None, symbols)
+        except ProtocolError as exc:
+            self.outbox.put_control(exc.frame())
+
+    async def _read_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        while self.closing is None:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            verdict = self.limiter.check(loop.time())
+            if verdict == "close":
+                self.close(protocol.CLOSE_RATE_LIMITED, "message flood")
+                log.warning("closing %s: message flood", self.peer)
+                return
+            try:
+                if verdict == "limited":
+                    raise ProtocolError(
+                        RATE_LIMITED, f"at most {settings.max_client_msgs_per_s} messages/s"
+                    )
+                text = message.get("text")
+                if text is None:
+                    raise ProtocolError(BAD_REQUEST, "binary frames are not accepted; send JSON text")
+                if len(text) > settings.max_frame_bytes and (
+                    len(text.encode()) > settings.max_frame_bytes
+                ):
+                    raise ProtocolError(
+                        FRAME_TOO_LARGE, f"frames are limited to {settings.max_frame_bytes} bytes"
+                    )
+                self._handle(protocol.parse_command(text, max_symbols=settings.max_symbols))
+            except ProtocolError as exc:
+                self.hub.stats[f"error_{exc.code}"] += 1
+                self._reply(exc.frame())
+
+    def _handle(self, command: protocol.Command) -> None:
+        if isinstance(command, Ping):
+            self._reply(protocol.pong(command.id, now_ms()))
+        elif isinstance(command, Subscribe):
+            self.hub.subscribe(self, command.id, command.symbols)
+        else:
+            self.hub.unsubscribe(self, command.id, command.symbols)
+
+    def _reply(self, frame: str) -> None:
+        self.hub.queue_frame(self, frame)
+
+    async def _send_loop(self) -> None:
+        websocket = self.websocket
+        outbox = self.outbox
+        pending = self._pending
+        heartbeat_s = self.settings.heartbeat_s
+        timeout = self.settings.send_timeout_s
+        try:
+            while True:
+                if not outbox and self.closing is None:
+                    pending.clear()
+                    try:
+                        async with asyncio.timeout(heartbeat_s):
+                            await pending.wait()
+                    except TimeoutError:
+                        outbox.put_control(protocol.heartbeat(now_ms()))
+                frames = outbox.take()
+                if frames:
+                    async with asyncio.timeout(timeout):
+                        for frame in frames:
+                            await websocket.send_text(frame)
+                if self.closing is not None and not outbox:
+                    code, reason = self.closing
+                    async with asyncio.timeout(timeout):
+                        await websocket.close(code, reason)
+                    return
+        except TimeoutError:
+            log.warning("closing %s: a send took over %ss", self.peer, timeout)
+            self.closing = (protocol.CLOSE_SLOW_CONSUMER, "send timeout")
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return

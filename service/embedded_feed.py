@@ -1,0 +1,46 @@
+"""The embedded default: the simulated market in this process, no Redis needed.
+
+It keeps Redis's contract (a seq per symbol assigned at publish, the latest state kept
+for snapshots) so the demo behaves exactly like the real pipeline.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .hub import Hub
+from .quote import Quote
+from .settings import Settings
+
+
+class MemoryBroker:
+    """A publisher sink that hands quotes straight to the hub."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.seq: dict[str, int] = {}
+
+    async def publish(self, quotes: Sequence[Quote]) -> list[Quote]:
+        stamped = []
+        for quote in quotes:
+            seq = self.seq.get(quote.symbol, 0) + 1
+            self.seq[quote.symbol] = seq
+            stamped.append(quote.with_seq(seq))
+        self.hub.publish(stamped)
+        return stamped
+
+
+class EmbeddedFeed:
+    def __init__(self, settings: Settings, hub: Hub) -> None:
+        self.settings = settings
+        self.hub = hub
+
+    async def run(self) -> None:
+        from publisher.simulate import market_from_settings, run_simulation
+
+        self.hub.set_feed("live")
+        await run_simulation(MemoryBroker(self.hub), market_from_settings(self.settings),
+                             self.settings.sim_rate)
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,214 @@
+"""The wire protocol, sans I/O: client commands in, server frames out (PROTOCOL.md).
+
+Nothing here touches a socket, so every rule is tested with plain function calls, and the
+connection handler stays a thin loop around it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal
+
+import orjson
+
+from .quote import QuoteError, normalize_symbol
+
+PROTOCOL_VERSION = 1
+
+# Error codes (the `code` of an `error` frame).
+BAD_JSON = "bad_json"
+BAD_REQUEST = "bad_request"
+UNKNOWN_OP = "unknown_op"
+TOO_MANY_SYMBOLS = "too_many_symbols"
+RATE_LIMITED = "rate_limited"
+FRAME_TOO_LARGE = "frame_too_large"
+INTERNAL = "internal"
+
+# Close codes.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_LARGE = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013
+CLOSE_SLOW_CONSUMER = 4008
+CLOSE_RATE_LIMITED = 4029
+
+MAX_ID_LENGTH = 64
+ALL: Literal["*"] = "*"
+
+Id = int | str | None
+Symbols = frozenset[str] | Literal["*"]
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    id: Id
+    symbols: Symbols
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    id: Id
+    symbols: Symbols
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    id: Id
+
+
+Command = Subscribe | Unsubscribe | Ping
+
+
+class ProtocolError(Exception):
+    """A client message the server answers with an `error` frame; the connection survives."""
+
+    def __init__(self, code: str, message: str, id: Id = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.id = id
+
+    def frame(self) -> str:
+        return error(self.code, self.message, self.id)
+
+
+def parse_symbols(value: object, max_symbols: int, id: Id = None) -> Symbols:
+    """`"*"` or a list of symbols, upper-cased and de-duplicated; shared by the query string."""
+    if value == ALL:
+        return ALL
+    if not isinstance(value, list):
+        raise ProtocolError(BAD_REQUEST, 'symbols must be a list or "*"', id)
+    if len(value) > max_symbols:
+        raise ProtocolError(
+            TOO_MANY_SYMBOLS, f"at most {max_symbols} symbols per connection, got {len(value)}", id
+        )
+    try:
+        return frozenset(normalize_symbol(s) for s in value)
+    except QuoteError as exc:
+        raise ProtocolError(BAD_REQUEST, str(exc), id) from None
+
+
+def parse_query_symbols(raw: str, max_symbols: int) -> Symbols | None:
+    """The `?symbols=OGDC,PPL` (or `*`) of the websocket URL."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    if raw == ALL:
+        return ALL
+    return parse_symbols([s.strip() for s in raw.split(",") if s.strip()], max_symbols)
+
+
+def _parse_id(message: dict[str, Any]) -> Id:
+    id = message.get("id")
+    if id is None:
+        return None
+    if isinstance(id, bool) or not isinstance(id, (int, str)):
+        raise ProtocolError(BAD_REQUEST, "id must be an integer or a string")
+    if isinstance(id, str) and len(id) > MAX_ID_LENGTH:
+        raise ProtocolError(BAD_REQUEST, f"id must be at most {MAX_ID_LENGTH} characters")
+    if isinstance(id, int) and not -(2**53) < id < 2**53:
+        raise ProtocolError(BAD_REQUEST, "id must fit in a JSON-safe integer")
+    return id
+
+
+def parse_command(text: str | bytes, *, max_symbols: int) -> Command:
+    """Decode one client frame into a command, or raise ProtocolError saying what is wrong."""
+    try:
+        message = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise ProtocolError(BAD_JSON, "frame is not valid JSON") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(BAD_REQUEST, "a message must be a JSON object")
+    id = _parse_id(message)
+    op = message.get("op")
+    if op is None:
+        raise ProtocolError(BAD_REQUEST, 'missing "op"', id)
+    if op == "ping":
+        return Ping(id)
+    if op in ("subscribe", "unsubscribe"):
+        if "symbols" not in message:
+            raise ProtocolError(BAD_REQUEST, 'missing "symbols"', id)
+        symbols = parse_symbols(message["symbols"], max_symbols, id)
+        return Subscribe(id, symbols) if op == "subscribe" else Unsubscribe(id, symbols)
+    shown = op if isinstance(op, str) and len(op) <= 32 else type(op).__name__
+    raise ProtocolError(UNKNOWN_OP, f"unknown op {shown!r}; use subscribe, unsubscribe or ping", id)
+
+
+# Server frames. Built as text once; quotes arrive already serialised (see Hub).
+
+
+def _dumps(frame: dict[str, Any]) -> str:
+    return orjson.dumps(frame).decode()
+
+
+def welcome(*, heartbeat_s: float, max_symbols: int, max_client_msgs_per_s: int,
+            max_frame_bytes: int) -> str:
+    return _dumps({
+        "type": "welcome",
+        "protocol": PROTOCOL_VERSION,
+        "heartbeat_s": int(heartbeat_s) if float(heartbeat_s).is_integer() else heartbeat_s,
+        "limits": {
+            "max_symbols": max_symbols,
+            "max_client_msgs_per_s": max_client_msgs_per_s,
+            "max_frame_bytes": max_frame_bytes,
+        },
+    })
+
+
+def ack(id: Id, op: str, symbols: Iterable[str], unknown: Iterable[str], *, all: bool) -> str:
+    """`symbols` is the whole set after the operation. With a `*` subscription it lists every
+    symbol the feed has now, and `all: true` says that later ones will come too."""
+    frame: dict[str, Any] = {"type": "ack", "id": id, "op": op, "symbols": sorted(symbols),
+                             "unknown": sorted(unknown)}
+    if all:
+        frame["all"] = True
+    return _dumps(frame)
+
+
+def quotes_frame(kind: Literal["snapshot", "quotes"], quote_jsons: Iterable[str]) -> str:
+    """Splice pre-serialised quotes into a frame without decoding them again."""
+    return '{"type":"' + kind + '","quotes":[' + ",".join(quote_jsons) + "]}"
+
+
+def pong(id: Id, ts: int) -> str:
+    return _dumps({"type": "pong", "id": id, "ts": ts})
+
+
+def status(feed: Literal["live", "stale"], ts: int) -> str:
+    return _dumps({"type": "status", "feed": feed, "ts": ts})
+
+
+def heartbeat(ts: int) -> str:
+    return _dumps({"type": "heartbeat", "ts": ts})
+
+
+def error(code: str, message: str, id: Id = None) -> str:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if id is not None:
+        frame["id"] = id
+    return _dumps(frame)
+
+
+class RateLimiter:
+    """Token bucket on client messages. Past the rate a message is refused with
+    `rate_limited`; a client that keeps sending after a full second's worth of refusals
+    is flooding and gets close 4029."""
+
+    def __init__(self, per_second: int) -> None:
+        self.rate = float(per_second)
+        self.tokens = float(per_second)
+        self.refused = 0.0
+        self.last = 0.0
+
+    def check(self, now: float) -> Literal["ok", "limited", "close"]:
+        elapsed = max(0.0, now - self.last)
+        self.last = now
+        self.tokens = min(self.rate, self.tokens + elapsed * self.rate)
+        self.refused = max(0.0, self.refused - elapsed * self.rate)
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return "ok"
+        self.refused += 1
+        return "close" if self.refused > self.rate else "limited"

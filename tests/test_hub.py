@@ -1,0 +1,178 @@
+"""Fan-out, subscriptions and conflation in the hub and the outbox, without sockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from service.hub import Hub
+from service.outbox import Outbox
+from service.protocol import ALL, ProtocolError
+from service.quote import Quote
+
+
+class Recorder:
+    """A subscriber that only keeps what it was given."""
+
+    def __init__(self, max_control: int = 64) -> None:
+        self.outbox = Outbox(max_control)
+        self.wakes = 0
+        self.overflowed: str | None = None
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+    def overflow(self, reason: str) -> None:
+        self.overflowed = reason
+
+    def frames(self) -> list[dict[str, Any]]:
+        return [orjson.loads(f) for f in self.outbox.take()]
+
+
+def q(symbol: str, price: float, seq: int, prev: float = 100.0) -> Quote:
+    return Quote.make(symbol, price, prev, ts=1_700_000_000_000).with_seq(seq)
+
+
+def hub_with(*quotes: Quote) -> Hub:
+    hub = Hub(max_symbols=3)
+    hub.publish(quotes)
+    return hub
+
+
+def test_subscribe_acks_the_whole_set_then_snapshots_what_was_added() -> None:
+    hub = hub_with(q("OGDC", 137.75, 1), q("PPL", 125.05, 1))
+    sub = Recorder()
+    hub.add(sub)
+    hub.subscribe(sub, 1, frozenset({"OGDC", "NEW"}))
+    ack, snapshot = sub.frames()
+    assert ack == {"type": "ack", "id": 1, "op": "subscribe", "symbols": ["NEW", "OGDC"],
+                   "unknown": ["NEW"]}
+    assert snapshot["type"] == "snapshot"
+    assert [x["symbol"] for x in snapshot["quotes"]] == ["OGDC"]
+    hub.subscribe(sub, 2, frozenset({"PPL"}))
+    ack, snapshot = sub.frames()
+    assert ack["symbols"] == ["NEW", "OGDC", "PPL"]
+    assert [x["symbol"] for x in snapshot["quotes"]] == ["PPL"]
+
+
+def test_resubscribing_held_symbols_sends_no_snapshot() -> None:
+    hub = hub_with(q("OGDC", 137.75, 1))
+    sub = Recorder()
+    hub.add(sub)
+    hub.subscribe(sub, 1, frozenset({"OGDC"}))
+    sub.frames()
+    hub.subscribe(sub, 2, frozenset({"OGDC"}))
+    assert [f["type"] for f in sub.frames()] == ["ack"]
+
+
+def test_updates_reach_only_subscribers_and_stale_seqs_are_dropped() -> None:
+    hub = hub_with(q("OGDC", 137.75, 1))
+    a, b = Recorder(), Recorder()
+    for sub, symbols in ((a, {"OGDC"}), (b, {"PPL"})):
+        hub.add(sub)
+        hub.subscribe(sub, None, frozenset(symbols))
+        sub.frames()
+    hub.publish([q("OGDC", 138.0, 2), q("OGDC", 137.0, 2), q("PPL", 125.0, 1)])
+    (fa,) = a.frames()
+    assert fa["type"] == "quotes"
+    assert [(x["symbol"], x["seq"], x["price"]) for x in fa["quotes"]] == [("OGDC", 2, 138.0)]
+    (fb,) = b.frames()
+    assert [x["symbol"] for x in fb["quotes"]] == ["PPL"]
+    assert hub.stats["quotes_stale_dropped"] == 1
+
+
+def test_a_slow_reader_gets_the_latest_per_symbol_not_a_queue() -> None:
+    hub = hub_with()
+    sub = Recorder()
+    hub.add(sub)
+    hub.subscribe(sub, None, ALL)
+    sub.frames()
+    for seq in range(1, 1001):
+        hub.publish([q("OGDC", 100 + seq / 100, seq), q("PPL", 50 + seq / 100, seq)])
+    (frame,) = sub.frames()
+    assert [(x["symbol"], x["seq"]) for x in frame["quotes"]] == [("OGDC", 1000), ("PPL", 1000)]
+    assert sub.outbox.conflated == 2 * 999
+
+
+def test_wildcard_gets_new_symbols_and_unsubscribing_one_keeps_the_rest() -> None:
+    hub = hub_with(q("OGDC", 137.75, 1), q("PPL", 125.05, 1))
+    sub = Recorder()
+    hub.add(sub)
+    hub.subscribe(sub, "w", ALL)
+    ack, snapshot = sub.frames()
+    assert ack["all"] is True and ack["symbols"] == ["OGDC", "PPL"]
+    assert len(snapshot["quotes"]) == 2
+    hub.publish([q("HBL", 112.4, 1)])
+    (frame,) = sub.frames()
+    assert frame["quotes"][0]["symbol"] == "HBL"
+    hub.unsubscribe(sub, 3, frozenset({"PPL"}))
+    (ack,) = sub.frames()
+    assert ack["symbols"] == ["HBL", "OGDC"] and "all" not in ack
+    hub.publish([q("PPL", 126.0, 2), q("OGDC", 138.0, 2)])
+    (frame,) = sub.frames()
+    assert [x["symbol"] for x in frame["quotes"]] == ["OGDC"]
+
+
+def test_unsubscribe_drops_pending_updates_of_those_symbols() -> None:
+    hub = hub_with()
+    sub = Recorder()
+    hub.add(sub)
+    hub.subscribe(sub, None, frozenset({"OGDC", "PPL"}))
+    sub.frames()
+    hub.publish([q("OGDC", 138.0, 1), q("PPL", 126.0, 1)])
+    hub.unsubscribe(sub, 9, frozenset({"PPL"}))
+    ack, update = sub.frames()
+    assert ack["symbols"] == ["OGDC"]
+    assert [x["symbol"] for x in update["quotes"]] == ["OGDC"]
+    hub.unsubscribe(sub, 10, ALL)
+    hub.publish([q("OGDC", 139.0, 2)])
+    assert [f["type"] for f in sub.frames()] == ["ack"]
+
+
+def test_too_many_symbols_changes_nothing() -> None:
+    hub = hub_with()
+    sub = Recorder()
+    hub.add(sub)
+    hub.subscribe(sub, None, frozenset({"A", "B"}))
+    sub.frames()
+    with pytest.raises(ProtocolError) as info:
+        hub.subscribe(sub, 5, frozenset({"C", "D"}))
+    assert info.value.code == "too_many_symbols" and info.value.id == 5
+    assert hub.subscriptions(sub) == ({"A", "B"}, False)
+
+
+def test_feed_status_reaches_everyone_with_a_snapshot_on_recovery() -> None:
+    hub = hub_with(q("OGDC", 137.75, 1))
+    hub.set_feed("live")
+    sub = Recorder()
+    hub.add(sub)
+    hub.subscribe(sub, None, frozenset({"OGDC"}))
+    sub.frames()
+    hub.set_feed("stale")
+    (status,) = sub.frames()
+    assert status["type"] == "status" and status["feed"] == "stale"
+    hub.set_feed("live")
+    status, snapshot = sub.frames()
+    assert status["feed"] == "live" and snapshot["type"] == "snapshot"
+
+
+def test_a_client_that_lets_control_frames_pile_up_overflows() -> None:
+    hub = hub_with()
+    sub = Recorder(max_control=4)
+    hub.add(sub)
+    for i in range(5):
+        hub.subscribe(sub, i, frozenset({"A"}))
+    assert sub.overflowed is not None
+    assert len(sub.outbox.control) == 4
+
+
+def test_removed_subscribers_get_nothing_and_leave_no_index() -> None:
+    hub = hub_with()
+    sub = Recorder()
+    hub.add(sub)
+    hub.subscribe(sub, None, frozenset({"OGDC"}))
+    hub.remove(sub)
+    hub.publish([q("OGDC", 1.0, 1)])
+    assert hub.by_symbol == {} and hub.explicit == {}
