@@ -1,0 +1,36 @@
+"""A thin real-websocket client for tests: JSON frames with bounded waits."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+__all__ = ["connect", "recv", "recv_type", "ClientConnection", "closed_code"]
+
+
+async def recv(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        return orjson.loads(await ws.recv())
+
+
+async def recv_type(ws: ClientConnection, kind: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The next frame of this type, skipping others (quotes keep flowing meanwhile)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = orjson.loads(await ws.recv())
+            if frame["type"] == kind:
+                return frame
+
+
+async def closed_code(ws: ClientConnection, timeout: float = 5.0) -> int | None:
+    """Read until the server closes; the close code it sent."""
+    async with asyncio.timeout(timeout):
+        try:
+            while True:
+                await ws.recv()
+        except Exception:  # noqa: BLE001 - ConnectionClosed of either kind
+            pass
+    return ws.close_code
