@@ -1,0 +1,40 @@
+# The two commands a newcomer runs: `make run` (the demo) and `make test` (the suite).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export HOST PORT
+
+.PHONY: install run test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python 3.11 or newer is needed (set PYTHON=python3.12 or similar)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+# Without REDIS_URL: one process, the simulated market in-process, no Redis needed.
+# With REDIS_URL: the publisher and the service as two processes through that Redis.
+run: install
+	@if [ -n "$$REDIS_URL" ]; then \
+		$(PY) -m publisher simulate & pub=$$!; \
+		trap 'kill $$pub 2>/dev/null' EXIT INT TERM; \
+		$(PY) -m service; \
+	else \
+		$(PY) -m service; \
+	fi
+
+test: install
+	@command -v redis-server >/dev/null || { \
+		echo "redis-server not found: the tests start their own. Install it with"; \
+		echo "  sudo apt-get install redis-server   (Debian/Ubuntu)  or  brew install redis"; \
+		exit 1; }
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache tests/artifacts *.egg-info
