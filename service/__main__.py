@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import socket
 import sys
+from dataclasses import replace
 
 import uvicorn
 
@@ -40,10 +42,23 @@ def listening_socket(host: str, port: int, user_timeout_ms: int) -> socket.socke
     return sock
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Serve live quotes over websockets at /ws, the ticker page at /, and "
+        "/healthz and /readyz. With REDIS_URL unset, an embedded simulated market feeds it.",
+        epilog="Every setting is an environment variable (see the README); flags override.",
+    )
+    parser.add_argument("--host", help="interface to listen on (env HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (env PORT, default 8000)")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env()
+        if args.host or args.port:
+            settings = replace(settings, host=args.host or settings.host,
+                               port=args.port or settings.port)
+            settings.check()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

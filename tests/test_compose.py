@@ -1,0 +1,72 @@
+"""docker-compose.yml cannot be run here (no Docker engine), so check what it promises:
+its structure, and that every command it names exists in this project."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from service.app import create_app
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_three_services_started_in_order_of_health(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) >= {"redis", "publisher", "service"}
+    for name in ("publisher", "service"):
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert services[name]["environment"]["REDIS_URL"].startswith("redis://redis:6379")
+        assert services[name]["build"] == "."
+        assert services[name]["restart"] in ("unless-stopped", "always", "on-failure")
+    for name in ("redis", "service"):
+        assert services[name]["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
+    assert "8000:8000" in services["service"]["ports"]
+
+
+def test_redis_image_is_pinned(compose: dict[str, Any]) -> None:
+    image = compose["services"]["redis"]["image"]
+    assert re.fullmatch(r"redis:\d+\.\d+\.\d+[-\w.]*", image), image
+
+
+def test_commands_exist(compose: dict[str, Any]) -> None:
+    for name in ("publisher", "service"):
+        command = compose["services"][name]["command"]
+        assert command[:2] == ["python", "-m"]
+        # `--help` proves the module and its arguments parse without starting anything.
+        result = subprocess.run(
+            [sys.executable, *command[1:], "--help"], cwd=ROOT, capture_output=True,
+            text=True, timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+
+
+def test_service_healthcheck_targets_a_route_that_exists(compose: dict[str, Any]) -> None:
+    test = " ".join(compose["services"]["service"]["healthcheck"]["test"])
+    path = re.search(r"127\.0\.0\.1:8000(/\w+)", test)
+    assert path is not None
+    app = create_app(Settings())
+    assert path.group(1) in {getattr(r, "path", None) for r in app.routes}
+    code = compose["services"]["service"]["healthcheck"]["test"][-1]
+    compile(code, "healthcheck", "exec")
+
+
+def test_dockerfile_is_slim_and_runs_as_a_user() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.\d+-slim", dockerfile, re.M)
+    assert re.search(r"^USER \w+", dockerfile, re.M)
+    assert "[test]" not in dockerfile
+    for copied in re.findall(r"^COPY (\S+)", dockerfile, re.M):
+        assert (ROOT / copied).exists(), copied
