@@ -6,7 +6,7 @@ for snapshots) so the demo behaves exactly like the real pipeline.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from .hub import Hub
 from .quote import Quote

@@ -18,7 +18,7 @@ class OutboxFull(Exception):
 
 
 class Outbox:
-    __slots__ = ("control", "quotes", "max_control", "conflated")
+    __slots__ = ("conflated", "control", "max_control", "quotes")
 
     def __init__(self, max_control: int = 64) -> None:
         self.control: deque[str] = deque()

@@ -6,8 +6,9 @@ connection handler stays a thin loop around it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 import orjson
 

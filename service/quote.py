@@ -9,12 +9,18 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 
 SYMBOL_PATTERN = re.compile(r"[A-Z0-9.\-]{1,16}")
+# Checked before upper-casing: str.upper() maps some non-ASCII letters to ASCII ones
+# ("ﬀ" -> "FF"), which must not turn into someone else's symbol.
+_SYMBOL_ANY_CASE = re.compile(r"[A-Za-z0-9.\-]{1,16}")
+# Integers must survive a JavaScript client's doubles.
+MAX_SAFE_INTEGER = 2**53 - 1
 KINDS = frozenset({"stock", "index"})
 STATES = frozenset({"trading", "halted", "closed", "upper_lock", "lower_lock"})
 _OPTIONAL_PRICES = ("open", "high", "low", "bid", "ask")
@@ -32,11 +38,10 @@ def normalize_symbol(value: object) -> str:
     """Upper-case and check a symbol; the protocol lets clients send lower case."""
     if not isinstance(value, str):
         raise QuoteError(f"symbol must be a string, not {type(value).__name__}")
-    symbol = value.upper()
-    if not SYMBOL_PATTERN.fullmatch(symbol):
+    if not _SYMBOL_ANY_CASE.fullmatch(value):
         shown = value if len(value) <= 20 else value[:20] + "…"
         raise QuoteError(f"invalid symbol {shown!r}: 1 to 16 characters of A-Z 0-9 . -")
-    return symbol
+    return value.upper()
 
 
 def round2(value: float) -> float:
@@ -62,9 +67,25 @@ def _finite(name: str, value: object) -> float:
 
 
 def _whole(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise QuoteError(f"{name} must be an integer >= {minimum}, not {value!r}")
+    if (isinstance(value, bool) or not isinstance(value, int)
+            or not minimum <= value <= MAX_SAFE_INTEGER):
+        raise QuoteError(f"{name} must be an integer from {minimum} to 2**53-1, not {value!r}")
     return value
+
+
+def derived_change(price: float, prev_close: float) -> tuple[float, float]:
+    """change and change_pct as the protocol defines them."""
+    return round2(price - prev_close), round2(100 * (price - prev_close) / prev_close)
+
+
+def _agrees(name: str, given: object, derived: float, tolerance: float) -> None:
+    """A publisher may send its own change/change_pct, but not one that contradicts
+    price and prev_close beyond rounding."""
+    if given is None:
+        return
+    value = _finite(name, given)
+    if abs(value - derived) > tolerance:
+        raise QuoteError(f"{name} {value} contradicts price and prev_close (expected {derived})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +128,8 @@ class Quote:
 
     @classmethod
     def from_dict(cls, data: object, *, require_seq: bool = False) -> Quote:
-        """Validate a decoded JSON object. Missing change/change_pct are derived; given ones
-        are kept (the publisher of record computed them) but must be finite numbers."""
+        """Validate a decoded JSON object. change and change_pct are always derived from
+        price and prev_close; given ones must agree with that up to rounding."""
         if not isinstance(data, Mapping):
             raise QuoteError(f"a quote must be a JSON object, not {type(data).__name__}")
         for name in ("symbol", "price", "prev_close", "ts"):
@@ -122,14 +143,11 @@ class Quote:
         prev_close = round2(_positive("prev_close", data["prev_close"]))
         if price <= 0 or prev_close <= 0:
             raise QuoteError("price and prev_close must be at least 0.01")
-        change = data.get("change")
-        change = round2(price - prev_close) if change is None else round2(_finite("change", change))
-        pct = data.get("change_pct")
-        pct = (
-            round2(100 * (price - prev_close) / prev_close)
-            if pct is None
-            else round2(_finite("change_pct", pct))
-        )
+        change, pct = derived_change(price, prev_close)
+        if not math.isfinite(pct) or abs(pct) > 1e9:
+            raise QuoteError(f"price {price} is out of all proportion to prev_close {prev_close}")
+        _agrees("change", data.get("change"), change, 0.011)
+        _agrees("change_pct", data.get("change_pct"), pct, 0.011 + 1 / prev_close)
         ts = _whole("ts", data["ts"], 1)
         seq = data.get("seq")
         if seq is not None or require_seq:

@@ -82,6 +82,14 @@ def parse_line(text: str) -> TickerLine:
         raise QuoteError(f"▲ contradicts the change {m['change']}")
     if m["arrow"] == DOWN and change > 0:
         raise QuoteError(f"▼ contradicts the change {m['change']}")
-    if price <= 0 or price - change <= 0:
+    prev_close = price - change
+    if price <= 0 or prev_close <= 0:
         raise QuoteError("price and previous close must be positive")
+    # The shown numbers are rounded (indices to whole units and tenths), so the percent
+    # may differ from the one they imply by that much, and no more.
+    half_units = 0.55 if kind == "index" else 0.01
+    implied = 100 * change / prev_close
+    if abs(implied - pct) > 0.006 + 100 * half_units / prev_close:
+        raise QuoteError(f"({m['pct']}%) contradicts the change {m['change']} "
+                         f"(implies {implied:.2f}%)")
     return TickerLine(symbol, kind, price, change, pct)

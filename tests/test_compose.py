@@ -65,8 +65,8 @@ def test_service_healthcheck_targets_a_route_that_exists(compose: dict[str, Any]
 
 def test_dockerfile_is_slim_and_runs_as_a_user() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.\d+-slim", dockerfile, re.M)
-    assert re.search(r"^USER \w+", dockerfile, re.M)
+    assert re.search(r"^FROM python:3\.\d+-slim", dockerfile, re.MULTILINE)
+    assert re.search(r"^USER \w+", dockerfile, re.MULTILINE)
     assert "[test]" not in dockerfile
-    for copied in re.findall(r"^COPY (\S+)", dockerfile, re.M):
+    for copied in re.findall(r"^COPY (\S+)", dockerfile, re.MULTILINE):
         assert (ROOT / copied).exists(), copied

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
-__all__ = ["connect", "recv", "recv_type", "ClientConnection", "closed_code"]
+__all__ = ["ClientConnection", "closed_code", "connect", "recv", "recv_type"]
 
 
 async def recv(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:

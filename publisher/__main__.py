@@ -1,0 +1,170 @@
+"""Command line: `python -m publisher simulate|replay` (console script `quote-publisher`).
+
+Exit codes: 0 success; 1 replay rejected lines or could not publish; 2 configuration or
+usage error; 128+N when stopped by signal N during a replay. The simulation treats
+SIGINT/SIGTERM as a normal stop and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import logging
+import signal
+import sys
+from collections.abc import Iterable, Sequence
+from types import FrameType
+from typing import TextIO
+from urllib.parse import urlsplit
+
+from redis.exceptions import RedisError
+
+from service.settings import ConfigError, Settings
+
+from .redis_sink import RedisSink, connect
+from .replay import replay
+from .simulate import market_from_settings, run_simulation
+
+log = logging.getLogger("publisher")
+
+NO_REDIS_URL = (
+    "REDIS_URL is not set: the publisher writes to Redis. Set it, e.g. "
+    "REDIS_URL=redis://127.0.0.1:6379/0, or run `python -m service` alone for the "
+    "embedded demo market."
+)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="publisher",
+        description="Publish market quotes to Redis (REDIS_URL) for the quote service.",
+    )
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True)
+    sim = commands.add_parser("simulate", help="publish a simulated PSX market")
+    sim.add_argument("--rate", type=_positive_float, default=None,
+                     help="quotes per second (default: SIM_RATE, 20)")
+    sim.add_argument("--seed", type=int, default=None,
+                     help="random seed for a repeatable day (default: SIM_SEED, random)")
+    rep = commands.add_parser(
+        "replay", help="publish the quotes of a file once, in order",
+        description="Lines may be the ticker text form, CSV after a "
+                    "'symbol,price,prev_close[,...]' header, or JSON objects; blank lines "
+                    "and '#' comments are skipped. Exit 1 if any line was rejected.",
+    )
+    rep.add_argument("file", help="UTF-8 file to read, or - for stdin")
+    return parser
+
+
+def _open_lines(path: str) -> TextIO:
+    """Undecodable bytes become U+FFFD, so such a line is rejected by validation rather
+    than aborting the whole replay."""
+    if path == "-":
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="replace")
+    return open(path, encoding="utf-8-sig", errors="replace")
+
+
+def _shown_url(url: str) -> str:
+    """The URL without credentials, for logs."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=netloc).geturl()
+
+
+async def _simulate(settings: Settings, rate: float, seed: int | None) -> int:
+    assert settings.redis_url is not None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    redis = connect(settings.redis_url, backoff_cap_s=settings.redis_retry_max_s)
+    try:
+        market = market_from_settings(settings, seed=seed)
+        log.info("simulating %d instruments at %g quotes/s into %s (channel %r)",
+                 len(market.symbols), rate, _shown_url(settings.redis_url),
+                 settings.redis_channel)
+        await run_simulation(RedisSink(redis, settings), market, rate, stop=stop,
+                             retry_max_s=settings.redis_retry_max_s)
+    finally:
+        await redis.aclose()
+    return 0
+
+
+async def _replay(settings: Settings, lines: Iterable[str]) -> int:
+    assert settings.redis_url is not None
+    redis = connect(settings.redis_url, backoff_cap_s=settings.redis_retry_max_s)
+    try:
+        result = await replay(RedisSink(redis, settings), lines)
+    except RedisError as exc:
+        print(f"publisher: cannot publish to {_shown_url(settings.redis_url)}: {exc}",
+              file=sys.stderr)
+        return 1
+    finally:
+        await redis.aclose()
+    print(f"published {result.published}, rejected {result.rejected}", file=sys.stderr)
+    return 0 if result.rejected == 0 else 1
+
+
+class _Stopped(BaseException):
+    """BaseException, like KeyboardInterrupt, so no library's `except Exception` eats it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: FrameType | None) -> None:
+    raise _Stopped(signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"publisher: {exc}", file=sys.stderr)
+        return 2
+    if settings.redis_url is None:
+        print(f"publisher: {NO_REDIS_URL}", file=sys.stderr)
+        return 2
+
+    if args.command == "simulate":
+        rate = settings.sim_rate if args.rate is None else args.rate
+        return asyncio.run(_simulate(settings, rate, args.seed))
+
+    try:
+        lines = _open_lines(args.file)
+    except OSError as exc:
+        print(f"publisher: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    # Reading a file or stdin blocks the event loop between batches, where a loop signal
+    # handler would never run; a plain handler that raises interrupts even a blocked read.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _raise_stopped)
+    try:
+        return asyncio.run(_replay(settings, lines))
+    except _Stopped as exc:
+        print(f"publisher: stopped by signal {exc.signum}", file=sys.stderr)
+        return 128 + exc.signum
+    finally:
+        lines.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

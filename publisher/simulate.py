@@ -1,0 +1,106 @@
+"""The simulation loop: a steady stream of market quotes into any QuoteSink.
+
+Quotes go out in small batches every `tick_s`; the count per batch comes from the time
+that really passed plus a fractional carry, so the long-run rate is exact even when the
+event loop wakes late. A failing sink (Redis down) is logged and retried with back-off;
+the loop itself never dies of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+
+from service.settings import Settings
+
+from .market import Market
+from .seed import load_instruments
+from .sink import QuoteSink
+
+log = logging.getLogger("publisher.simulate")
+
+TICK_S = 0.05
+# After a stall, catch up at most this much time's worth of quotes in one batch.
+MAX_CATCH_UP_S = 1.0
+
+
+def market_from_settings(settings: Settings, *, seed: int | None = None) -> Market:
+    """The seed's 34 instruments with the band and seed from Settings (SIM_*)."""
+    seed = settings.sim_seed if seed is None else seed
+    return Market(
+        load_instruments(),
+        random.Random(seed),
+        band_pct=settings.sim_band_pct,
+        band_min=settings.sim_band_min,
+    )
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+class _Backoff:
+    def __init__(self, first_s: float, max_s: float) -> None:
+        self._first, self._max = first_s, max_s
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        return min(self._max, self._first * 2.0 ** (self.failures - 1))
+
+
+async def run_simulation(
+    sink: QuoteSink,
+    market: Market,
+    rate: float,
+    *,
+    stop: asyncio.Event | None = None,
+    tick_s: float = TICK_S,
+    retry_max_s: float = 5.0,
+) -> None:
+    """Publish the full board, then `rate` quotes per second until `stop` is set.
+
+    After a sink failure the full board is sent again once the sink recovers, so a broker
+    that lost its memory is whole again at once instead of symbol by symbol."""
+    if rate <= 0:
+        raise ValueError(f"rate must be positive, got {rate}")
+    stop = stop or asyncio.Event()
+    backoff = _Backoff(min(0.1, retry_max_s), retry_max_s)
+    loop = asyncio.get_running_loop()
+    board_due, started = True, False
+    last = loop.time()
+    owed = 0.0
+    while not stop.is_set():
+        if board_due:
+            batch = market.board_quotes() if started else market.initial_quotes()
+        else:
+            await _wait(stop, tick_s)
+            if stop.is_set():
+                break
+            now = loop.time()
+            owed = min(owed + rate * (now - last), rate * MAX_CATCH_UP_S + 1)
+            last = now
+            count = int(owed)
+            if count == 0:
+                continue
+            owed -= count
+            batch = market.next_quotes(count)
+        try:
+            await sink.publish(batch)
+        except Exception as exc:  # noqa: BLE001 - whatever the sink raises, keep running
+            delay = backoff.next_delay()
+            log.warning("publish failed (%s: %s); retrying in %.1fs",
+                        type(exc).__name__, exc, delay)
+            await _wait(stop, delay)
+            board_due = True
+            continue
+        if backoff.failures:
+            log.info("publishing again after %d failed attempts", backoff.failures)
+            backoff.failures = 0
+        if board_due:
+            board_due, started = False, True
+            last, owed = loop.time(), 0.0
+    log.info("simulation stopped")

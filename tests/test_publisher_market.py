@@ -1,0 +1,158 @@
+"""The seed and the simulated market: pure, seeded, no sockets."""
+
+from __future__ import annotations
+
+import random
+from itertools import count
+from typing import Any
+
+import pytest
+
+from publisher.market import BR30_MEMBERS, INDEX_MEMBERS, KSE30_MEMBERS, Market, band_ticks
+from publisher.seed import Instrument, load_instruments
+from service.quote import Quote
+
+INDICES = {"BR100", "BR30", "KSE100", "KSE30"}
+
+
+def fixed_clock() -> int:
+    return 1_700_000_000_000
+
+
+def make_market(seed: int = 7, **kwargs: Any) -> Market:
+    return Market(load_instruments(), random.Random(seed), clock=fixed_clock, **kwargs)
+
+
+def test_seed_prices_are_the_previous_close() -> None:
+    instruments = {i.symbol: i for i in load_instruments()}
+    assert len(instruments) == 34
+    assert instruments["OGDC"] == Instrument("OGDC", "stock", 137.75)
+    assert instruments["KSE100"] == Instrument("KSE100", "index", 71902.0)
+    assert {s for s, i in instruments.items() if i.kind == "index"} == INDICES
+
+
+def test_index_baskets_are_seed_stocks() -> None:
+    stocks = {i.symbol for i in load_instruments() if i.kind == "stock"}
+    assert len(KSE30_MEMBERS) == len(set(KSE30_MEMBERS)) == 15
+    assert len(BR30_MEMBERS) == len(set(BR30_MEMBERS)) == 15
+    assert set(KSE30_MEMBERS) <= stocks and set(BR30_MEMBERS) <= stocks
+    market = make_market()
+    assert set(INDEX_MEMBERS) == INDICES
+    assert sorted(market.members("KSE100")) == sorted(stocks)
+    assert market.members("KSE30") == list(KSE30_MEMBERS)
+
+
+def test_initial_quotes_fill_the_board_at_previous_close() -> None:
+    quotes = make_market().initial_quotes()
+    assert [q.symbol for q in quotes] == [i.symbol for i in load_instruments()]
+    assert len({q.symbol for q in quotes}) == 34
+    for q in quotes:
+        assert (q.change, q.change_pct, q.seq, q.state) == (0, 0, None, None)
+        assert q.price == q.prev_close
+        assert q.kind == ("index" if q.symbol in INDICES else "stock")
+        assert q.ts == fixed_clock()
+
+
+def test_band_is_percent_with_a_rupee_minimum() -> None:
+    assert band_ticks(137.75, 10, 1) == (12398, 15152)  # ±13.77
+    assert band_ticks(4.99, 10, 1) == (399, 599)  # ±1.00, the minimum
+    assert band_ticks(0.05, 10, 1) == (1, 105)  # never below 0.01
+
+
+def test_next_quotes_yields_exactly_n_and_includes_indices() -> None:
+    market = make_market()
+    for n in (0, 1, 3, 14, 500):
+        assert len(market.next_quotes(n)) == n
+    kinds = [q.kind for q in market.next_quotes(1400)]
+    # 10 stock updates then the 4 touched indices: 4 in 14 are indices.
+    assert 350 <= kinds.count("index") <= 450
+
+
+def test_stock_ticks_are_whole_paisa_inside_the_band() -> None:
+    market = make_market(seed=3, band_pct=1.0, band_min=0.05)
+    seen_states = set()
+    for q in market.next_quotes(30_000):
+        if q.kind == "index":
+            continue
+        assert round(q.price * 100) == pytest.approx(q.price * 100, abs=1e-6)
+        low, high = market.limits(q.symbol)
+        assert low - 1e-9 <= q.price <= high + 1e-9
+        assert q.price >= 0.01
+        if q.state is not None:
+            seen_states.add(q.state)
+            assert q.price == pytest.approx(high if q.state == "upper_lock" else low)
+    # The narrow band is hit: the lock states really occur.
+    assert seen_states == {"upper_lock", "lower_lock"}
+
+
+def test_moves_are_one_to_three_ticks() -> None:
+    market = make_market(seed=11, band_pct=50.0)
+    last = {q.symbol: q.price for q in market.initial_quotes()}
+    for q in market.next_quotes(5000):
+        if q.kind == "stock":
+            step = round(abs(q.price - last[q.symbol]) * 100)
+            assert 1 <= step <= 3
+            last[q.symbol] = q.price
+
+
+def test_penny_stock_never_falls_below_one_paisa() -> None:
+    market = Market([Instrument("PENNY", "stock", 0.03)], random.Random(1), band_min=1.0)
+    prices = [q.price for q in market.next_quotes(5000) if q.kind == "stock"]
+    assert min(prices) == 0.01
+
+
+def test_indices_follow_their_constituents() -> None:
+    market = make_market(seed=5)
+    prev = {i.symbol: i.prev_close for i in load_instruments()}
+    latest = dict(prev)
+    checked = 0
+    for q in market.next_quotes(20_000):
+        if q.kind == "stock":
+            latest[q.symbol] = q.price
+            continue
+        members = market.members(q.symbol)
+        expected = prev[q.symbol] * sum(latest[m] / prev[m] for m in members) / len(members)
+        assert q.price == pytest.approx(expected, abs=0.006)
+        assert q.prev_close == prev[q.symbol]
+        checked += 1
+    assert checked > 4000
+    board = {q.symbol: q for q in market.board_quotes()}
+    assert len(board) == 34
+    kse30 = prev["KSE30"] * sum(
+        board[m].price / prev[m] for m in KSE30_MEMBERS
+    ) / len(KSE30_MEMBERS)
+    assert board["KSE30"].price == pytest.approx(kse30, abs=0.006)
+
+
+def test_narrow_index_moves_only_with_its_basket() -> None:
+    outside = next(
+        i.symbol for i in load_instruments()
+        if i.kind == "stock" and i.symbol not in KSE30_MEMBERS and i.symbol not in BR30_MEMBERS
+    )
+    instruments = [i for i in load_instruments() if i.kind == "index" or i.symbol == outside]
+    market = Market(instruments, random.Random(2), index_every=1)
+    quotes = market.next_quotes(200)
+    # Only the broad indices contain the lone stock, so only they are re-sent.
+    assert {q.symbol for q in quotes if q.kind == "index"} == {"KSE100", "BR100"}
+
+
+def test_same_seed_same_day() -> None:
+    a, b = make_market(seed=42), make_market(seed=42)
+    assert a.next_quotes(1000) == b.next_quotes(1000)
+    assert make_market(seed=43).next_quotes(1000) != make_market(seed=42).next_quotes(1000)
+
+
+def test_quotes_are_valid_and_unsequenced() -> None:
+    ticks = count(1)
+    market = Market(load_instruments(), random.Random(0), clock=lambda: next(ticks))
+    for q in market.next_quotes(300):
+        assert q.seq is None
+        assert Quote.from_dict(q.to_dict()) == q
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"band_pct": -1}, {"band_min": -1}, {"max_step_ticks": 0}, {"index_every": 0}]
+)
+def test_bad_parameters_are_refused(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Market(load_instruments(), random.Random(0), **kwargs)

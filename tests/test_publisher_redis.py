@@ -1,0 +1,176 @@
+"""RedisSink against a private redis-server: seq, latest hash, one message per batch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, Self
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from publisher.redis_sink import MAX_BATCH, RedisSink, connect, wire_body
+from publisher.sink import QuoteSink
+from service.quote import Quote, decode_payload
+from service.settings import Settings
+from tests.redis_server import redis_url  # noqa: F401
+
+SETTINGS = Settings(redis_channel="test:quotes", redis_latest_key="test:latest",
+                    redis_seq_key="test:seq")
+
+
+def q(symbol: str, price: float = 10.0, prev_close: float = 9.5, **extra: Any) -> Quote:
+    return Quote.make(symbol, price, prev_close, ts=1_700_000_000_000, **extra)
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:  # noqa: F811
+    r = connect(redis_url)
+    yield r
+    await r.aclose()
+
+
+class Subscriber:
+    def __init__(self, client: aioredis.Redis, channel: str) -> None:
+        self.pubsub = client.pubsub()
+        self.channel = channel
+
+    async def __aenter__(self) -> Self:
+        await self.pubsub.subscribe(self.channel)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.pubsub.aclose()
+
+    async def messages(self, count: int, timeout: float = 5.0) -> list[bytes]:
+        out: list[bytes] = []
+        async with asyncio.timeout(timeout):
+            while len(out) < count:
+                msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if msg is not None:
+                    out.append(msg["data"])
+        return out
+
+    async def nothing_more(self) -> bool:
+        return await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2) is None
+
+
+def test_redis_sink_is_a_quote_sink(client: aioredis.Redis) -> None:
+    sink: QuoteSink = RedisSink(client, SETTINGS)
+    assert sink is not None
+
+
+async def test_seq_rises_per_symbol_and_latest_is_stored(client: aioredis.Redis) -> None:
+    sink = RedisSink(client, SETTINGS)
+    first = await sink.publish([q("OGDC"), q("PPL"), q("OGDC", 10.5)])
+    assert [(x.symbol, x.seq) for x in first] == [("OGDC", 1), ("PPL", 1), ("OGDC", 2)]
+    [third] = await sink.publish([q("OGDC", 11.0)])
+    assert third.seq == 3 and third == q("OGDC", 11.0).with_seq(3)
+    assert await client.hgetall("test:seq") == {b"OGDC": b"3", b"PPL": b"1"}
+    latest = await client.hgetall("test:latest")
+    assert set(latest) == {b"OGDC", b"PPL"}
+    assert Quote.from_dict(orjson.loads(latest[b"OGDC"]), require_seq=True) == third
+
+
+async def test_one_array_message_per_batch_with_orjson_numbers(client: aioredis.Redis) -> None:
+    sink = RedisSink(client, SETTINGS)
+    batch = [q("OGDC", 137.75, 132.87), q("KSE100", 71902, 70666.8, kind="index"),
+             q("HBL", 112.4, 112.76, volume=12345, state="trading")]
+    async with Subscriber(client, "test:quotes") as sub:
+        published = await sink.publish(batch)
+        [payload] = await sub.messages(1)
+        assert await sub.nothing_more()
+    expected = b"[" + b",".join(
+        wire_body(x)[:-1] + b',"seq":%d}' % (x.seq or 0) for x in published
+    ) + b"]"
+    assert payload == expected
+    good, bad = decode_payload(payload)
+    assert bad == [] and good == published
+    assert b'"price":137.75' in payload and b'"prev_close":70666.8' in payload
+
+
+async def test_large_batches_are_chunked(client: aioredis.Redis) -> None:
+    sink = RedisSink(client, SETTINGS)
+    batch = [q(f"S{i % 700}") for i in range(MAX_BATCH * 2 + 100)]
+    async with Subscriber(client, "test:quotes") as sub:
+        published = await sink.publish(batch)
+        payloads = await sub.messages(3)
+    assert [len(orjson.loads(p)) for p in payloads] == [MAX_BATCH, MAX_BATCH, 100]
+    assert [x.symbol for x in published] == [x.symbol for x in batch]
+    assert published[-1].seq == 2  # S399: the second time it appears
+    assert await client.hlen("test:latest") == 700
+
+
+async def test_empty_publish_does_nothing(client: aioredis.Redis) -> None:
+    sink = RedisSink(client, SETTINGS)
+    async with Subscriber(client, "test:quotes") as sub:
+        assert await sink.publish([]) == []
+        assert await sub.nothing_more()
+
+
+async def test_seq_keeps_rising_after_redis_loses_its_memory(client: aioredis.Redis) -> None:
+    sink = RedisSink(client, SETTINGS)
+    for _ in range(3):
+        await sink.publish([q("OGDC"), q("PPL")])
+    await client.flushall()  # a restart with empty memory
+    out = await sink.publish([q("OGDC"), q("OGDC"), q("TRG")])
+    assert [x.seq for x in out] == [4, 5, 1]
+    assert await client.hgetall("test:seq") == {b"OGDC": b"5", b"TRG": b"1"}
+    latest = await client.hget("test:latest", "OGDC")
+    assert latest is not None and orjson.loads(latest)["seq"] == 5
+
+
+async def test_a_batch_is_all_or_nothing(client: aioredis.Redis) -> None:
+    sink = RedisSink(client, SETTINGS)
+    await sink.publish([q("OGDC")])
+    await client.delete("test:latest")
+    await client.set("test:latest", "not a hash")
+    async with Subscriber(client, "test:quotes") as sub:
+        with pytest.raises(ResponseError, match="WRONGTYPE test:latest"):
+            await sink.publish([q("OGDC"), q("PPL")])
+        assert await sub.nothing_more()
+    assert await client.hgetall("test:seq") == {b"OGDC": b"1"}
+
+
+async def test_concurrent_publishers_never_share_a_seq(redis_url: str) -> None:  # noqa: F811
+    clients = [connect(redis_url) for _ in range(3)]
+    sinks = [RedisSink(c, SETTINGS) for c in clients]
+    symbols = ["OGDC", "PPL", "HBL"]
+
+    async def hammer(sink: RedisSink) -> list[list[Quote]]:
+        return [await sink.publish([q(s) for s in symbols * 3]) for _ in range(40)]
+
+    try:
+        results = await asyncio.gather(*(hammer(s) for s in sinks))
+    finally:
+        for c in clients:
+            await c.aclose()
+    seqs: dict[str, list[int]] = {s: [] for s in symbols}
+    for batches in results:
+        for batch in batches:
+            for s in symbols:
+                mine = [x.seq or 0 for x in batch if x.symbol == s]
+                # Scripts do not interleave: a batch's seqs for a symbol are consecutive.
+                assert mine == list(range(mine[0], mine[0] + 3))
+                seqs[s] += mine
+    for s in symbols:
+        assert sorted(seqs[s]) == list(range(1, 3 * 40 * 3 + 1))
+
+
+async def test_script_survives_a_flushed_script_cache(client: aioredis.Redis) -> None:
+    sink = RedisSink(client, SETTINGS)
+    await sink.publish([q("OGDC")])
+    await client.script_flush()
+    [again] = await sink.publish([q("OGDC")])
+    assert again.seq == 2
+
+
+async def test_default_names_come_from_settings(client: aioredis.Redis) -> None:
+    sink = RedisSink(client, Settings())
+    async with Subscriber(client, "quotes") as sub:
+        await sink.publish([q("OGDC")])
+        assert len(await sub.messages(1)) == 1
+    assert await client.hexists("quotes:latest", "OGDC")
+    assert await client.hget("quotes:seq", "OGDC") == b"1"
