@@ -13,6 +13,7 @@ import contextlib
 import logging
 import random
 
+from service.backoff import backoff
 from service.settings import Settings
 
 from .market import Market
@@ -42,16 +43,6 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
-class _Backoff:
-    def __init__(self, first_s: float, max_s: float) -> None:
-        self._first, self._max = first_s, max_s
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        self.failures += 1
-        return min(self._max, self._first * 2.0 ** (self.failures - 1))
-
-
 async def run_simulation(
     sink: QuoteSink,
     market: Market,
@@ -68,7 +59,7 @@ async def run_simulation(
     if rate <= 0:
         raise ValueError(f"rate must be positive, got {rate}")
     stop = stop or asyncio.Event()
-    backoff = _Backoff(min(0.1, retry_max_s), retry_max_s)
+    failures = 0
     loop = asyncio.get_running_loop()
     board_due, started = True, False
     last = loop.time()
@@ -91,15 +82,16 @@ async def run_simulation(
         try:
             await sink.publish(batch)
         except Exception as exc:  # noqa: BLE001 - whatever the sink raises, keep running
-            delay = backoff.next_delay()
+            delay = backoff(failures, retry_max_s)
+            failures += 1
             log.warning("publish failed (%s: %s); retrying in %.1fs",
                         type(exc).__name__, exc, delay)
             await _wait(stop, delay)
             board_due = True
             continue
-        if backoff.failures:
-            log.info("publishing again after %d failed attempts", backoff.failures)
-            backoff.failures = 0
+        if failures:
+            log.info("publishing again after %d failed attempts", failures)
+            failures = 0
         if board_due:
             board_due, started = False, True
             last, owed = loop.time(), 0.0

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 
 import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .backoff import backoff
 from .hub import Hub
 from .quote import Quote, decode_payload
 from .settings import Settings
@@ -95,7 +95,3 @@ class RedisFeed:
         await self.client.aclose()
 
 
-
-def backoff(attempt: int, cap: float, base: float = 0.2) -> float:
-    """Exponential back-off with full jitter, so restarts do not reconnect in lockstep."""
-    return random.uniform(0, min(cap, base * 2 ** min(attempt, 32)))

@@ -20,7 +20,7 @@ import pytest
 START_TIMEOUT_S = 10.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -55,7 +55,7 @@ def start_redis_server(attempts: int = 3) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="test-redis-") as workdir:
         log_path = Path(workdir) / "redis.log"
         for attempt in range(attempts):
-            port = _free_port()
+            port = free_port()
             with open(log_path, "wb") as log:
                 proc = subprocess.Popen(
                     [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
