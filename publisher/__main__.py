@@ -90,16 +90,39 @@ async def _simulate(settings: Settings, rate: float, seed: int | None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     redis = connect(settings.redis_url, backoff_cap_s=settings.redis_retry_max_s)
+    sink = RedisSink(redis, settings)
+    heartbeats = asyncio.create_task(_heartbeats(sink, settings.publisher_heartbeat_s, stop))
     try:
         market = market_from_settings(settings, seed=seed)
+        try:
+            resumed = market.resume(await sink.resume())
+            if resumed:
+                log.info("resumed %d stocks from the state in Redis", resumed)
+        except RedisError as exc:
+            log.warning("could not read the earlier state from Redis (%s); starting afresh", exc)
         log.info("simulating %d instruments at %g quotes/s into %s (channel %r)",
                  len(market.symbols), rate, _shown_url(settings.redis_url),
                  settings.redis_channel)
-        await run_simulation(RedisSink(redis, settings), market, rate, stop=stop,
+        await run_simulation(sink, market, rate, stop=stop,
                              retry_max_s=settings.redis_retry_max_s)
     finally:
+        stop.set()
+        await heartbeats
         await redis.aclose()
     return 0
+
+
+async def _heartbeats(sink: RedisSink, interval: float, stop: asyncio.Event) -> None:
+    """Liveness for the services' silence check; Redis errors are the loop's to report."""
+    while not stop.is_set():
+        try:
+            await sink.heartbeat()
+        except RedisError:
+            pass
+        try:
+            await asyncio.wait_for(stop.wait(), interval)
+        except TimeoutError:
+            pass
 
 
 async def _replay(settings: Settings, lines: Iterable[str]) -> int:

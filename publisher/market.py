@@ -128,6 +128,21 @@ class Market:
             for ins in self._instruments
         ]
 
+    def resume(self, quotes: Sequence[Quote]) -> int:
+        """Continue from prices published earlier today (a restarted publisher), instead of
+        jumping back to the previous close. Quotes of another day (other prev_close) or
+        outside the band are ignored. Returns how many stocks resumed."""
+        resumed = 0
+        for quote in quotes:
+            stock = self._by_symbol.get(quote.symbol)
+            if stock is None or round(quote.prev_close * TICKS_PER_RUPEE) != stock.prev:
+                continue
+            ticks = round(quote.price * TICKS_PER_RUPEE)
+            if stock.low <= ticks <= stock.high:
+                stock.price = ticks
+                resumed += 1
+        return resumed
+
     def board_quotes(self) -> list[Quote]:
         """Every instrument at its current value: for refilling a broker that lost its state."""
         ts = self._clock()

@@ -10,7 +10,7 @@ reaches the service exactly as orjson wrote it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import orjson
 import redis.asyncio as aioredis
@@ -18,7 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
-from service.quote import Quote
+from service.quote import Quote, decode_payload, now_ms
 from service.settings import Settings
 
 log = logging.getLogger("publisher.redis")
@@ -88,19 +88,52 @@ class RedisSink:
         self._channel = settings.redis_channel
         self._keys = [settings.redis_seq_key, settings.redis_latest_key]
         self._script = redis.register_script(PUBLISH_SCRIPT)
+        self._heartbeat_channel = settings.redis_heartbeat_channel
         # Highest seq seen per symbol: the floor that keeps seq rising if Redis restarts
         # with empty memory while we run.
         self._last_seq: dict[str, int] = {}
+        # The last quote published per symbol: what a Redis that lost its memory gets back.
+        self._latest: dict[str, Quote] = {}
 
     async def publish(self, quotes: Sequence[Quote]) -> list[Quote]:
         published: list[Quote] = []
         for start in range(0, len(quotes), MAX_BATCH):
-            published.extend(await self._publish_chunk(quotes[start : start + MAX_BATCH]))
+            chunk = quotes[start : start + MAX_BATCH]
+            out, lost = await self._publish_chunk(chunk)
+            published.extend(out)
+            if lost:
+                await self.restore(exclude={q.symbol for q in chunk})
         return published
 
-    async def _publish_chunk(self, quotes: Sequence[Quote]) -> list[Quote]:
+    async def restore(self, exclude: Collection[str] = ()) -> None:
+        """Write back every symbol's last quote (seq still rising), so a Redis that came back
+        empty holds the full board again, not only the symbols that ticked since."""
+        board = [q for s, q in self._latest.items() if s not in exclude]
+        for start in range(0, len(board), MAX_BATCH):
+            await self._publish_chunk(board[start : start + MAX_BATCH])
+        if board:
+            log.warning("restored the latest state of %d symbols in Redis", len(board))
+
+    async def resume(self) -> list[Quote]:
+        """The latest state Redis holds (from an earlier run), remembered as our own so
+        seq continues and a lost Redis can be refilled with it."""
+        quotes: list[Quote] = []
+        for payload in (await self._redis.hgetall(self._keys[1])).values():
+            good, _ = decode_payload(payload)
+            quotes += good
+        for quote in quotes:
+            self._latest[quote.symbol] = quote
+            self._last_seq[quote.symbol] = max(self._last_seq.get(quote.symbol, 0), quote.seq or 0)
+        return quotes
+
+    async def heartbeat(self) -> None:
+        """Tell the services the publisher is alive even when no price moves."""
+        await self._redis.publish(self._heartbeat_channel, str(now_ms()))
+
+    async def _publish_chunk(self, quotes: Sequence[Quote]) -> tuple[list[Quote], bool]:
+        """Returns the quotes with their seq, and whether Redis had lost state."""
         if not quotes:
-            return []
+            return [], False
         args: list[bytes | str | int] = [self._channel]
         for quote in quotes:
             args += [quote.symbol, self._last_seq.get(quote.symbol, 0), wire_body(quote)]
@@ -111,6 +144,8 @@ class RedisSink:
                 "Redis had lost %d symbols' seq (restarted with empty memory?); "
                 "continued from the last seq this publisher saw", bumps,
             )
-        for quote, seq in zip(quotes, seqs, strict=True):
-            self._last_seq[quote.symbol] = seq
-        return [quote.with_seq(seq) for quote, seq in zip(quotes, seqs, strict=True)]
+        out = [quote.with_seq(seq) for quote, seq in zip(quotes, seqs, strict=True)]
+        for quote in out:
+            self._last_seq[quote.symbol] = quote.seq  # type: ignore[assignment]
+            self._latest[quote.symbol] = quote
+        return out, bumps > 0

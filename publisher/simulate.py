@@ -52,7 +52,8 @@ async def run_simulation(
     tick_s: float = TICK_S,
     retry_max_s: float = 5.0,
 ) -> None:
-    """Publish the full board, then `rate` quotes per second until `stop` is set.
+    """Publish the full board (at the market's current prices: a resumed market goes on
+    where it was), then `rate` quotes per second until `stop` is set.
 
     After a sink failure the full board is sent again once the sink recovers, so a broker
     that lost its memory is whole again at once instead of symbol by symbol."""
@@ -61,12 +62,12 @@ async def run_simulation(
     stop = stop or asyncio.Event()
     failures = 0
     loop = asyncio.get_running_loop()
-    board_due, started = True, False
+    board_due = True
     last = loop.time()
     owed = 0.0
     while not stop.is_set():
         if board_due:
-            batch = market.board_quotes() if started else market.initial_quotes()
+            batch = market.board_quotes()
         else:
             await _wait(stop, tick_s)
             if stop.is_set():
@@ -93,6 +94,6 @@ async def run_simulation(
             log.info("publishing again after %d failed attempts", failures)
             failures = 0
         if board_due:
-            board_due, started = False, True
+            board_due = False
             last, owed = loop.time(), 0.0
     log.info("simulation stopped")

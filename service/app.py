@@ -29,6 +29,8 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 class Feed(Protocol):
     async def run(self) -> None: ...
 
+    def report(self) -> dict[str, Any]: ...
+
     async def aclose(self) -> None: ...
 
 
@@ -118,10 +120,12 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR) -> Sta
         return PlainTextResponse("ok")
 
     async def readyz(request: Request) -> Response:
+        """Ready only while the feed is heard: in Redis mode that needs a probe's round
+        trip through pub/sub and a publisher that is not silent, not just a PING."""
         ready = service.hub.feed == "live"
         return JSONResponse(
             {"feed": service.hub.feed, "symbols": len(service.hub.board),
-             "connections": len(service.connections)},
+             "connections": len(service.connections), **service.feed.report()},
             status_code=200 if ready else 503,
         )
 

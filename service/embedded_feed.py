@@ -42,5 +42,8 @@ class EmbeddedFeed:
         await run_simulation(MemoryBroker(self.hub), market_from_settings(self.settings),
                              self.settings.sim_rate)
 
+    def report(self) -> dict[str, Any]:
+        return {"source": "embedded simulation"}
+
     async def aclose(self) -> None:
         return None

@@ -1,22 +1,29 @@
 """The Redis edge: one pub/sub subscription per process, feeding the hub.
 
-redis-py reconnects silently or not at all depending on how the client was built
-(FIELD-NOTES), so this loop owns recovery itself: on any connection error it marks the
-feed stale, backs off with jitter, subscribes again, reloads the latest state, and only
-then says live.
+redis-py reconnects silently or not at all depending on how the client was built, and
+never notices a frozen server (FIELD-NOTES), so this edge owns recovery itself: its
+clients have no retries of their own; a probe published every PROBE_INTERVAL_S must come
+back through the subscription; on any failure the feed is marked stale, the loop backs
+off with jitter, subscribes again, reloads the latest state, and only then says live.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+import uuid
+from typing import Any
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .backoff import backoff
+from .feed_health import FeedHealth
 from .hub import Hub
 from .quote import Quote, decode_payload
 from .settings import Settings
@@ -24,46 +31,111 @@ from .settings import Settings
 log = logging.getLogger("service.redis_feed")
 
 
+class FeedLost(Exception):
+    """The probe did not come back in time: Redis is frozen or the subscription is dead."""
+
+
 class RedisFeed:
     def __init__(self, settings: Settings, hub: Hub) -> None:
         assert settings.redis_url is not None
         self.settings = settings
         self.hub = hub
+        self.health = FeedHealth(settings.feed_silence_s, settings.probe_timeout_s)
+        # Our own back-off is the only retry: redis-py's would hide an outage.
         self.client = redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2, health_check_interval=5
+            settings.redis_url,
+            socket_connect_timeout=2,
+            socket_timeout=settings.probe_timeout_s,
+            retry=Retry(NoBackoff(), 0),
         )
+        self.probe_channel = f"{settings.redis_probe_channel}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._last_junk_log = 0.0
+        self._attempt = 0
 
     async def run(self) -> None:
         """Listen until cancelled, whatever Redis does."""
-        self._attempt = 0
         while True:
             try:
-                await self._subscribe_and_listen()
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                await self._session()
+            except (RedisConnectionError, RedisTimeoutError, OSError, FeedLost) as exc:
+                self.health.lost()
                 self.hub.set_feed("stale")
                 self.hub.stats["redis_reconnects"] += 1
                 delay = backoff(self._attempt, self.settings.redis_retry_max_s)
                 self._attempt += 1
-                log.warning("redis lost (%s); retrying in %.2fs", exc, delay)
+                log.warning("redis lost (%s); retrying in %.2fs", exc or type(exc).__name__, delay)
                 await asyncio.sleep(delay)
 
-    async def _subscribe_and_listen(self) -> None:
+    async def _session(self) -> None:
         settings = self.settings
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         try:
             # Subscribe first, then read the board: a quote published in between is seen
             # twice at worst, and the hub drops the older by seq.
-            await pubsub.subscribe(settings.redis_channel)
+            await pubsub.subscribe(settings.redis_channel, settings.redis_heartbeat_channel,
+                                   self.probe_channel)
             self.hub.load(await self.read_latest())
-            self.hub.set_feed("live")
+            self.health.connected_at(time.monotonic())
             self._attempt = 0
-            log.info("listening on redis channel %r", settings.redis_channel)
-            async for message in pubsub.listen():
-                if message["type"] == "message":
-                    self.ingest(message["data"])
+            log.info("subscribed to redis channel %r", settings.redis_channel)
+            self._refresh()
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._listen(pubsub))
+                tasks.create_task(self._watch())
+        except* FeedLost as group:
+            raise group.exceptions[0] from None
+        except* (RedisConnectionError, RedisTimeoutError, OSError) as group:
+            raise group.exceptions[0] from None
         finally:
-            await pubsub.aclose()
+            # A frozen server must not hold us up here too.
+            try:
+                async with asyncio.timeout(1):
+                    await pubsub.aclose()
+            except (TimeoutError, RedisConnectionError, OSError):
+                pass
+
+    async def _listen(self, pubsub: Any) -> None:
+        channel = self.settings.redis_channel.encode()
+        heartbeat = self.settings.redis_heartbeat_channel.encode()
+        async for message in pubsub.listen():
+            if message["type"] != "message":
+                continue
+            name = message["channel"]
+            if name == channel:
+                self.ingest(message["data"])
+            elif name == heartbeat:
+                self.health.heard(time.monotonic())
+                if self.hub.feed != "live":
+                    self._refresh()
+            else:
+                self._probe_back(message["data"])
+        raise RedisConnectionError("subscription ended")
+
+    async def _watch(self) -> None:
+        """Send probes; judge the broker by their return and the publisher by silence."""
+        interval = self.settings.probe_interval_s
+        while True:
+            now = time.monotonic()
+            if self.health.probe_overdue(now):
+                raise FeedLost(f"no probe came back through pub/sub in "
+                               f"{self.settings.probe_timeout_s}s")
+            await self.client.publish(self.probe_channel, repr(now))
+            self._refresh()
+            await asyncio.sleep(min(interval, 0.5) if self.hub.feed != "live" else interval)
+
+    def _probe_back(self, payload: bytes) -> None:
+        try:
+            sent_at = float(payload)
+        except ValueError:
+            return
+        self.health.probe_returned(sent_at, time.monotonic())
+
+    def _refresh(self) -> None:
+        state = self.health.state(time.monotonic())
+        if state != self.hub.feed:
+            if state == "stale":
+                log.warning("no quote or publisher heartbeat for %ss", self.settings.feed_silence_s)
+            self.hub.set_feed(state)
 
     async def read_latest(self) -> list[Quote]:
         raw = await self.client.hgetall(self.settings.redis_latest_key)
@@ -80,6 +152,9 @@ class RedisFeed:
         for reason in errors:
             self._junk(reason)
         if quotes:
+            self.health.heard(time.monotonic())
+            if self.hub.feed != "live":
+                self._refresh()
             self.hub.publish(quotes)
 
     def _junk(self, reason: str) -> None:
@@ -91,7 +166,8 @@ class RedisFeed:
             log.warning("dropped a bad payload from redis (%d so far): %s",
                         self.hub.stats["junk_dropped"], reason)
 
+    def report(self) -> dict[str, Any]:
+        return self.health.report(time.monotonic())
+
     async def aclose(self) -> None:
         await self.client.aclose()
-
-

@@ -27,6 +27,11 @@ class Settings:
     redis_channel: str = "quotes"
     redis_latest_key: str = "quotes:latest"
     redis_seq_key: str = "quotes:seq"
+    # The publisher says it is alive here every PUBLISHER_HEARTBEAT_S, even when no quote
+    # moves; the service's own pub/sub probes use REDIS_PROBE_CHANNEL plus an instance id.
+    redis_heartbeat_channel: str = "quotes:heartbeat"
+    redis_probe_channel: str = "quotes:probe"
+    publisher_heartbeat_s: float = 1.0
     # Limits announced in `welcome`.
     heartbeat_s: float = 15.0
     max_symbols: int = 500
@@ -39,6 +44,19 @@ class Settings:
     send_timeout_s: float = 5.0
     # Back-off between Redis reconnect attempts.
     redis_retry_max_s: float = 5.0
+    # A probe published through Redis every PROBE_INTERVAL_S must come back through the
+    # subscription within PROBE_TIMEOUT_S, or Redis is taken as lost (a frozen server
+    # keeps its TCP connections open and says nothing).
+    probe_interval_s: float = 1.0
+    probe_timeout_s: float = 3.0
+    # No quote and no publisher heartbeat for this long: the feed is stale. 0: never.
+    feed_silence_s: float = 10.0
+    # Admission: open connections per process, and new connections per second (burst
+    # of one second's worth); past either a client is closed with 1013 (try again later).
+    max_connections: int = 20000
+    max_connects_per_s: int = 1000
+    # A client whose unsent data passes this many bytes is closed with 4008.
+    max_pending_bytes: int = 1 << 20
     # Simulated market.
     sim_rate: float = 20.0
     sim_band_pct: float = 10.0
@@ -60,10 +78,14 @@ class Settings:
 
     def check(self) -> None:
         positive = ("heartbeat_s", "max_symbols", "max_client_msgs_per_s", "max_frame_bytes",
-                    "ws_max_size", "send_timeout_s", "redis_retry_max_s", "sim_rate")
+                    "ws_max_size", "send_timeout_s", "redis_retry_max_s", "sim_rate",
+                    "publisher_heartbeat_s", "probe_interval_s", "probe_timeout_s",
+                    "max_connections", "max_connects_per_s", "max_pending_bytes")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive, got {getattr(self, name)}")
+        if self.feed_silence_s < 0:
+            raise ConfigError(f"FEED_SILENCE_S must be 0 (off) or positive, got {self.feed_silence_s}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"PORT must be 1-65535, got {self.port}")
         if self.ws_max_size < self.max_frame_bytes:

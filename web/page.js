@@ -1,0 +1,22 @@
+// The news page's glue. It uses the same /widget.js that other sites embed.
+//
+// Symbols are set before the widget module runs, so the shared socket subscribes once to
+// the right list: every symbol the feed has, or the list in the page's ?symbols= query.
+const params = new URLSearchParams(window.location.search);
+const symbols = params.get('symbols');
+const tickers = [...document.querySelectorAll('quote-ticker')];
+if (symbols !== null && symbols.trim() !== '') {
+  for (const t of tickers) t.setAttribute('symbols', symbols);
+}
+
+await import('/widget.js');
+
+// One Pause for the page: the strip's button also holds the side panel still (WCAG 2.2.2).
+const strip = document.getElementById('ticker-strip');
+const panel = document.getElementById('ticker-panel');
+if (strip && panel) {
+  strip.addEventListener('pausechange', (event) => {
+    panel.paused = event.detail.paused;
+  });
+  panel.paused = strip.paused;
+}
