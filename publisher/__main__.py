@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import logging
 import signal
@@ -115,14 +116,10 @@ async def _simulate(settings: Settings, rate: float, seed: int | None) -> int:
 async def _heartbeats(sink: RedisSink, interval: float, stop: asyncio.Event) -> None:
     """Liveness for the services' silence check; Redis errors are the loop's to report."""
     while not stop.is_set():
-        try:
+        with contextlib.suppress(RedisError):
             await sink.heartbeat()
-        except RedisError:
-            pass
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
-        except TimeoutError:
-            pass
 
 
 async def _replay(settings: Settings, lines: Iterable[str]) -> int:

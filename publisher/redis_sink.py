@@ -1,7 +1,8 @@
 """Publishing quotes to Redis: one Lua script call per batch, so a batch is all or nothing.
 
-Batches above MAX_BATCH go out as several calls, each atomic on its own. For each quote the script takes the symbol's next `seq` from a hash (HINCRBY, so two
-publishers never hand out the same version), stores the quote with its seq as the
+Batches above MAX_BATCH go out as several calls, each atomic on its own. For each quote
+the script takes the symbol's next `seq` from a hash (HINCRBY, so two publishers never
+hand out the same version), stores the quote with its seq as the
 symbol's latest state, and after the loop PUBLISHes the whole batch as one JSON array.
 The JSON is spliced as text in Lua rather than re-encoded with cjson, so every number
 reaches the service exactly as orjson wrote it.

@@ -82,7 +82,7 @@ async def run_simulation(
             batch = market.next_quotes(count)
         try:
             await sink.publish(batch)
-        except Exception as exc:  # noqa: BLE001 - whatever the sink raises, keep running
+        except Exception as exc:
             delay = backoff(failures, retry_max_s)
             failures += 1
             log.warning("publish failed (%s: %s); retrying in %.1fs",

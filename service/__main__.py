@@ -28,14 +28,17 @@ class QuoteServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def listening_socket(host: str, port: int, user_timeout_ms: int) -> socket.socket:
+def listening_socket(host: str, port: int, user_timeout_ms: int, send_buffer: int = 0
+                     ) -> socket.socket:
     """A listening socket whose accepted connections inherit TCP_USER_TIMEOUT, so the
-    kernel aborts a peer that stops acknowledging data (FIELD-NOTES)."""
+    kernel aborts a peer that stops acknowledging data (FIELD-NOTES), and SO_SNDBUF."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if hasattr(socket, "TCP_USER_TIMEOUT"):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout_ms)
+    if send_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     sock.bind((host, port))
     sock.listen(2048)
     sock.set_inheritable(True)
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     server = QuoteServer(config)
     try:
         sock = listening_socket(settings.host, settings.port,
-                                int(settings.send_timeout_s * 2000))
+                                int(settings.send_timeout_s * 2000), settings.tcp_send_buffer)
     except OSError as exc:
         print(f"cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

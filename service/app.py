@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -18,7 +18,8 @@ from starlette.websockets import WebSocket
 
 from .connection import Connection
 from .hub import Hub
-from .protocol import CLOSE_GOING_AWAY
+from .limits import TokenBucket
+from .protocol import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
 from .settings import Settings
 
 log = logging.getLogger("service.app")
@@ -43,6 +44,8 @@ class QuoteService:
         self.connections: set[Connection] = set()
         self.feed: Feed = self._make_feed()
         self._feed_task: asyncio.Task[None] | None = None
+        self.connect_rate = TokenBucket(settings.max_connects_per_s)
+        self._refusal_log = TokenBucket(1)
 
     def _make_feed(self) -> Feed:
         if self.settings.redis_url:
@@ -85,7 +88,25 @@ class QuoteService:
                 await self._feed_task
         await self.feed.aclose()
 
+    def admit(self) -> str | None:
+        """Why a new connection must wait, or None. After a restart every client comes
+        back at once; turning the excess away with 1013 keeps that from becoming a storm
+        (clients retry with jittered back-off)."""
+        if len(self.connections) >= self.settings.max_connections:
+            return f"connection cap of {self.settings.max_connections} reached"
+        if not self.connect_rate.take(asyncio.get_running_loop().time()):
+            return f"over {self.settings.max_connects_per_s} new connections/s"
+        return None
+
     async def websocket(self, websocket: WebSocket) -> None:
+        refusal = self.admit()
+        if refusal is not None:
+            self.hub.stats["connections_refused"] += 1
+            if self._refusal_log.take(asyncio.get_running_loop().time()):
+                log.warning("refusing a connection: %s", refusal)
+            await websocket.accept()
+            await websocket.close(CLOSE_TRY_AGAIN, "try again later")
+            return
         connection = Connection(websocket, self.hub, self.settings)
         self.connections.add(connection)
         try:

@@ -15,6 +15,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import protocol
 from .hub import Hub
+from .limits import RateLimiter
 from .outbox import Outbox
 from .protocol import (
     BAD_REQUEST,
@@ -22,7 +23,6 @@ from .protocol import (
     RATE_LIMITED,
     Ping,
     ProtocolError,
-    RateLimiter,
     Subscribe,
 )
 from .quote import now_ms
@@ -161,12 +161,31 @@ class Connection:
                         for frame in frames:
                             await websocket.send_text(frame)
                 if self.closing is not None and not outbox:
-                    code, reason = self.closing
-                    async with asyncio.timeout(timeout):
-                        await websocket.close(code, reason)
+                    await self._close_or_abort(*self.closing)
                     return
         except TimeoutError:
+            self.hub.stats["slow_consumer_closed"] += 1
             log.warning("closing %s: a send took over %ss", self.peer, timeout)
-            self.closing = (protocol.CLOSE_SLOW_CONSUMER, "send timeout")
+            self.closing = (protocol.CLOSE_SLOW_CONSUMER, "slow consumer")
+            await self._close_or_abort(*self.closing)
         except (WebSocketDisconnect, RuntimeError, OSError):
             return
+
+    async def _close_or_abort(self, code: int, reason: str) -> None:
+        """Send the close frame if the socket takes it soon; a peer that stopped reading
+        never will, so then drop the connection rather than hold its buffers."""
+        try:
+            async with asyncio.timeout(min(1.0, self.settings.send_timeout_s)):
+                await self.websocket.close(code, reason)
+        except TimeoutError:
+            self._abort()
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass
+
+    def _abort(self) -> None:
+        """ASGI has no abort, so reach uvicorn's transport behind the send callable; with
+        another server the kernel's TCP_USER_TIMEOUT ends the connection instead."""
+        protocol_ = getattr(self.websocket._send, "__self__", None)
+        transport = getattr(protocol_, "transport", None)
+        if transport is not None:
+            transport.abort()

@@ -7,6 +7,7 @@ for snapshots) so the demo behaves exactly like the real pipeline.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from .hub import Hub
 from .quote import Quote

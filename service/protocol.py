@@ -190,26 +190,3 @@ def error(code: str, message: str, id: Id = None) -> str:
     if id is not None:
         frame["id"] = id
     return _dumps(frame)
-
-
-class RateLimiter:
-    """Token bucket on client messages. Past the rate a message is refused with
-    `rate_limited`; a client that keeps sending after a full second's worth of refusals
-    is flooding and gets close 4029."""
-
-    def __init__(self, per_second: int) -> None:
-        self.rate = float(per_second)
-        self.tokens = float(per_second)
-        self.refused = 0.0
-        self.last = 0.0
-
-    def check(self, now: float) -> Literal["ok", "limited", "close"]:
-        elapsed = max(0.0, now - self.last)
-        self.last = now
-        self.tokens = min(self.rate, self.tokens + elapsed * self.rate)
-        self.refused = max(0.0, self.refused - elapsed * self.rate)
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return "ok"
-        self.refused += 1
-        return "close" if self.refused > self.rate else "limited"

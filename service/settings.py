@@ -42,6 +42,9 @@ class Settings:
     ws_max_size: int = 65536
     # A send that does not finish in this time means a dead or stalled peer.
     send_timeout_s: float = 5.0
+    # Kernel send buffer per client socket in bytes (0: the kernel's autotuning). Smaller
+    # bounds memory per connection and finds a stalled reader sooner.
+    tcp_send_buffer: int = 0
     # Back-off between Redis reconnect attempts.
     redis_retry_max_s: float = 5.0
     # A probe published through Redis every PROBE_INTERVAL_S must come back through the
@@ -55,8 +58,6 @@ class Settings:
     # of one second's worth); past either a client is closed with 1013 (try again later).
     max_connections: int = 20000
     max_connects_per_s: int = 1000
-    # A client whose unsent data passes this many bytes is closed with 4008.
-    max_pending_bytes: int = 1 << 20
     # Simulated market.
     sim_rate: float = 20.0
     sim_band_pct: float = 10.0
@@ -80,10 +81,13 @@ class Settings:
         positive = ("heartbeat_s", "max_symbols", "max_client_msgs_per_s", "max_frame_bytes",
                     "ws_max_size", "send_timeout_s", "redis_retry_max_s", "sim_rate",
                     "publisher_heartbeat_s", "probe_interval_s", "probe_timeout_s",
-                    "max_connections", "max_connects_per_s", "max_pending_bytes")
+                    "max_connections", "max_connects_per_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive, got {getattr(self, name)}")
+        if self.tcp_send_buffer < 0:
+            raise ConfigError(f"TCP_SEND_BUFFER must be 0 (kernel default) or positive, "
+                              f"got {self.tcp_send_buffer}")
         if self.feed_silence_s < 0:
             raise ConfigError(f"FEED_SILENCE_S must be 0 (off) or positive, got {self.feed_silence_s}")
         if not 0 < self.port < 65536:

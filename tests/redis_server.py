@@ -1,12 +1,14 @@
 """A private redis-server for tests: its own free port, no persistence, stopped by PID.
 
-Reusable from any test module (`from tests.redis_server import redis_url`) or from
-conftest.py. It never touches a Redis the developer may run on 6379.
+Reusable from any test module (`from tests.redis_server import redis_url`). It never
+touches a Redis the developer may run on 6379. `RedisServer` can be killed, frozen and
+restarted on the same port, empty, as fault tests need.
 """
 
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -23,8 +25,7 @@ START_TIMEOUT_S = 10.0
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        return s.getsockname()[1]
 
 
 def _pings(port: int) -> bool:
@@ -36,48 +37,87 @@ def _pings(port: int) -> bool:
         return False
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
+class RedisServer:
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("redis-server not found: apt-get install redis-server")
+        self.exe = exe
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "redis.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> bool:
+        """Start (again, empty) on this port; False if it did not answer in time."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.workdir)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            if _pings(self.port):
+                return True
+            time.sleep(0.02)
+        self.stop()
+        return False
+
+    def kill(self) -> None:
+        """Die at once, as a crashed server does: no goodbye to its clients."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def freeze(self) -> None:
+        """Stopped but with its sockets open: the failure only a probe notices."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-2000:]
+
+
+@contextmanager
+def redis_server(attempts: int = 3) -> Iterator[RedisServer]:
+    """A started server, retried on a port race, stopped at the end."""
+    with tempfile.TemporaryDirectory(prefix="test-redis-") as workdir:
+        for _ in range(attempts):
+            server = RedisServer(Path(workdir))
+            if server.start():
+                break
+        else:
+            pytest.fail(f"redis-server did not start:\n{server.log()}")
         try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+            yield server
+        finally:
+            server.stop()
 
 
 @contextmanager
 def start_redis_server(attempts: int = 3) -> Iterator[str]:
-    """Yield `redis://127.0.0.1:PORT/0` of a fresh server; retried on a port race."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server not found: apt-get install redis-server")
-    with tempfile.TemporaryDirectory(prefix="test-redis-") as workdir:
-        log_path = Path(workdir) / "redis.log"
-        for attempt in range(attempts):
-            port = free_port()
-            with open(log_path, "wb") as log:
-                proc = subprocess.Popen(
-                    [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "no", "--dir", workdir],
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                )
-            try:
-                deadline = time.monotonic() + START_TIMEOUT_S
-                while proc.poll() is None and time.monotonic() < deadline:
-                    if _pings(port):
-                        break
-                    time.sleep(0.02)
-                else:
-                    log_text = log_path.read_text(errors="replace")[-2000:]
-                    _stop(proc)
-                    if attempt + 1 < attempts:
-                        continue
-                    pytest.fail(f"redis-server did not start on port {port}:\n{log_text}")
-                yield f"redis://127.0.0.1:{port}/0"
-                return
-            finally:
-                _stop(proc)
+    """Yield `redis://127.0.0.1:PORT/0` of a fresh server."""
+    with redis_server(attempts) as server:
+        yield server.url
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Run the real service (`python -m service`) as a subprocess for tests."""
+"""Run the real service (`python -m service`) and publisher as subprocesses for tests."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ import pytest
 from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -27,16 +28,54 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-class ServiceProcess:
+class ChildProcess:
+    """`python -m MODULE ARGS` with its output in tests/artifacts, stopped by PID."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None, name: str) -> None:
+        self.argv = [sys.executable, "-m", *argv]
+        # Never inherit a developer's REDIS_URL: tests use only servers they started.
+        inherited = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+        self.env = {**inherited, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.log_path = ARTIFACTS / f"{name}.log"
+
+    def spawn(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM (a graceful shutdown), then SIGKILL if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            pytest.fail(f"{self.argv} did not stop on SIGTERM in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except OSError:
+            return ""
+
+
+class ServiceProcess(ChildProcess):
     """The service on a free port; `restart()` keeps the port so clients can come back."""
 
     def __init__(self, env: Mapping[str, str] | None = None, port: int | None = None) -> None:
         self.port = port or free_port()
-        # Never inherit a developer's REDIS_URL: tests use only servers they started.
-        inherited = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-        self.env = {**inherited, "HOST": "127.0.0.1", "PORT": str(self.port), **(env or {})}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = ROOT / "tests" / "artifacts" / f"service-{self.port}.log"
+        super().__init__(["service"], {"HOST": "127.0.0.1", "PORT": str(self.port), **(env or {})},
+                         f"service-{self.port}")
 
     @property
     def url(self) -> str:
@@ -47,12 +86,8 @@ class ServiceProcess:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     def start(self, ready: str = "/healthz", timeout: float = 15.0) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service"], cwd=ROOT, env=self.env,
-                stdout=log, stderr=subprocess.STDOUT,
-            )
+        self.spawn()
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -66,30 +101,25 @@ class ServiceProcess:
         self.stop()
         pytest.fail(f"service not ready on {self.url}{ready} in {timeout}s:\n{self.log()}")
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM (a graceful shutdown), then SIGKILL if it hangs."""
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            pytest.fail(f"service did not stop on SIGTERM in {timeout}s:\n{self.log()}")
-
     def restart(self) -> None:
         self.stop()
         self.start()
 
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
+
+class PublisherProcess(ChildProcess):
+    """`python -m publisher simulate` into the given Redis."""
+
+    def __init__(self, redis_url: str, rate: float = 50, env: Mapping[str, str] | None = None
+                 ) -> None:
+        super().__init__(["publisher", "simulate", "--rate", str(rate)],
+                         {"REDIS_URL": redis_url, **(env or {})}, f"publisher-{free_port()}")
+
+    def start(self) -> None:
+        self.spawn()
 
 
-def run_service(env: Mapping[str, str] | None = None, ready: str = "/healthz") -> Iterator[ServiceProcess]:
+def run_service(env: Mapping[str, str] | None = None, ready: str = "/healthz"
+                ) -> Iterator[ServiceProcess]:
     service = ServiceProcess(env)
     service.start(ready)
     try:

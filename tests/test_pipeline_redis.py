@@ -4,6 +4,7 @@ websocket clients, and a client that connects afterwards gets the result as its 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -149,10 +150,8 @@ async def test_redis_loss_is_announced_as_stale(stack: tuple[str, ServiceProcess
     async with connect(service.ws_url + "?symbols=*") as ws:
         await recv_type(ws, "ack")
         client = redis.Redis.from_url(url)
-        try:
+        with contextlib.suppress(redis.ConnectionError):
             client.shutdown(nosave=True)
-        except redis.ConnectionError:
-            pass
         status = await recv_type(ws, "status", timeout=5)
         assert status["feed"] == "stale"
         code, body = http_get(service.url + "/readyz")

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service import protocol
+from service.limits import RateLimiter, TokenBucket
 from service.protocol import (
     ALL,
     Ping,
     ProtocolError,
-    RateLimiter,
     Subscribe,
     Unsubscribe,
     parse_command,
@@ -128,3 +133,34 @@ def test_rate_limiter_refills_over_time() -> None:
     # A steady client at the rate is never refused.
     steady = RateLimiter(5)
     assert all(steady.check(200 + i * 0.2) == "ok" for i in range(50))
+
+
+def test_token_bucket_allows_a_burst_then_the_rate() -> None:
+    bucket = TokenBucket(10)
+    assert sum(bucket.take(50.0) for _ in range(30)) == 10
+    assert sum(bucket.take(50.5) for _ in range(30)) == 5
+
+
+@given(st.one_of(st.text(max_size=300), st.binary(max_size=300),
+                 st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                              lambda c: st.lists(c, max_size=4) | st.dictionaries(
+                                  st.sampled_from(["op", "id", "symbols", "x"]), c, max_size=4),
+                              max_leaves=12).map(json.dumps)))
+@settings(max_examples=400, deadline=None)
+def test_the_parser_only_ever_raises_protocol_errors(data: str | bytes) -> None:
+    try:
+        command = parse(data)  # type: ignore[arg-type]
+    except ProtocolError as exc:
+        assert exc.code in {"bad_json", "bad_request", "unknown_op", "too_many_symbols"}
+    else:
+        assert isinstance(command, (Subscribe, Unsubscribe, Ping))
+
+
+@given(st.dictionaries(st.sampled_from(["op", "id", "symbols"]),
+                       st.one_of(st.sampled_from(["subscribe", "unsubscribe", "ping", "*"]),
+                                 st.lists(st.text(max_size=18), max_size=5), st.integers(),
+                                 st.text(max_size=70))))
+@settings(max_examples=400, deadline=None)
+def test_structured_messages_parse_or_fail_cleanly(message: dict[str, object]) -> None:
+    with contextlib.suppress(ProtocolError):
+        parse(json.dumps(message))

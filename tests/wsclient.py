@@ -31,6 +31,6 @@ async def closed_code(ws: ClientConnection, timeout: float = 5.0) -> int | None:
         try:
             while True:
                 await ws.recv()
-        except Exception:  # noqa: BLE001 - ConnectionClosed of either kind
+        except Exception:
             pass
     return ws.close_code
