@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from redis.exceptions import RedisError
 
+from service import logs
 from service.settings import ConfigError, Settings
 
 from .redis_sink import RedisSink, connect
@@ -151,10 +152,7 @@ def _raise_stopped(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(args.log_level)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:

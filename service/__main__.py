@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
 from dataclasses import replace
 
 import uvicorn
 
+from . import logs
 from .app import create_app
 from .settings import ConfigError, Settings
 
@@ -24,8 +26,11 @@ class QuoteServer(uvicorn.Server):
         app = self.config.app
         quote_service = getattr(getattr(app, "state", None), "service", None)
         if quote_service is not None:
+            log.info("stopping: closing %d clients with 1001", len(quote_service.connections),
+                     extra={"event": "stopping", "connections": len(quote_service.connections)})
             await quote_service.close_all()
         await super().shutdown(sockets)
+        log.info("stopped", extra={"event": "stop", "pid": os.getpid()})
 
 
 def listening_socket(host: str, port: int, user_timeout_ms: int, send_buffer: int = 0
@@ -55,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", help="interface to listen on (env HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (env PORT, default 8000)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(os.environ.get("LOG_LEVEL", "INFO").upper())
     try:
         settings = Settings.from_env()
         if args.host or args.port:
@@ -77,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         ws="websockets-sansio",
         ws_max_size=settings.ws_max_size,
         lifespan="on",
-        log_level="info",
+        log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
     )
@@ -88,8 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         print(f"cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    log.info("serving on http://%s:%d (feed: %s)", settings.host, settings.port,
-             "redis" if settings.redis_url else "embedded simulation")
+    feed = "redis" if settings.redis_url else "embedded simulation"
+    log.info("serving on http://%s:%d (feed: %s)", settings.host, settings.port, feed,
+             extra={"event": "start", "pid": os.getpid(), "feed": feed})
     server.run(sockets=[sock])
 
 

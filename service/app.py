@@ -19,6 +19,7 @@ from starlette.websockets import WebSocket
 from .connection import Connection
 from .hub import Hub
 from .limits import TokenBucket
+from .metrics import CONTENT_TYPE, Metrics
 from .protocol import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
 from .settings import Settings
 
@@ -44,6 +45,7 @@ class QuoteService:
         self.connections: set[Connection] = set()
         self.feed: Feed = self._make_feed()
         self._feed_task: asyncio.Task[None] | None = None
+        self.metrics = Metrics(self)
         self.connect_rate = TokenBucket(settings.max_connects_per_s)
         self._refusal_log = TokenBucket(1)
 
@@ -150,6 +152,9 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR) -> Sta
             status_code=200 if ready else 503,
         )
 
+    async def metrics(request: Request) -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+
     async def ws_plain_get(request: Request) -> Response:
         return PlainTextResponse("this is a websocket endpoint: connect with ws://", 426,
                                  headers={"Upgrade": "websocket"})
@@ -160,6 +165,7 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR) -> Sta
             Route("/widget.js", widget),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/metrics", metrics),
             WebSocketRoute("/ws", service.websocket),
             Route("/ws", ws_plain_get),
             Mount("/static", StaticFiles(directory=web_dir, check_dir=False), name="static"),

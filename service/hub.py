@@ -10,8 +10,9 @@ before any update it has not seen.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, Protocol
 
 from .outbox import Outbox, OutboxFull
@@ -52,6 +53,8 @@ class Hub:
         self.explicit: dict[Subscriber, set[str]] = {}
         self.feed: Feed = "stale"
         self.stats: Counter[str] = Counter()
+        # Called with each batch and the seconds its fan-out took (metrics), if set.
+        self.observer: Callable[[Sequence[Quote], float], None] | None = None
 
     # Subscribers
 
@@ -59,6 +62,12 @@ class Hub:
         self.explicit[sub] = set()
 
     def remove(self, sub: Subscriber) -> None:
+        if sub not in self.explicit:
+            return
+        outbox = sub.outbox
+        self.stats["retired_frames_sent"] += outbox.frames_taken
+        self.stats["retired_quotes_sent"] += outbox.quotes_taken
+        self.stats["retired_quotes_conflated"] += outbox.conflated
         for symbol in self.explicit.pop(sub, ()):
             self._unindex(sub, symbol)
         self.everyone.discard(sub)
@@ -146,8 +155,9 @@ class Hub:
 
     # Feed
 
-    def publish(self, quotes: Iterable[Quote]) -> int:
+    def publish(self, quotes: Sequence[Quote]) -> int:
         """Fan a batch out; a quote whose seq is not newer than the board's is dropped."""
+        started = time.perf_counter()
         board = self.board
         by_symbol = self.by_symbol
         everyone = self.everyone
@@ -167,6 +177,8 @@ class Hub:
                     if sub.outbox.put_quote(symbol, text):
                         sub.wake()
         self.stats["quotes_in"] += sent
+        if self.observer is not None:
+            self.observer(quotes, time.perf_counter() - started)
         return sent
 
     def load(self, quotes: Iterable[Quote]) -> None:

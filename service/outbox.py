@@ -18,13 +18,16 @@ class OutboxFull(Exception):
 
 
 class Outbox:
-    __slots__ = ("conflated", "control", "max_control", "quotes")
+    __slots__ = ("conflated", "control", "frames_taken", "max_control", "quotes", "quotes_taken")
 
     def __init__(self, max_control: int = 64) -> None:
         self.control: deque[str] = deque()
         self.quotes: dict[str, str] = {}
         self.max_control = max_control
+        # Plain counters, read by /metrics at scrape time: nothing on the hot path locks.
         self.conflated = 0
+        self.frames_taken = 0
+        self.quotes_taken = 0
 
     def __bool__(self) -> bool:
         return bool(self.control or self.quotes)
@@ -59,5 +62,7 @@ class Outbox:
         self.control.clear()
         if self.quotes:
             frames.append(quotes_frame("quotes", self.quotes.values()))
+            self.quotes_taken += len(self.quotes)
             self.quotes = {}
+        self.frames_taken += len(frames)
         return frames

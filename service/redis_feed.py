@@ -51,6 +51,7 @@ class RedisFeed:
         self.probe_channel = f"{settings.redis_probe_channel}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._last_junk_log = 0.0
         self._attempt = 0
+        self._lost_at: float | None = None
 
     async def run(self) -> None:
         """Listen until cancelled, whatever Redis does."""
@@ -58,12 +59,16 @@ class RedisFeed:
             try:
                 await self._session()
             except (RedisConnectionError, RedisTimeoutError, OSError, FeedLost) as exc:
+                reason = str(exc) or type(exc).__name__
+                if self._lost_at is None:
+                    self._lost_at = time.monotonic()
+                    self.hub.stats["redis_reconnects"] += 1
+                    log.warning("redis lost: %s", reason, extra={"event": "redis_lost", "reason": reason})
                 self.health.lost()
                 self.hub.set_feed("stale")
-                self.hub.stats["redis_reconnects"] += 1
                 delay = backoff(self._attempt, self.settings.redis_retry_max_s)
                 self._attempt += 1
-                log.warning("redis lost (%s); retrying in %.2fs", exc or type(exc).__name__, delay)
+                log.debug("redis retry in %.2fs: %s", delay, reason)
                 await asyncio.sleep(delay)
 
     async def _session(self) -> None:
@@ -75,9 +80,16 @@ class RedisFeed:
             await pubsub.subscribe(settings.redis_channel, settings.redis_heartbeat_channel,
                                    self.probe_channel)
             self.hub.load(await self.read_latest())
-            self.health.connected_at(time.monotonic())
+            now = time.monotonic()
+            self.health.connected_at(now)
             self._attempt = 0
-            log.info("subscribed to redis channel %r", settings.redis_channel)
+            if self._lost_at is None:
+                log.info("subscribed to redis channel %r", settings.redis_channel,
+                         extra={"event": "redis_subscribed"})
+            else:
+                down = round(now - self._lost_at, 3)
+                log.info("redis regained after %.1fs", down, extra={"event": "redis_regained", "down_s": down})
+                self._lost_at = None
             self._refresh()
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._listen(pubsub))

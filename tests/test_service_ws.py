@@ -186,6 +186,6 @@ async def test_shutdown_closes_clients_with_1001() -> None:
             assert await closed_code(ws, timeout=10) == 1001
             # uvicorn re-raises the SIGTERM it caught once shutdown is complete.
             assert await stopping in (0, -15)
-            assert "Finished server process" in service.log()
+            assert '"event":"stop"' in service.log()
     finally:
         service.stop()

@@ -23,18 +23,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from service.quote import Quote
 from service.ticker_text import format_line, parse_line
+from tests.browser import chromium
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB = ROOT / "web"
 SEED = ROOT / "publisher" / "data" / "psx_ticker.txt"
 ARTIFACTS = ROOT / "tests" / "artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 TS = 1_719_216_000_000
 
 BLANK = b"<!doctype html><html lang=en><head><meta charset=utf-8><title>blank</title></head><body></body></html>"
@@ -152,7 +150,7 @@ class FakeFeed:
                 msg = json.loads(raw)
                 conn["received"].append(msg)
                 await self._command(conn, msg)
-        except Exception:  # noqa: BLE001 - the peer went away
+        except Exception:
             pass
         finally:
             conn["closed"] = True
@@ -260,14 +258,8 @@ def web_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail("chromium not found: apt-get install chromium")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture

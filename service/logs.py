@@ -1,0 +1,68 @@
+"""Logging for the service and the publisher: JSON lines when stderr is not a terminal
+(what a log shipper wants), readable lines when it is (what a developer wants).
+
+Call sites pass the facts as `extra={...}`; both formats show them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def _extra(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            **_extra(record),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extra = _extra(record)
+        if extra:
+            line += "  " + " ".join(f"{k}={v}" for k, v in extra.items())
+        return line
+
+
+def configure(level: str | int = "INFO", *, json: bool | None = None) -> None:
+    """One handler on the root logger; uvicorn's loggers go through it too.
+
+    LOG_FORMAT=json|text overrides the terminal check."""
+    if json is None:
+        forced = os.environ.get("LOG_FORMAT", "").lower()
+        json = forced == "json" if forced in ("json", "text") else not sys.stderr.isatty()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if json else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    # One line per connection is noise at ten thousand connections; ours log what matters.
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
