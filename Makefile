@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: install run test clean
+.PHONY: install run test lint clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,11 @@ test: install
 		echo "  sudo apt-get install redis-server   (Debian/Ubuntu)  or  brew install redis"; \
 		exit 1; }
 	$(PY) -m pytest
+
+# Lint and types: what CI checks besides the tests.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache tests/artifacts *.egg-info

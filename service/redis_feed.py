@@ -102,7 +102,7 @@ class RedisFeed:
             # A frozen server must not hold us up here too.
             try:
                 async with asyncio.timeout(1):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
             except (TimeoutError, RedisConnectionError, OSError):
                 pass
 

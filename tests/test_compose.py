@@ -36,13 +36,20 @@ def test_three_services_started_in_order_of_health(compose: dict[str, Any]) -> N
     assert "8000:8000" in services["service"]["ports"]
 
 
+def test_an_optional_replica_shares_the_redis(compose: dict[str, Any]) -> None:
+    replica = compose["services"]["service-replica"]
+    assert replica["profiles"] == ["replica"]
+    assert replica["environment"] == compose["services"]["service"]["environment"]
+    assert replica["ports"] != compose["services"]["service"]["ports"]
+
+
 def test_redis_image_is_pinned(compose: dict[str, Any]) -> None:
     image = compose["services"]["redis"]["image"]
     assert re.fullmatch(r"redis:\d+\.\d+\.\d+[-\w.]*", image), image
 
 
 def test_commands_exist(compose: dict[str, Any]) -> None:
-    for name in ("publisher", "service"):
+    for name in ("publisher", "service", "service-replica"):
         command = compose["services"][name]["command"]
         assert command[:2] == ["python", "-m"]
         # `--help` proves the module and its arguments parse without starting anything.
