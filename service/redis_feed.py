@@ -52,6 +52,7 @@ class RedisFeed:
         self._last_junk_log = 0.0
         self._attempt = 0
         self._lost_at: float | None = None
+        self._batch: list[Quote] = []
 
     async def run(self) -> None:
         """Listen until cancelled, whatever Redis does."""
@@ -160,14 +161,23 @@ class RedisFeed:
         return quotes
 
     def ingest(self, payload: bytes) -> None:
+        """Queue a message's quotes for one fan-out per event-loop turn: messages already
+        buffered are read without yielding, so a burst becomes one batch, and each client
+        gets one frame for it instead of one per message."""
         quotes, errors = decode_payload(payload)
         for reason in errors:
             self._junk(reason)
         if quotes:
-            self.health.heard(time.monotonic())
-            if self.hub.feed != "live":
-                self._refresh()
-            self.hub.publish(quotes)
+            if not self._batch:
+                asyncio.get_running_loop().call_soon(self._fan_out)
+            self._batch += quotes
+
+    def _fan_out(self) -> None:
+        batch, self._batch = self._batch, []
+        self.health.heard(time.monotonic())
+        if self.hub.feed != "live":
+            self._refresh()
+        self.hub.publish(batch)
 
     def _junk(self, reason: str) -> None:
         """Count every bad payload; log at most one line a second so junk cannot flood logs."""
