@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .hub import Hub
-from .quote import Quote
+from .quote import Quote, now_ms
 from .settings import Settings
 
 
@@ -20,11 +20,15 @@ class MemoryBroker:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.seq: dict[str, int] = {}
+        # Nothing persists across a restart here, so seq starts from the clock: a client
+        # that held seq N from the previous run still sees every new quote as newer (a
+        # symbol would need over a thousand updates a second to outrun it).
+        self.first_seq = now_ms()
 
     async def publish(self, quotes: Sequence[Quote]) -> list[Quote]:
         stamped = []
         for quote in quotes:
-            seq = self.seq.get(quote.symbol, 0) + 1
+            seq = self.seq.get(quote.symbol, self.first_seq) + 1
             self.seq[quote.symbol] = seq
             stamped.append(quote.with_seq(seq))
         self.hub.publish(stamped)
