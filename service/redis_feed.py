@@ -89,7 +89,8 @@ class RedisFeed:
                          extra={"event": "redis_subscribed"})
             else:
                 down = round(now - self._lost_at, 3)
-                log.info("redis regained after %.1fs", down, extra={"event": "redis_regained", "down_s": down})
+                log.info("redis regained after %.1fs", down,
+                         extra={"event": "redis_regained", "down_s": down})
                 self._lost_at = None
             self._refresh()
             async with asyncio.TaskGroup() as tasks:

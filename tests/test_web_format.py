@@ -35,7 +35,8 @@ SEED = ROOT / "publisher" / "data" / "psx_ticker.txt"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 TS = 1_719_216_000_000
 
-BLANK = b"<!doctype html><html lang=en><head><meta charset=utf-8><title>blank</title></head><body></body></html>"
+BLANK = (b"<!doctype html><html lang=en><head><meta charset=utf-8><title>blank</title></head>"
+         b"<body></body></html>")
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "application/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 
@@ -384,7 +385,7 @@ def test_ticker_text_matches_python_on_random_quotes(blank: Page) -> None:
         quotes.append(quote(f"S{i}", price, prev, kind=kind, seq=i + 1))
     got = blank.evaluate("(qs) => qs.map((q) => W.tickerText(q))", quotes)
     expected = [line_of(q) for q in quotes]
-    mismatches = [(e, g) for e, g in zip(expected, got) if e != g]
+    mismatches = [(e, g) for e, g in zip(expected, got, strict=True) if e != g]
     assert not mismatches, mismatches[:5]
 
 
@@ -401,7 +402,7 @@ def test_element_items_read_exactly_as_the_seed(blank: Page, layout: str) -> Non
     add_ticker(blank, {"layout": layout}, "t")
     quotes = [quote_from_line(line) for line in seed_lines()]
     blank.evaluate("(qs) => document.getElementById('t').ingest(qs)", quotes)
-    assert texts(blank, "#t") == {q["symbol"]: line for q, line in zip(quotes, seed_lines())}
+    assert texts(blank, "#t") == {q["symbol"]: line for q, line in zip(quotes, seed_lines(), strict=True)}
     # Playwright's CSS pierces the open shadow root, as the lead's tests will use it.
     expect(blank.locator('quote-ticker [data-symbol="HBL"]')).to_have_text(
         "HBL 112.40 Decreased By ▼ -0.36 (-0.32%)")
