@@ -74,15 +74,17 @@ class Connection:
             ))
             self.hub.greet(self)
             self._subscribe_from_query()
+            # The reader runs in this task and the sender in one more: two tasks per
+            # connection, not three, counts at ten thousand connections. Whatever ends the
+            # connection (peer gone, close sent, transport aborted) ends the reader too,
+            # since uvicorn then delivers websocket.disconnect.
             sender = asyncio.create_task(self._send_loop())
-            reader = asyncio.create_task(self._read_loop())
             try:
-                await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
+                await self._read_loop()
             finally:
-                reader.cancel()
-                if not sender.done() and self.closing is None:
+                if self.closing is None:
                     sender.cancel()
-                await asyncio.gather(sender, reader, return_exceptions=True)
+                await asyncio.gather(sender, return_exceptions=True)
         finally:
             self.hub.remove(self)
             self.finished.set()
