@@ -8,6 +8,7 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY publisher ./publisher
 COPY web ./web
+COPY docs/asyncapi.yaml ./docs/asyncapi.yaml
 RUN pip install --no-compile . \
     && useradd --system --uid 10001 --home-dir /app quotes
 

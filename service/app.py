@@ -159,6 +159,21 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR) -> Sta
         return PlainTextResponse("this is a websocket endpoint: connect with ws://", 426,
                                  headers={"Upgrade": "websocket"})
 
+    asyncapi_file = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.yaml"
+    asyncapi_yaml = asyncapi_file.read_text(encoding="utf-8") if asyncapi_file.is_file() else None
+
+    async def asyncapi(request: Request) -> Response:
+        """The protocol's AsyncAPI 3 document (docs/asyncapi.yaml), as YAML or as JSON;
+        open to any origin so AsyncAPI tools can load it from here."""
+        if asyncapi_yaml is None:
+            return PlainTextResponse("the AsyncAPI document is not installed here", 404)
+        cors = {"Access-Control-Allow-Origin": "*"}
+        if request.url.path.endswith(".yaml"):
+            return Response(asyncapi_yaml, media_type="text/yaml; charset=utf-8", headers=cors)
+        import yaml  # pyyaml: only this route needs it
+
+        return JSONResponse(yaml.safe_load(asyncapi_yaml), headers=cors)
+
     app = Starlette(
         routes=[
             Route("/", index),
@@ -168,6 +183,8 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR) -> Sta
             Route("/metrics", metrics),
             WebSocketRoute("/ws", service.websocket),
             Route("/ws", ws_plain_get),
+            Route("/asyncapi.yaml", asyncapi),
+            Route("/asyncapi.json", asyncapi),
             Mount("/static", StaticFiles(directory=web_dir, check_dir=False), name="static"),
         ],
         lifespan=lifespan,

@@ -28,10 +28,12 @@ def words_for(change: float) -> str:
 
 def format_line(quote: Quote) -> str:
     """`AIRLINK 72.59 Increased By ▲ 3.39 (4.9%)`; indices `KSE100 71,902 Increased By 1235.2 (1.75%)`."""
-    words = words_for(quote.change)
     pct = _trim(f"{quote.change_pct:.2f}")
     if quote.kind == "index":
-        return f"{quote.symbol} {quote.price:,.0f} {words} {_trim(f'{quote.change:.1f}')} ({pct}%)"
+        # The words follow the change as shown: +0.04 reads "0", so "No Change".
+        change = _trim(f"{quote.change:.1f}")
+        return f"{quote.symbol} {quote.price:,.0f} {words_for(float(change))} {change} ({pct}%)"
+    words = words_for(quote.change)
     arrow = UP if quote.change > 0 else DOWN
     change = f"{quote.change:.2f}"
     if change == "-0.00":

@@ -342,8 +342,8 @@ CASES = [
     # 71902.5 -> 71,902 and 71903.5 -> 71,904; a change of 12.25 -> 12.2.
     (quote("TIE", 71902.5, 71900.0, kind="index"), "TIE 71,902 Increased By 2.5 (0%)"),
     (quote("TIE2", 71903.5, 71891.25, kind="index"), "TIE2 71,904 Increased By 12.2 (0.02%)"),
-    # An index change under 0.05 reads 0, never -0.
-    (quote("NEGZI", 500.0, 500.04, kind="index"), "NEGZI 500 Decreased By 0 (-0.01%)"),
+    # An index change under 0.05 reads 0, never -0, and so "No Change".
+    (quote("NEGZI", 500.0, 500.04, kind="index"), "NEGZI 500 No Change 0 (-0.01%)"),
 ]
 
 # Inputs the service never sends (it rounds and derives), for the JS side alone.

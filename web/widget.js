@@ -125,10 +125,15 @@ export function formatQuote(q) {
   const pct = `(${trimZeros(pyFixed(changePct, 2))}%)`;
   const symbol = String(q.symbol);
   if (q.kind === 'index') {
+    // The words and colour follow the change as shown: +0.04 reads "0", so "No Change".
+    const shown = trimZeros(pyFixed(change, 1));
+    const value = Number(shown);
     return {
-      symbol, kind: 'index', direction, words, arrow: '', pct,
+      symbol, kind: 'index', pct, arrow: '',
+      direction: value > 0 ? 'up' : value < 0 ? 'down' : 'flat',
+      words: value > 0 ? INCREASED : value < 0 ? DECREASED : NO_CHANGE,
       price: groupThousands(pyFixed(price, 0)),
-      change: trimZeros(pyFixed(change, 1)),
+      change: shown,
     };
   }
   let changeText = pyFixed(change, 2);

@@ -1,0 +1,641 @@
+"""A Python client for the quote stream: connect, subscribe, iterate quotes.
+
+    async with QuoteClient("ws://127.0.0.1:8000/ws", symbols=["OGDC", "PPL"]) as client:
+        async for quote in client.quotes():
+            print(quote.symbol, quote.price, quote.seq)
+
+The client owns its connection the way the widget does (PROTOCOL.md, "Close codes"): when
+the connection drops it reconnects by itself with the project's jittered back-off,
+resubscribes to its current set, and takes the new snapshot. It keeps the board by `seq`,
+so an iterator never sees an older quote after a newer one on the same connection.
+
+`python -m service.client tail ...` runs the terminal ticker (service/tail.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType, TracebackType
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from .backoff import backoff
+from .protocol import (
+    ALL,
+    CLOSE_POLICY,
+    CLOSE_RATE_LIMITED,
+    CLOSE_TRY_AGAIN,
+    ProtocolError,
+    Symbols,
+    parse_query_symbols,
+)
+from .quote import Quote, QuoteError, normalize_symbol
+
+__all__ = ["Ack", "Feed", "QuoteClient", "ServerError", "Welcome", "main", "retry_delay"]
+
+log = logging.getLogger("service.client")
+
+Feed = Literal["connecting", "live", "stale", "reconnecting"]
+
+DEFAULT_URL = "ws://127.0.0.1:8000/ws"
+# Close codes that mean "you, slow down" (policy, flood, connection cap): retrying at
+# once would only be refused again, so the back-off starts this many steps up.
+SLOW_DOWN_CODES = frozenset({CLOSE_POLICY, CLOSE_RATE_LIMITED, CLOSE_TRY_AGAIN})
+SLOW_DOWN_ATTEMPT = 5
+
+
+class ServerError(Exception):
+    """An `error` frame the service sent in reply to one of this client's requests."""
+
+    def __init__(self, code: str, message: str, id: int | str | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.id = id
+
+
+class _Lost(Exception):
+    """The connection went away before the reply came; the request is sent again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """The service's published limits, so a client need not discover them by failing."""
+
+    protocol: int
+    heartbeat_s: float
+    limits: Mapping[str, int]
+
+    @classmethod
+    def from_frame(cls, frame: Mapping[str, Any]) -> Welcome:
+        return cls(int(frame.get("protocol", 1)), float(frame.get("heartbeat_s", 15)),
+                   MappingProxyType(dict(frame.get("limits") or {})))
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The subscription set after an operation, as the service holds it."""
+
+    symbols: tuple[str, ...]
+    unknown: tuple[str, ...]
+    all: bool
+
+    @classmethod
+    def from_frame(cls, frame: Mapping[str, Any]) -> Ack:
+        return cls(tuple(frame.get("symbols") or ()), tuple(frame.get("unknown") or ()),
+                   bool(frame.get("all", False)))
+
+    @property
+    def subscribed(self) -> Symbols:
+        return ALL if self.all else frozenset(self.symbols)
+
+
+def retry_delay(attempt: int, close_code: int | None, cap: float) -> float:
+    """The project's one back-off, started further up after a close that asks us to
+    slow down, so a refused client does not come straight back to be refused again."""
+    if close_code in SLOW_DOWN_CODES:
+        attempt = max(attempt, SLOW_DOWN_ATTEMPT)
+    return backoff(attempt, cap)
+
+
+def _fatal(exc: BaseException) -> bool:
+    """Errors that another attempt cannot fix: a malformed URL, or an HTTP refusal of the
+    upgrade such as 403 or 404 (a wrong path). 408, 429 and 5xx are worth retrying."""
+    if isinstance(exc, InvalidURI):
+        return True
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        return 400 <= status < 500 and status not in (408, 429)
+    return False
+
+
+def _union(a: Symbols, b: Symbols) -> Symbols:
+    if isinstance(a, frozenset) and isinstance(b, frozenset):
+        return a | b
+    return ALL
+
+
+def _symbols_arg(symbols: Iterable[str] | str) -> Symbols:
+    """`"*"`, one symbol, or several; each checked and upper-cased as the service would."""
+    if isinstance(symbols, str):
+        return ALL if symbols == ALL else frozenset({normalize_symbol(symbols)})
+    return frozenset(normalize_symbol(s) for s in symbols)
+
+
+class _Stream:
+    """One consumer's pending quotes, conflated per symbol as the service's outbox is:
+    a slow consumer costs one entry per symbol and gets the latest of each."""
+
+    def __init__(self, only: frozenset[str] | None) -> None:
+        self.only = only
+        self.pending: dict[str, Quote] = {}
+        self.wake = asyncio.Event()
+        self.ended = False
+        self.error: BaseException | None = None
+
+    def put(self, quote: Quote) -> None:
+        if self.only is not None and quote.symbol not in self.only:
+            return
+        self.pending.pop(quote.symbol, None)
+        self.pending[quote.symbol] = quote
+        self.wake.set()
+
+    def end(self, error: BaseException | None = None) -> None:
+        self.ended = True
+        self.error = error
+        self.wake.set()
+
+    async def get(self) -> Quote | None:
+        """The next quote, or None when the client closed."""
+        while not self.pending:
+            if self.error is not None:
+                raise self.error
+            if self.ended:
+                return None
+            self.wake.clear()
+            await self.wake.wait()
+        symbol = next(iter(self.pending))
+        return self.pending.pop(symbol)
+
+
+class QuoteClient:
+    """An async context manager around a self-healing connection to the quote service.
+
+    On entry it connects, subscribes to `symbols` and waits for the snapshot, so `board`
+    is full when the block starts; it raises ConnectionError if that takes longer than
+    `open_timeout` (None: wait for ever, retrying). Later losses are repaired silently:
+    `feed` says what is going on, `on_status` and `statuses()` report each change.
+
+    A `?symbols=` in the URL is taken as the initial subscription and removed from the
+    URL, so that every (re)connection subscribes the same way, with a request we can
+    match to its ack.
+
+    Also readable: `welcome` (the service's limits, from the latest connection),
+    `reconnects` (how many times the connection was lost and brought back in sync) and
+    `last_error` (why the latest attempt failed or ended).
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        symbols: Iterable[str] | str | None = None,
+        max_backoff_s: float = 15.0,
+        open_timeout: float | None = 10.0,
+        on_status: Callable[[Feed], object] | None = None,
+    ) -> None:
+        self.url, from_query = self._split_query(url)
+        wanted: Symbols = frozenset() if symbols is None else _symbols_arg(symbols)
+        if from_query is not None:
+            wanted = _union(wanted, from_query)
+        self._wanted: Symbols = wanted
+        self.max_backoff_s = max_backoff_s
+        self.open_timeout = open_timeout
+        self.on_status = on_status
+        self.welcome: Welcome | None = None
+        self.last_error: BaseException | None = None
+        self.reconnects = 0
+        self._board: dict[str, Quote] = {}
+        self._feed: Feed = "connecting"
+        self._streams: set[_Stream] = set()
+        self._status_queues: set[asyncio.Queue[Feed]] = set()
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ops = asyncio.Lock()
+        self._ws: ClientConnection | None = None
+        self._connected = asyncio.Event()
+        self._synced = asyncio.Event()
+        self._opening_id: int | None = None
+        self._expect_snapshot = False
+        self._server_feed: Literal["live", "stale"] = "live"
+        self._synced_here = False
+        self._stopped = asyncio.Event()
+        self._first_error: ServerError | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @staticmethod
+    def _split_query(url: str) -> tuple[str, Symbols | None]:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        raw = [value for key, value in query if key == "symbols"]
+        if not raw:
+            return url, None
+        try:
+            symbols = parse_query_symbols(",".join(raw), max_symbols=2**31)
+        except ProtocolError as exc:  # say so here, not after connecting
+            raise QuoteError(f"bad ?symbols= in {url!r}: {exc}") from None
+        rest = urlencode([(k, v) for k, v in query if k != "symbols"])
+        return urlunsplit(parts._replace(query=rest)), symbols
+
+    # Public state
+
+    @property
+    def board(self) -> Mapping[str, Quote]:
+        """The latest quote per subscribed symbol (read-only: only the client writes it)."""
+        return MappingProxyType(self._board)
+
+    @property
+    def feed(self) -> Feed:
+        """`connecting` before the first snapshot, `live` or `stale` as the service reports
+        its feed, `reconnecting` while the connection is being repaired."""
+        return self._feed
+
+    @property
+    def subscriptions(self) -> Symbols:
+        """The set the service acknowledged last: `"*"` or a frozenset of symbols."""
+        return self._wanted
+
+    # Lifetime
+
+    async def __aenter__(self) -> QuoteClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Connect and wait until the first snapshot is in `board` (see the class doc)."""
+        if self._task is not None:
+            raise RuntimeError("this QuoteClient was already started")
+        self._task = asyncio.create_task(self._run(), name=f"QuoteClient {self.url}")
+        synced = asyncio.ensure_future(self._synced.wait())
+        try:
+            done, _ = await asyncio.wait({synced, self._task}, timeout=self.open_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # The caller gave up (its own timeout): leave nothing running behind it.
+            self._closed = True
+            self._stopped.set()
+            self._task.cancel()
+            raise
+        finally:
+            synced.cancel()
+        error: BaseException | None = None
+        if self._first_error is not None:
+            error = self._first_error
+        elif self._task in done:
+            error = self._task.exception() or ConnectionError("the client stopped")
+        elif not done:
+            error = ConnectionError(f"could not connect to {self.url} within {self.open_timeout}s"
+                                    + (f": {self.last_error}" if self.last_error else ""))
+        if error is not None:
+            await self.aclose()
+            raise error
+
+    async def aclose(self) -> None:
+        """Close the connection (1000) and end every iterator."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopped.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        self._end_streams(None)
+
+    def _end_streams(self, error: BaseException | None) -> None:
+        for stream in self._streams:
+            stream.end(error)
+        for queue in self._status_queues:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(self._feed)
+
+    # Consuming
+
+    async def quotes(self, symbols: Iterable[str] | str | None = None) -> AsyncGenerator[Quote, None]:
+        """Every quote newer than the board, starting with the board itself.
+
+        With `symbols`, subscribe to them first and yield only them; without, yield all
+        the client is subscribed to. A symbol's `seq` rises from one quote to the next,
+        except when a snapshot after a reconnect or a feed recovery replaces the board:
+        that snapshot is authoritative, because a service restarted together with an
+        emptied Redis counts `seq` from 1 again, and dropping its quotes as old would
+        freeze the board. (The embedded broker starts `seq` from the clock, so it never
+        goes backwards; Redis without persistence can.) The iterator ends when the client
+        is closed.
+        """
+        only: frozenset[str] | None = None
+        if symbols is not None:
+            wanted = _symbols_arg(symbols)
+            await self._change("subscribe", wanted, 10.0)
+            only = wanted if isinstance(wanted, frozenset) else None
+        stream = _Stream(only)
+        for held in self._board.values():
+            stream.put(held)
+        if self._closed:
+            stream.end()
+        self._streams.add(stream)
+        try:
+            while (quote := await stream.get()) is not None:
+                yield quote
+        finally:
+            self._streams.discard(stream)
+
+    async def statuses(self) -> AsyncGenerator[Feed, None]:
+        """The current feed state, then each change, until the client is closed."""
+        queue: asyncio.Queue[Feed] = asyncio.Queue(maxsize=64)
+        queue.put_nowait(self._feed)
+        self._status_queues.add(queue)
+        try:
+            while True:
+                feed = await queue.get()
+                yield feed
+                if self._closed and queue.empty():
+                    return
+        finally:
+            self._status_queues.discard(queue)
+
+    # Requests
+
+    async def subscribe(self, symbols: Iterable[str] | str, *, timeout: float | None = 10.0) -> Ack:
+        """Add symbols (or `"*"`); returns the service's ack.
+
+        Symbols are checked here first (QuoteError); a refusal by the service, such as
+        `too_many_symbols`, raises ServerError and leaves the subscription as it was.
+        If the connection drops meanwhile, the request is sent again once it is back."""
+        return await self._change("subscribe", _symbols_arg(symbols), timeout)
+
+    async def unsubscribe(self, symbols: Iterable[str] | str, *, timeout: float | None = 10.0) -> Ack:
+        """Remove symbols (or `"*"` for all); their entries leave `board`."""
+        return await self._change("unsubscribe", _symbols_arg(symbols), timeout)
+
+    async def ping(self, *, timeout: float | None = 10.0) -> float:
+        """Round trip to the service and back, in seconds."""
+        started = time.perf_counter()
+        await self._request({"op": "ping"}, timeout)
+        return time.perf_counter() - started
+
+    async def _change(self, op: str, symbols: Symbols, timeout: float | None) -> Ack:
+        wire: list[str] | str = ALL if symbols == ALL else sorted(symbols)
+        # One change at a time, so acks are adopted in the order they were asked for.
+        async with self._ops:
+            frame = await self._request({"op": op, "symbols": wire}, timeout)
+        return Ack.from_frame(frame)
+
+    async def _request(self, message: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        if self._task is None or self._closed:
+            raise RuntimeError("the client is not open: use `async with QuoteClient(...)`")
+        async with asyncio.timeout(timeout):
+            while True:
+                ws = await self._connection()
+                id = next(self._ids)
+                future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+                self._waiting[id] = future
+                try:
+                    await ws.send(orjson.dumps({**message, "id": id}).decode())
+                    return await future
+                except (_Lost, ConnectionClosed):
+                    continue
+                finally:
+                    self._waiting.pop(id, None)
+
+    async def _connection(self) -> ClientConnection:
+        """The open connection, once there is one; ConnectionError if the client stops."""
+        while True:
+            if self._stopped.is_set():
+                raise ConnectionError("the client is closed") from self.last_error
+            if self._ws is not None and self._connected.is_set():
+                return self._ws
+            waiters = [asyncio.ensure_future(e.wait()) for e in (self._connected, self._stopped)]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+
+    # The connection loop
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            self._set_feed("reconnecting" if self._synced.is_set() else "connecting")
+            code: int | None = None
+            synced = False
+            self.last_error = None
+            try:
+                # No compression: the service turns it off (small frames, FIELD-NOTES).
+                # A "*" snapshot grows with the symbol count, hence the larger max_size.
+                async with connect(self.url, compression=None, close_timeout=2,
+                                   open_timeout=self.open_timeout or 10, max_size=2**24) as ws:
+                    try:
+                        code = await self._session(ws)
+                    finally:
+                        synced = self._synced_here
+                        self._disconnected()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if _fatal(exc):
+                    log.error("cannot connect to %s: %s", self.url, exc)
+                    self.last_error = exc
+                    self._stopped.set()
+                    self._end_streams(exc)
+                    raise
+                if not isinstance(exc, (OSError, TimeoutError, InvalidHandshake, ConnectionClosed)):
+                    log.exception("unexpected error in the connection to %s", self.url)
+                self.last_error = exc
+            if synced:
+                attempt = 0
+            delay = retry_delay(attempt, code, self.max_backoff_s)
+            attempt += 1
+            log.info("connection to %s lost (close %s, %s); reconnecting in %.2fs",
+                     self.url, code, self.last_error, delay)
+            self._set_feed("reconnecting" if self._synced.is_set() else "connecting")
+            await asyncio.sleep(delay)
+
+    async def _session(self, ws: ClientConnection) -> int:
+        """Greet, (re)subscribe, then read frames until the connection ends; returns the
+        close code (1006 when it ended without one)."""
+        try:
+            async with asyncio.timeout(self.open_timeout or 10):
+                first = orjson.loads(await ws.recv())
+            if not isinstance(first, dict) or first.get("type") != "welcome":
+                raise ConnectionError(f"expected a welcome frame, got {str(first)[:80]}")
+            self.welcome = Welcome.from_frame(first)
+            self._server_feed = "live"
+            self._ws = ws
+            await self._open(ws)
+            self._connected.set()
+            # The service sends something at least every heartbeat_s; twice that in
+            # silence means the connection is dead even if TCP has not noticed.
+            silence = 2 * self.welcome.heartbeat_s + 2
+            while True:
+                async with asyncio.timeout(silence):
+                    message = await ws.recv()
+                self._dispatch(message)
+        except ConnectionClosed as exc:
+            self.last_error = exc
+            return exc.rcvd.code if exc.rcvd is not None else 1006
+        except TimeoutError:
+            self.last_error = TimeoutError("the service went silent")
+            raise
+
+    async def _open(self, ws: ClientConnection) -> None:
+        """The first request on a connection: subscribe to the current set, or a ping when
+        there is none, so its reply marks the moment the board is in sync."""
+        id = next(self._ids)
+        self._opening_id = id
+        if self._wanted == ALL or self._wanted:
+            wire = ALL if self._wanted == ALL else sorted(self._wanted)
+            await ws.send(orjson.dumps({"op": "subscribe", "id": id, "symbols": wire}).decode())
+        else:
+            await ws.send(orjson.dumps({"op": "ping", "id": id}).decode())
+
+    def _disconnected(self) -> None:
+        self._ws = None
+        self._connected.clear()
+        self._synced_here = False
+        self._opening_id = None
+        self._expect_snapshot = False
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(_Lost())
+
+    # Frames
+
+    def _dispatch(self, message: str | bytes) -> None:
+        try:
+            frame = orjson.loads(message)
+        except orjson.JSONDecodeError:
+            log.warning("ignoring a frame that is not JSON: %.80r", message)
+            return
+        if not isinstance(frame, dict):
+            return
+        kind = frame.get("type")
+        if kind == "quotes":
+            self._take_quotes(frame.get("quotes"), authoritative=False)
+        elif kind == "snapshot":
+            self._take_quotes(frame.get("quotes"), authoritative=True)
+            if self._expect_snapshot:
+                self._expect_snapshot = False
+                self._in_sync()
+        elif kind == "ack":
+            self._take_ack(frame)
+        elif kind == "pong":
+            if frame.get("id") == self._opening_id:
+                self._in_sync()
+            self._reply(frame)
+        elif kind == "status":
+            feed = frame.get("feed")
+            if feed in ("live", "stale"):
+                self._server_feed = feed
+                if self._synced_here:
+                    self._set_feed(feed)
+        elif kind == "error":
+            self._take_error(frame)
+        # heartbeat, welcome again, and types we do not know: nothing to do (PROTOCOL.md).
+
+    def _reply(self, frame: dict[str, Any]) -> None:
+        future = self._waiting.get(frame.get("id"))  # type: ignore[arg-type]
+        if future is not None and not future.done():
+            future.set_result(frame)
+
+    def _take_ack(self, frame: dict[str, Any]) -> None:
+        ack = Ack.from_frame(frame)
+        self._wanted = ack.subscribed
+        if frame.get("id") == self._opening_id:
+            # A fresh connection: the service's record replaces ours. Symbols it has no
+            # quote for leave the board, or their old seq would shadow the new ones.
+            known = set(ack.symbols) - set(ack.unknown)
+            for symbol in self._board.keys() - known:
+                del self._board[symbol]
+            if known:
+                self._expect_snapshot = True
+            else:
+                self._in_sync()
+        elif not ack.all:
+            for symbol in self._board.keys() - set(ack.symbols):
+                del self._board[symbol]
+        self._reply(frame)
+
+    def _take_error(self, frame: dict[str, Any]) -> None:
+        error = ServerError(str(frame.get("code")), str(frame.get("message")), frame.get("id"))
+        if error.id is not None and error.id == self._opening_id:
+            if self.welcome is not None and not self._synced.is_set():
+                self._first_error = error
+            log.warning("the service refused the resubscription: %s", error)
+            self._in_sync()
+            return
+        future = self._waiting.get(error.id) if error.id is not None else None  # type: ignore[arg-type]
+        if future is not None and not future.done():
+            future.set_exception(error)
+        else:
+            log.warning("error from the service: %s", error)
+
+    def _take_quotes(self, raw: object, *, authoritative: bool) -> None:
+        if not isinstance(raw, list):
+            return
+        board = self._board
+        for item in raw:
+            try:
+                quote = Quote.from_dict(item, require_seq=True)
+            except QuoteError as exc:
+                log.warning("dropping an invalid quote from the service: %s", exc)
+                continue
+            held = board.get(quote.symbol)
+            if held is not None and (
+                held == quote if authoritative else quote.seq <= held.seq  # type: ignore[operator]
+            ):
+                continue
+            board[quote.symbol] = quote
+            for stream in self._streams:
+                stream.put(quote)
+
+    def _in_sync(self) -> None:
+        if self._synced.is_set() and not self._synced_here:
+            self.reconnects += 1
+        self._synced_here = True
+        self._set_feed(self._server_feed)
+        self._synced.set()
+
+    def _set_feed(self, feed: Feed) -> None:
+        if feed == self._feed:
+            return
+        self._feed = feed
+        for queue in self._status_queues:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(feed)
+        if self.on_status is not None:
+            try:
+                self.on_status(feed)
+            except Exception:
+                log.exception("on_status callback failed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m service.client tail [...]`: the subcommands of the client module. The
+    tail's own options are parsed by service.tail, so `tail --help` shows them."""
+    import argparse
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "tail":
+        from .tail import main as tail_main
+
+        return tail_main(args[1:])
+    parser = argparse.ArgumentParser(
+        prog="python -m service.client",
+        description="Command-line tools built on the Python quote client.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("tail", help="a live, in-place ticker in the terminal (see tail --help)")
+    parser.parse_args(args)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

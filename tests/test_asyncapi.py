@@ -1,0 +1,328 @@
+"""docs/asyncapi.yaml against the code: its shape, its references, its examples, and real
+frames of every server type from running services validated against its schemas.
+
+The validation is strict where the document is lenient: the document lets clients ignore
+unknown fields (additional properties allowed), but here every field a real frame carries
+must be declared, so a field added to the code without the document fails this test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+from jsonschema import Draft7Validator
+from referencing import Registry
+from referencing.jsonschema import DRAFT7
+
+from service import protocol
+from service.quote import Quote
+from tests.redis_server import start_redis_server
+from tests.service_proc import ROOT, ServiceProcess, http_get, run_service
+from tests.wsclient import ClientConnection, connect, recv
+
+DOC_PATH = ROOT / "docs" / "asyncapi.yaml"
+DOC: dict[str, Any] = yaml.safe_load(DOC_PATH.read_text(encoding="utf-8"))
+SERVER_TYPES = {"welcome", "ack", "snapshot", "quotes", "pong", "status", "heartbeat", "error"}
+CLIENT_OPS = {"subscribe", "unsubscribe", "ping"}
+BASE = "urn:psx-quotes:asyncapi"
+
+
+def _strict(node: Any) -> Any:
+    """Every object schema that lists properties and says nothing else about extra ones
+    gets additionalProperties: false (a copy; the document stays lenient)."""
+    if isinstance(node, dict):
+        out = {k: _strict(v) for k, v in node.items()}
+        if isinstance(out.get("properties"), dict) and "additionalProperties" not in out:
+            out["additionalProperties"] = False
+        return out
+    if isinstance(node, list):
+        return [_strict(v) for v in node]
+    return node
+
+
+def _validators(document: dict[str, Any]) -> dict[str, Draft7Validator]:
+    """A validator per message, resolving `$ref`s inside the document."""
+    registry: Registry[Any] = Registry().with_resource(BASE, DRAFT7.create_resource(document))
+    return {name: Draft7Validator({"$ref": f"{BASE}#/components/messages/{name}/payload"},
+                                  registry=registry)
+            for name in document["components"]["messages"]}
+
+
+LENIENT = _validators(copy.deepcopy(DOC))
+STRICT = _validators(_strict(DOC))
+
+
+def check_frame(frame: dict[str, Any]) -> None:
+    """Validate a real frame against the message its `type` (or `op`) names."""
+    name = frame.get("type") or frame.get("op")
+    assert name in LENIENT, f"no message in the document for {frame}"
+    for validators in (LENIENT, STRICT):
+        errors = sorted(validators[name].iter_errors(frame), key=lambda e: list(e.path))
+        assert not errors, f"{name} frame {frame} breaks the schema: " + "; ".join(
+            f"{list(e.path)}: {e.message}" for e in errors)
+
+
+def _pointer(ref: str) -> Any:
+    assert ref.startswith("#/"), f"only local references are used: {ref}"
+    node: Any = DOC
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        assert isinstance(node, dict) and part in node, f"unresolved $ref {ref}"
+        node = node[part]
+    return node
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _refs(value)
+
+
+# The document itself
+
+
+def test_document_is_asyncapi_3_shaped() -> None:
+    assert DOC["asyncapi"] == "3.0.0"
+    assert DOC["info"]["title"] and DOC["info"]["version"]
+    assert DOC["servers"]["local"]["protocol"] == "ws"
+    (channel,) = DOC["channels"].values()
+    assert channel["address"] == "/ws"
+    assert channel["bindings"]["ws"]["query"]["properties"]["symbols"]["type"] == "string"
+    assert set(channel["messages"]) == SERVER_TYPES | CLIENT_OPS
+    assert set(DOC["components"]["messages"]) == SERVER_TYPES | CLIENT_OPS
+    for name, operation in DOC["operations"].items():
+        assert operation["action"] in ("send", "receive"), name
+        assert operation["channel"] == {"$ref": "#/channels/quotes"}, name
+        for ref in [m["$ref"] for m in operation["messages"]] + [
+                m["$ref"] for m in operation.get("reply", {}).get("messages", [])]:
+            # An operation's messages must be messages of its channel (AsyncAPI 3).
+            assert ref.startswith("#/channels/quotes/messages/"), (name, ref)
+
+
+def test_every_reference_resolves() -> None:
+    refs = list(_refs(DOC))
+    assert len(refs) > 50
+    for ref in refs:
+        _pointer(ref)
+
+
+def test_operations_cover_every_frame_in_the_right_direction() -> None:
+    sent: set[str] = set()
+    received: set[str] = set()
+    for operation in DOC["operations"].values():
+        names = {m["$ref"].rsplit("/", 1)[1] for m in operation["messages"]}
+        (received if operation["action"] == "receive" else sent).update(names)
+        sent.update(m["$ref"].rsplit("/", 1)[1] for m in operation.get("reply", {}).get("messages", []))
+    assert received == CLIENT_OPS
+    assert sent == SERVER_TYPES
+
+
+def test_codes_match_the_protocol_module() -> None:
+    codes = {v for k, v in vars(protocol).items() if k.isupper() and isinstance(v, str)
+             and k not in ("ALL",) and re.fullmatch(r"[a-z_]+", v)}
+    assert set(DOC["components"]["schemas"]["ErrorCode"]["enum"]) == codes
+    close = {v for k, v in vars(protocol).items() if k.startswith("CLOSE_")}
+    assert {int(c) for c in DOC["channels"]["quotes"]["x-close-codes"]} == close
+    for code in close:
+        assert f"| {code} |" in DOC["channels"]["quotes"]["description"]
+    assert DOC["components"]["schemas"]["Welcome"]["properties"]["protocol"]["const"] == (
+        protocol.PROTOCOL_VERSION)
+
+
+def test_examples_in_the_document_validate() -> None:
+    count = 0
+    for name, message in DOC["components"]["messages"].items():
+        assert message.get("examples"), f"message {name} has no example"
+        for example in message["examples"]:
+            check_frame(example["payload"])
+            for quote in example["payload"].get("quotes", ()):
+                Quote.from_dict(quote, require_seq=True)  # the code agrees with the example
+            count += 1
+    assert count >= 11
+
+
+def test_examples_in_protocol_md_validate() -> None:
+    """The prose contract's JSON lines are messages of this document too."""
+    text = (ROOT / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
+    checked = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith('{"op"') and not line.startswith('{"type"'):
+            continue
+        try:
+            frame = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue  # `[QUOTE, ...]` placeholders
+        check_frame(frame)
+        checked.add(frame.get("type") or frame.get("op"))
+    assert checked >= CLIENT_OPS | {"welcome", "ack", "pong", "status", "heartbeat", "error"}
+
+
+def test_a_frame_that_breaks_the_schema_is_caught() -> None:
+    """The checker itself: a wrong kind, a missing seq, an unknown field all fail."""
+    good = DOC["components"]["messages"]["snapshot"]["examples"][0]["payload"]
+    for broken in ({"kind": "bond"}, {"seq": None}, {"colour": "green"}, {"price": 0}):
+        frame = copy.deepcopy(good)
+        frame["quotes"][0].update(broken)
+        if broken == {"seq": None}:
+            del frame["quotes"][0]["seq"]
+        with pytest.raises(AssertionError):
+            check_frame(frame)
+
+
+# Real frames from running services
+
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[ServiceProcess]:
+    yield from run_service({"SIM_RATE": "100", "HEARTBEAT_S": "0.3", "MAX_SYMBOLS": "10",
+                            "MAX_CLIENT_MSGS_PER_S": "20"}, ready="/readyz")
+
+
+class Recorder:
+    """Every frame a websocket received, validated as it arrives."""
+
+    def __init__(self) -> None:
+        self.by_type: dict[str, list[dict[str, Any]]] = {}
+        self.errors: set[str] = set()
+
+    def note(self, frame: dict[str, Any]) -> dict[str, Any]:
+        check_frame(frame)
+        self.by_type.setdefault(frame["type"], []).append(frame)
+        if frame["type"] == "error":
+            self.errors.add(frame["code"])
+        return frame
+
+    async def until(self, ws: ClientConnection, kind: str, timeout: float = 5.0) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = self.note(await recv(ws, timeout))
+                if frame["type"] == kind:
+                    return frame
+
+
+async def send(ws: ClientConnection, message: dict[str, Any] | str | bytes) -> None:
+    if isinstance(message, dict):
+        check_frame(message)  # what we send is a documented client message too
+        message = orjson.dumps(message).decode()
+    await ws.send(message)
+
+
+async def test_every_frame_of_the_embedded_service_matches(service: ServiceProcess) -> None:
+    seen = Recorder()
+    async with connect(service.ws_url) as ws:
+        seen.note(await recv(ws))
+        await send(ws, {"op": "ping", "id": "p1"})
+        await seen.until(ws, "pong")
+        await seen.until(ws, "heartbeat", timeout=3)  # nothing subscribed: only heartbeats
+        await send(ws, {"op": "subscribe", "id": 1, "symbols": ["ogdc", "KSE100", "NOPE"]})
+        ack = await seen.until(ws, "ack")
+        assert ack["unknown"] == ["NOPE"]
+        await seen.until(ws, "snapshot")
+        for _ in range(5):
+            await seen.until(ws, "quotes")
+        await send(ws, {"op": "unsubscribe", "id": 2, "symbols": ["NOPE"]})
+        await seen.until(ws, "ack")
+        await send(ws, {"op": "subscribe", "id": 3, "symbols": "*"})
+        assert (await seen.until(ws, "ack")).get("all") is True
+        await seen.until(ws, "snapshot")
+        await send(ws, {"op": "unsubscribe", "id": "u", "symbols": ["PPL"]})
+        assert "all" not in await seen.until(ws, "ack")
+        await send(ws, {"op": "unsubscribe", "id": 4, "symbols": "*"})
+        await seen.until(ws, "ack")
+        bad: list[str | bytes] = [
+            "{not json", "[1]", '{"op":"teleport","id":5}',
+            orjson.dumps({"op": "subscribe", "id": 6,
+                          "symbols": [f"S{i}" for i in range(11)]}).decode(),
+            '{"op":"ping","pad":"' + "x" * 5000 + '"}', b'{"op":"ping"}',
+        ]
+        for message in bad:
+            await send(ws, message)
+            await seen.until(ws, "error")
+        assert seen.errors == {"bad_json", "bad_request", "unknown_op", "too_many_symbols",
+                               "frame_too_large"}
+        await asyncio.sleep(1.1)  # a fresh second of allowance, then a burst past it
+        for i in range(25):
+            await send(ws, {"op": "ping", "id": 100 + i})
+        while "rate_limited" not in seen.errors:
+            await seen.until(ws, "error")
+        ids = {f.get("id") for f in seen.by_type["error"]}
+        assert 5 in ids and 6 in ids, "errors echo valid ids"
+    async with connect(service.ws_url + "?symbols=OGDC,PPL") as ws:
+        assert (await seen.until(ws, "ack"))["id"] is None
+        await seen.until(ws, "snapshot")
+    async with connect(service.ws_url + "?symbols=OGDC,%3Cb%3E") as ws:
+        assert "id" not in await seen.until(ws, "error")
+    assert set(seen.by_type) == SERVER_TYPES - {"status"}
+
+
+def _replay(redis_url: str, text: str, path: Path) -> None:
+    path.write_text(text, encoding="utf-8")
+    env = {**os.environ, "REDIS_URL": redis_url}
+    result = subprocess.run([sys.executable, "-m", "publisher", "replay", str(path)], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def _wait_stale(service: ServiceProcess, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        # Stale because Redis is heard and the publisher is not; the feed is also stale for
+        # a moment at start, before Redis was reached, and that one would turn live.
+        status, body = http_get(service.url + "/readyz")
+        report = orjson.loads(body)
+        if status == 503 and report["redis"] == "connected" and report["publisher"] == "silent":
+            return
+        time.sleep(0.1)
+    pytest.fail(f"the feed did not go stale in {timeout}s:\n{service.log()}")
+
+
+async def test_status_frames_of_a_redis_fed_service_match(tmp_path: Path) -> None:
+    """No publisher: past FEED_SILENCE_S the feed is stale (a newcomer hears it right after
+    welcome); a replayed quote brings it back live, with a fresh snapshot."""
+    seen = Recorder()
+    with start_redis_server() as url:
+        for service in run_service({"REDIS_URL": url, "FEED_SILENCE_S": "1", "HEARTBEAT_S": "5"}):
+            await asyncio.to_thread(_wait_stale, service)
+            async with connect(service.ws_url + "?symbols=*") as ws:
+                seen.note(await recv(ws))
+                assert (await seen.until(ws, "status"))["feed"] == "stale"
+                await asyncio.to_thread(_replay, url, "OGDC 137.75 Increased By ▲ 4.88 (3.67%)\n",
+                                        tmp_path / "one.txt")
+                live = await seen.until(ws, "status", timeout=10)
+                assert live["feed"] == "live"
+                await seen.until(ws, "quotes", timeout=5)
+    assert {f["feed"] for f in seen.by_type["status"]} == {"stale", "live"}
+
+
+def test_the_service_serves_the_document(service: ServiceProcess) -> None:
+    status, body = http_get(service.url + "/asyncapi.json")
+    assert status == 200
+    assert orjson.loads(body) == DOC
+    status, body = http_get(service.url + "/asyncapi.yaml")
+    assert status == 200
+    assert body.decode("utf-8") == DOC_PATH.read_text(encoding="utf-8")
+    import urllib.request
+
+    with urllib.request.urlopen(service.url + "/asyncapi.json", timeout=2) as response:
+        assert response.headers["Content-Type"] == "application/json"
+    with urllib.request.urlopen(service.url + "/asyncapi.yaml", timeout=2) as response:
+        assert response.headers["Content-Type"].startswith("text/yaml")
