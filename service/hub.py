@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, Protocol
 
-from .outbox import Outbox, OutboxFull
+from .outbox import Group, Outbox, OutboxFull
 from .protocol import (
     ALL,
     TOO_MANY_SYMBOLS,
@@ -48,9 +48,10 @@ class Hub:
         self.max_symbols = max_symbols
         # symbol -> (seq, quote JSON)
         self.board: dict[str, tuple[int, str]] = {}
-        self.by_symbol: dict[str, set[Subscriber]] = {}
-        self.everyone: set[Subscriber] = set()
-        self.explicit: dict[Subscriber, set[str]] = {}
+        # Clients with the same subscription share a group (see outbox.py).
+        self.groups: dict[Symbols, Group] = {}
+        self.by_symbol: dict[str, set[Group]] = {}
+        self.members: dict[Subscriber, Group | None] = {}
         self.feed: Feed = "stale"
         self.stats: Counter[str] = Counter()
         # Called with each batch and the seconds its fan-out took (metrics), if set.
@@ -59,42 +60,66 @@ class Hub:
     # Subscribers
 
     def add(self, sub: Subscriber) -> None:
-        self.explicit[sub] = set()
+        self.members[sub] = None
 
     def remove(self, sub: Subscriber) -> None:
-        if sub not in self.explicit:
+        if sub not in self.members:
             return
-        outbox = sub.outbox
-        self.stats["retired_frames_sent"] += outbox.frames_taken
-        self.stats["retired_quotes_sent"] += outbox.quotes_taken
-        self.stats["retired_quotes_conflated"] += outbox.conflated
-        for symbol in self.explicit.pop(sub, ()):
-            self._unindex(sub, symbol)
-        self.everyone.discard(sub)
+        self._move(sub, None, keep=())
+        del self.members[sub]
+        self.stats["retired_frames_sent"] += sub.outbox.frames_taken
+        self.stats["retired_quotes_sent"] += sub.outbox.quotes_taken
 
-    def _unindex(self, sub: Subscriber, symbol: str) -> None:
-        subs = self.by_symbol.get(symbol)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self.by_symbol[symbol]
+    def subscriptions(self, sub: Subscriber) -> Symbols:
+        group = self.members.get(sub)
+        return frozenset() if group is None else group.key
 
-    def subscriptions(self, sub: Subscriber) -> tuple[set[str], bool]:
-        return self.explicit.get(sub, set()), sub in self.everyone
+    def _move(self, sub: Subscriber, key: Symbols | None, keep: Iterable[str]) -> None:
+        old = self.members[sub]
+        new = None if key is None or key == frozenset() else self._group(key)
+        if new is old:
+            return
+        if old is not None:
+            old.members.discard(sub)
+            if not old.members:
+                self._drop_group(old)
+        if new is not None:
+            new.members.add(sub)
+        self.members[sub] = new
+        try:
+            sub.outbox.join(new, keep)
+        except OutboxFull as exc:
+            sub.overflow(str(exc))
+
+    def _group(self, key: Symbols) -> Group:
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = Group(key, self.board)
+            if key != ALL:
+                for symbol in key:
+                    self.by_symbol.setdefault(symbol, set()).add(group)
+        return group
+
+    def _drop_group(self, group: Group) -> None:
+        del self.groups[group.key]
+        self.stats["retired_quotes_conflated"] += group.conflated
+        if group.key != ALL:
+            for symbol in group.key:
+                groups = self.by_symbol[symbol]
+                groups.discard(group)
+                if not groups:
+                    del self.by_symbol[symbol]
 
     def subscribe(self, sub: Subscriber, id: Id, symbols: Symbols) -> None:
         """Add symbols, then queue the ack and the snapshot of what was added."""
-        mine = self.explicit[sub]
-        if symbols == ALL:
-            added = set(self.board) if sub not in self.everyone else set()
-            for symbol in mine:
-                self._unindex(sub, symbol)
-            mine.clear()
-            self.everyone.add(sub)
-        elif sub in self.everyone:
-            added = set()
+        mine = self.subscriptions(sub)
+        if mine == ALL:
+            added: Iterable[str] = ()
+        elif symbols == ALL:
+            added = self.board.keys() - mine
+            self._move(sub, ALL, keep=mine)
         else:
-            added = set(symbols) - mine
+            added = symbols - mine
             if len(mine) + len(added) > self.max_symbols:
                 raise ProtocolError(
                     TOO_MANY_SYMBOLS,
@@ -102,9 +127,8 @@ class Hub:
                     f"{len(mine)} held, {len(added)} more asked",
                     id,
                 )
-            mine |= added
-            for symbol in added:
-                self.by_symbol.setdefault(symbol, set()).add(sub)
+            if added:
+                self._move(sub, mine | added, keep=mine)
         requested = self.board.keys() if symbols == ALL else symbols
         unknown = [s for s in requested if s not in self.board]
         self._ack(sub, id, "subscribe", unknown)
@@ -112,31 +136,20 @@ class Hub:
             self._snapshot(sub, added)
 
     def unsubscribe(self, sub: Subscriber, id: Id, symbols: Symbols) -> None:
-        mine = self.explicit[sub]
+        mine = self.subscriptions(sub)
         if symbols == ALL:
-            removed = None
-            for symbol in mine:
-                self._unindex(sub, symbol)
-            mine.clear()
-            self.everyone.discard(sub)
+            self._move(sub, None, keep=())
         else:
-            removed = frozenset(symbols)
-            if sub in self.everyone:
-                # Leaving some symbols of "*" turns it into the list of the others.
-                self.everyone.discard(sub)
-                keep = set(self.board) - removed
-                mine |= keep
-                for symbol in keep:
-                    self.by_symbol.setdefault(symbol, set()).add(sub)
-            for symbol in removed & mine:
-                mine.discard(symbol)
-                self._unindex(sub, symbol)
-        sub.outbox.drop_quotes(removed)
+            # Leaving some symbols of "*" turns it into the list of the others.
+            held = frozenset(self.board) if mine == ALL else mine
+            rest = held - symbols
+            self._move(sub, rest, keep=rest)
         self._ack(sub, id, "unsubscribe", ())
 
     def _ack(self, sub: Subscriber, id: Id, op: str, unknown: Iterable[str]) -> None:
-        everything = sub in self.everyone
-        symbols = self.board.keys() if everything else self.explicit[sub]
+        mine = self.subscriptions(sub)
+        everything = mine == ALL
+        symbols = self.board.keys() if everything else mine
         self.queue_frame(sub, ack(id, op, symbols, unknown, all=everything))
 
     def _snapshot(self, sub: Subscriber, symbols: Iterable[str]) -> None:
@@ -156,11 +169,15 @@ class Hub:
     # Feed
 
     def publish(self, quotes: Sequence[Quote]) -> int:
-        """Fan a batch out; a quote whose seq is not newer than the board's is dropped."""
+        """Fan a batch out; a quote whose seq is not newer than the board's is dropped.
+
+        Work per quote is per group, not per client; each touched group then seals one
+        frame for all its members."""
         started = time.perf_counter()
         board = self.board
         by_symbol = self.by_symbol
-        everyone = self.everyone
+        everyone = self.groups.get(ALL)
+        touched: set[Group] = set()
         sent = 0
         for quote in quotes:
             symbol = quote.symbol
@@ -172,10 +189,16 @@ class Hub:
             text = quote.to_json().decode()
             board[symbol] = (seq, text)
             sent += 1
-            for targets in (by_symbol.get(symbol, ()), everyone):
-                for sub in targets:
-                    if sub.outbox.put_quote(symbol, text):
-                        sub.wake()
+            for group in by_symbol.get(symbol, ()):
+                group.put(symbol, text)
+                touched.add(group)
+            if everyone is not None:
+                everyone.put(symbol, text)
+                touched.add(everyone)
+        for group in touched:
+            if group.seal():
+                for sub in group.members:
+                    sub.wake()
         self.stats["quotes_in"] += sent
         if self.observer is not None:
             self.observer(quotes, time.perf_counter() - started)
@@ -200,11 +223,11 @@ class Hub:
         self.feed = feed
         log.log(logging.WARNING if feed == "stale" else logging.INFO, "feed %s", feed)
         frame = status(feed, now_ms())
-        for sub in list(self.explicit):
+        for sub in list(self.members):
             self.queue_frame(sub, frame)
             if feed == "live":
-                mine, everything = self.subscriptions(sub)
-                self._snapshot(sub, self.board.keys() if everything else mine)
+                mine = self.subscriptions(sub)
+                self._snapshot(sub, self.board.keys() if mine == ALL else mine)
 
     def greet(self, sub: Subscriber) -> None:
         """A new client learns at once if the feed is down, instead of at the next change."""

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .protocol import ALL
 from .quote import Quote, now_ms
 
 if TYPE_CHECKING:
@@ -44,10 +45,14 @@ class ServiceCollector(Collector):
 
         yield GaugeMetricFamily("quote_service_connections", "Open websocket connections.",
                                 value=len(outboxes))
-        subscriptions = sum(len(symbols) for symbols in hub.explicit.values())
+        subscriptions = sum(len(g.members) * (1 if g.key == ALL else len(g.key))
+                            for g in hub.groups.values())
         yield GaugeMetricFamily("quote_service_subscriptions",
                                 "Symbols subscribed, summed over connections ('*' counts once).",
-                                value=subscriptions + len(hub.everyone))
+                                value=subscriptions)
+        yield GaugeMetricFamily("quote_service_groups",
+                                "Distinct subscriptions; members of one share every frame.",
+                                value=len(hub.groups))
         yield GaugeMetricFamily("quote_service_symbols", "Symbols on the board.", value=len(hub.board))
         yield GaugeMetricFamily("quote_service_feed_live", "1 while the feed is live, 0 while stale.",
                                 value=1 if hub.feed == "live" else 0)
@@ -55,10 +60,13 @@ class ServiceCollector(Collector):
         for name, attr, help_text in (
             ("frames_sent", "frames_taken", "Websocket frames sent to clients."),
             ("quotes_sent", "quotes_taken", "Quote entries sent to clients in `quotes` frames."),
-            ("quotes_conflated", "conflated", "Updates replaced by a newer one before sending."),
         ):
             total = stats[f"retired_{name}"] + sum(getattr(o, attr) for o in outboxes)
             yield CounterMetricFamily(f"quote_service_{name}", help_text, value=total)
+        conflated = stats["retired_quotes_conflated"] + sum(g.conflated for g in hub.groups.values())
+        yield CounterMetricFamily("quote_service_quotes_conflated",
+                                  "Updates replaced by a newer one before they were sent.",
+                                  value=conflated)
 
         for key, (name, help_text) in _COUNTERS.items():
             yield CounterMetricFamily(f"quote_service_{name}", help_text, value=stats[key])

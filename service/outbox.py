@@ -1,16 +1,77 @@
-"""Per-client outbound state, bounded whatever the client does (sans I/O).
+"""Shared pending quotes and per-client outbound state, bounded whatever clients do (sans I/O).
 
-Quotes are conflated: only the latest per symbol waits, so a slow reader costs at most one
-entry per subscribed symbol and never a growing queue (FIELD-NOTES: the one-slow-client
-freeze). Control frames (ack, snapshot, pong, error, status) keep their order and are few,
-but they are bounded too: a client that lets them pile up is not reading.
+Clients with the same subscription (most often `*`) form a `Group`. A batch of quotes is
+conflated into the group once (latest per symbol) and sealed as one *generation* whose
+frame text is built once; every member then sends that same string. A member that fell
+behind merges the generations it missed, latest per symbol, or past `KEEP` generations
+gets its symbols' latest state: a slow reader costs at most one entry per symbol, never a
+growing queue (FIELD-NOTES: the one-slow-client freeze), and a fast one costs no work per
+quote at all.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from .protocol import quotes_frame
+from .protocol import ALL, Symbols, quotes_frame
+
+KEEP = 32
+
+
+class Group:
+    __slots__ = ("board", "conflated", "dirty", "gen", "generations", "key", "members")
+
+    def __init__(self, key: Symbols, board: Mapping[str, tuple[int, str]]) -> None:
+        self.key = key
+        self.board = board
+        self.members: set[Any] = set()
+        self.dirty: dict[str, str] = {}
+        self.generations: deque[tuple[dict[str, str], str]] = deque(maxlen=KEEP)
+        self.gen = 0
+        self.conflated = 0
+
+    def put(self, symbol: str, quote_json: str) -> None:
+        dirty = self.dirty
+        if symbol in dirty:
+            self.conflated += 1
+            del dirty[symbol]  # re-inserted: the frame lists symbols in the order they changed
+        dirty[symbol] = quote_json
+
+    def seal(self) -> bool:
+        """Close the batch as a generation; False if it held nothing."""
+        if not self.dirty:
+            return False
+        self.generations.append((self.dirty, quotes_frame("quotes", self.dirty.values())))
+        self.dirty = {}
+        self.gen += 1
+        return True
+
+    def since(self, pos: int, within: Iterable[str] | None = None) -> tuple[str | None, int]:
+        """The frame for a member that has seen generations up to `pos`, and how many
+        quotes it holds. `within` limits it to those symbols (a member leaving)."""
+        behind = self.gen - pos
+        if behind <= 0:
+            return None, 0
+        if behind == 1 and within is None:
+            quotes, frame = self.generations[-1]
+            return frame, len(quotes)
+        if behind <= len(self.generations):
+            merged: dict[str, str] = {}
+            for quotes, _ in list(self.generations)[-behind:]:
+                merged.update(quotes)
+            self.conflated += sum(len(q) for q, _ in list(self.generations)[-behind:]) - len(merged)
+        else:
+            # Too far behind to merge: the latest state of every symbol is what it needs.
+            symbols = self.board.keys() if self.key == ALL else self.key
+            merged = {s: self.board[s][1] for s in symbols if s in self.board}
+        if within is not None:
+            keep = set(within)
+            merged = {s: q for s, q in merged.items() if s in keep}
+        if not merged:
+            return None, 0
+        return quotes_frame("quotes", merged.values()), len(merged)
 
 
 class OutboxFull(Exception):
@@ -18,51 +79,49 @@ class OutboxFull(Exception):
 
 
 class Outbox:
-    __slots__ = ("conflated", "control", "frames_taken", "max_control", "quotes", "quotes_taken")
+    """One client's unsent frames: control frames in order, then its group's generations."""
+
+    __slots__ = ("control", "frames_taken", "group", "max_control", "pos", "quotes_taken")
 
     def __init__(self, max_control: int = 64) -> None:
         self.control: deque[str] = deque()
-        self.quotes: dict[str, str] = {}
         self.max_control = max_control
+        self.group: Group | None = None
+        self.pos = 0
         # Plain counters, read by /metrics at scrape time: nothing on the hot path locks.
-        self.conflated = 0
         self.frames_taken = 0
         self.quotes_taken = 0
 
     def __bool__(self) -> bool:
-        return bool(self.control or self.quotes)
-
-    def put_quote(self, symbol: str, quote_json: str) -> bool:
-        """Returns True when the outbox was empty, i.e. the sender needs waking."""
-        quotes = self.quotes
-        was_empty = not quotes and not self.control
-        if symbol in quotes:
-            self.conflated += 1
-            # Re-insert so that the frame lists symbols in the order they last changed.
-            del quotes[symbol]
-        quotes[symbol] = quote_json
-        return was_empty
+        return bool(self.control) or (self.group is not None and self.pos < self.group.gen)
 
     def put_control(self, frame: str) -> None:
         if len(self.control) >= self.max_control:
             raise OutboxFull(f"{len(self.control)} control frames unsent")
         self.control.append(frame)
 
-    def drop_quotes(self, symbols: frozenset[str] | None = None) -> None:
-        """Forget pending quotes of symbols the client just left (None: all of them)."""
-        if symbols is None:
-            self.quotes.clear()
-        else:
-            for symbol in symbols & self.quotes.keys():
-                del self.quotes[symbol]
+    def join(self, group: Group | None, keep: Iterable[str] = ()) -> None:
+        """Move to another group. Updates still unsent for symbols in `keep` go out first,
+        as a control frame, so nothing the client still wants is lost in the move."""
+        old = self.group
+        if old is not None and keep:
+            frame, count = old.since(self.pos, within=keep)
+            if frame is not None:
+                self.put_control(frame)
+                self.quotes_taken += count
+        self.group = group
+        self.pos = group.gen if group is not None else 0
 
     def take(self) -> list[str]:
         """Everything due, in order: control frames first, then one frame of quotes."""
         frames = list(self.control)
         self.control.clear()
-        if self.quotes:
-            frames.append(quotes_frame("quotes", self.quotes.values()))
-            self.quotes_taken += len(self.quotes)
-            self.quotes = {}
+        group = self.group
+        if group is not None and self.pos < group.gen:
+            frame, count = group.since(self.pos)
+            self.pos = group.gen
+            if frame is not None:
+                frames.append(frame)
+                self.quotes_taken += count
         self.frames_taken += len(frames)
         return frames

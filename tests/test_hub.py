@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from service.hub import Hub
-from service.outbox import Outbox
+from service.outbox import KEEP, Outbox
 from service.protocol import ALL, ProtocolError
 from service.quote import Quote
 
@@ -93,7 +93,24 @@ def test_a_slow_reader_gets_the_latest_per_symbol_not_a_queue() -> None:
         hub.publish([q("OGDC", 100 + seq / 100, seq), q("PPL", 50 + seq / 100, seq)])
     (frame,) = sub.frames()
     assert [(x["symbol"], x["seq"]) for x in frame["quotes"]] == [("OGDC", 1000), ("PPL", 1000)]
-    assert sub.outbox.conflated == 2 * 999
+    assert len(hub.groups[ALL].generations) <= KEEP, "bounded however far it falls behind"
+
+
+def test_members_of_a_group_share_one_frame_and_a_laggard_gets_a_merge() -> None:
+    hub = hub_with()
+    fast, slow = Recorder(), Recorder()
+    for sub in (fast, slow):
+        hub.add(sub)
+        hub.subscribe(sub, None, frozenset({"OGDC", "PPL"}))
+        sub.frames()
+    hub.publish([q("OGDC", 101.0, 1), q("OGDC", 102.0, 2)])
+    (a,) = fast.outbox.take()
+    hub.publish([q("PPL", 50.0, 1)])
+    (_second,) = fast.outbox.take()
+    (merged,) = slow.frames()
+    assert a is hub.groups[frozenset({"OGDC", "PPL"})].generations[0][1], "the frame is shared"
+    assert [(x["symbol"], x["seq"]) for x in merged["quotes"]] == [("OGDC", 2), ("PPL", 1)]
+    assert len(hub.groups) == 1
 
 
 def test_wildcard_gets_new_symbols_and_unsubscribing_one_keeps_the_rest() -> None:
@@ -123,7 +140,7 @@ def test_unsubscribe_drops_pending_updates_of_those_symbols() -> None:
     sub.frames()
     hub.publish([q("OGDC", 138.0, 1), q("PPL", 126.0, 1)])
     hub.unsubscribe(sub, 9, frozenset({"PPL"}))
-    ack, update = sub.frames()
+    update, ack = sub.frames()
     assert ack["symbols"] == ["OGDC"]
     assert [x["symbol"] for x in update["quotes"]] == ["OGDC"]
     hub.unsubscribe(sub, 10, ALL)
@@ -140,7 +157,7 @@ def test_too_many_symbols_changes_nothing() -> None:
     with pytest.raises(ProtocolError) as info:
         hub.subscribe(sub, 5, frozenset({"C", "D"}))
     assert info.value.code == "too_many_symbols" and info.value.id == 5
-    assert hub.subscriptions(sub) == ({"A", "B"}, False)
+    assert hub.subscriptions(sub) == {"A", "B"}
 
 
 def test_feed_status_reaches_everyone_with_a_snapshot_on_recovery() -> None:
@@ -175,4 +192,4 @@ def test_removed_subscribers_get_nothing_and_leave_no_index() -> None:
     hub.subscribe(sub, None, frozenset({"OGDC"}))
     hub.remove(sub)
     hub.publish([q("OGDC", 1.0, 1)])
-    assert hub.by_symbol == {} and hub.explicit == {}
+    assert hub.by_symbol == {} and hub.members == {} and hub.groups == {}
