@@ -43,6 +43,7 @@ class QuoteService:
         self.settings = settings
         self.hub = Hub(settings.max_symbols)
         self.connections: set[Connection] = set()
+        self._all_closed = asyncio.Event()
         self.feed: Feed = self._make_feed()
         self._feed_task: asyncio.Task[None] | None = None
         self.metrics = Metrics(self)
@@ -74,13 +75,14 @@ class QuoteService:
     async def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down",
                         timeout: float = 3.0) -> None:
         """Close every client with `code` before the server drops the sockets."""
-        connections = list(self.connections)
-        for connection in connections:
+        if not self.connections:
+            return
+        self._all_closed.clear()
+        for connection in list(self.connections):
             connection.close(code, reason)
-        if connections:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await asyncio.gather(*(c.finished.wait() for c in connections))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._all_closed.wait()
 
     async def stop(self) -> None:
         await self.close_all()
@@ -115,6 +117,8 @@ class QuoteService:
             await connection.serve()
         finally:
             self.connections.discard(connection)
+            if not self.connections:
+                self._all_closed.set()
 
 
 def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR) -> Starlette:

@@ -32,6 +32,10 @@ log = logging.getLogger("service.connection")
 
 
 class Connection:
+    # Slots and a bare future instead of Events: memory per connection is what decides how
+    # many idle clients a process holds.
+    __slots__ = ("_waiter", "closing", "hub", "limiter", "outbox", "settings", "websocket")
+
     def __init__(self, websocket: WebSocket, hub: Hub, settings: Settings) -> None:
         self.websocket = websocket
         self.hub = hub
@@ -39,15 +43,19 @@ class Connection:
         self.outbox = Outbox()
         self.limiter = RateLimiter(settings.max_client_msgs_per_s)
         self.closing: tuple[int, str] | None = None
-        self._pending = asyncio.Event()
-        self.finished = asyncio.Event()
-        client = websocket.client
-        self.peer = f"{client.host}:{client.port}" if client else "?"
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def peer(self) -> str:
+        client = self.websocket.client
+        return f"{client.host}:{client.port}" if client else "?"
 
     # Subscriber
 
     def wake(self) -> None:
-        self._pending.set()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def overflow(self, reason: str) -> None:
         self.close(protocol.CLOSE_SLOW_CONSUMER, "slow consumer")
@@ -57,7 +65,7 @@ class Connection:
         """Ask the sender to close after what is already queued; the first reason wins."""
         if self.closing is None:
             self.closing = (code, reason)
-            self._pending.set()
+            self.wake()
 
     # Lifetime
 
@@ -87,7 +95,6 @@ class Connection:
                 await asyncio.gather(sender, return_exceptions=True)
         finally:
             self.hub.remove(self)
-            self.finished.set()
 
     def _subscribe_from_query(self) -> None:
         raw = self.websocket.query_params.get("symbols")
@@ -145,18 +152,20 @@ class Connection:
     async def _send_loop(self) -> None:
         websocket = self.websocket
         outbox = self.outbox
-        pending = self._pending
+        loop = asyncio.get_running_loop()
         heartbeat_s = self.settings.heartbeat_s
         timeout = self.settings.send_timeout_s
         try:
             while True:
                 if not outbox and self.closing is None:
-                    pending.clear()
+                    self._waiter = loop.create_future()
                     try:
                         async with asyncio.timeout(heartbeat_s):
-                            await pending.wait()
+                            await self._waiter
                     except TimeoutError:
                         outbox.put_control(protocol.heartbeat(now_ms()))
+                    finally:
+                        self._waiter = None
                 frames = outbox.take()
                 if frames:
                     async with asyncio.timeout(timeout):

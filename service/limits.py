@@ -8,6 +8,8 @@ from typing import Literal
 class TokenBucket:
     """`rate` per second with a burst of one second's worth."""
 
+    __slots__ = ("last", "rate", "tokens")
+
     def __init__(self, rate: float) -> None:
         self.rate = float(rate)
         self.tokens = float(rate)
@@ -27,6 +29,8 @@ class RateLimiter:
     """Client messages: past the rate a message is refused with `rate_limited`; a client
     that keeps sending after a further second's worth of refusals is flooding and gets
     close 4029."""
+
+    __slots__ = ("bucket", "refused")
 
     def __init__(self, per_second: int) -> None:
         self.bucket = TokenBucket(per_second)

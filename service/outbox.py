@@ -84,7 +84,7 @@ class Outbox:
     __slots__ = ("control", "frames_taken", "group", "max_control", "pos", "quotes_taken")
 
     def __init__(self, max_control: int = 64) -> None:
-        self.control: deque[str] = deque()
+        self.control: list[str] = []
         self.max_control = max_control
         self.group: Group | None = None
         self.pos = 0
@@ -114,8 +114,8 @@ class Outbox:
 
     def take(self) -> list[str]:
         """Everything due, in order: control frames first, then one frame of quotes."""
-        frames = list(self.control)
-        self.control.clear()
+        frames = self.control
+        self.control = []
         group = self.group
         if group is not None and self.pos < group.gen:
             frame, count = group.since(self.pos)
