@@ -46,6 +46,7 @@ class QuoteService:
         self._all_closed = asyncio.Event()
         self.feed: Feed = self._make_feed()
         self._feed_task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self.metrics = Metrics(self)
         self.connect_rate = TokenBucket(settings.max_connects_per_s)
         self._refusal_log = TokenBucket(1)
@@ -61,6 +62,19 @@ class QuoteService:
 
     async def start(self) -> None:
         self._feed_task = asyncio.create_task(self._run_feed(), name="feed")
+        self._sweeper = asyncio.create_task(self._sweep(), name="sweeper")
+
+    async def _sweep(self) -> None:
+        """One task walks every connection for heartbeats and stuck sends, instead of a
+        timer per connection per frame."""
+        settings = self.settings
+        interval = min(1.0, settings.heartbeat_s / 2, settings.send_timeout_s / 4)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for connection in list(self.connections):
+                connection.check(now)
 
     async def _run_feed(self) -> None:
         try:
@@ -86,10 +100,11 @@ class QuoteService:
 
     async def stop(self) -> None:
         await self.close_all()
-        if self._feed_task is not None:
-            self._feed_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._feed_task
+        for task in (self._feed_task, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         await self.feed.aclose()
 
     def admit(self) -> str | None:

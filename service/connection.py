@@ -34,7 +34,8 @@ log = logging.getLogger("service.connection")
 class Connection:
     # Slots and a bare future instead of Events: memory per connection is what decides how
     # many idle clients a process holds.
-    __slots__ = ("_waiter", "closing", "hub", "limiter", "outbox", "settings", "websocket")
+    __slots__ = ("_sender", "_waiter", "closing", "hub", "last_sent", "limiter", "outbox",
+                 "sending_since", "settings", "websocket")
 
     def __init__(self, websocket: WebSocket, hub: Hub, settings: Settings) -> None:
         self.websocket = websocket
@@ -44,6 +45,9 @@ class Connection:
         self.limiter = RateLimiter(settings.max_client_msgs_per_s)
         self.closing: tuple[int, str] | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self.sending_since: float | None = None
+        self.last_sent = asyncio.get_running_loop().time()
 
     @property
     def peer(self) -> str:
@@ -86,7 +90,7 @@ class Connection:
             # connection, not three, counts at ten thousand connections. Whatever ends the
             # connection (peer gone, close sent, transport aborted) ends the reader too,
             # since uvicorn then delivers websocket.disconnect.
-            sender = asyncio.create_task(self._send_loop())
+            sender = self._sender = asyncio.create_task(self._send_loop())
             try:
                 await self._read_loop()
             finally:
@@ -150,37 +154,56 @@ class Connection:
         self.hub.queue_frame(self, frame)
 
     async def _send_loop(self) -> None:
+        """Send whatever the outbox coalesced. No timer per send or per wait: at a hundred
+        thousand frames a second those cost a third of the process (bench/), so heartbeats
+        and send timeouts are the sweeper's job (`check`)."""
         websocket = self.websocket
         outbox = self.outbox
         loop = asyncio.get_running_loop()
-        heartbeat_s = self.settings.heartbeat_s
-        timeout = self.settings.send_timeout_s
         try:
             while True:
                 if not outbox and self.closing is None:
                     self._waiter = loop.create_future()
                     try:
-                        async with asyncio.timeout(heartbeat_s):
-                            await self._waiter
-                    except TimeoutError:
-                        outbox.put_control(protocol.heartbeat(now_ms()))
+                        await self._waiter
                     finally:
                         self._waiter = None
                 frames = outbox.take()
                 if frames:
-                    async with asyncio.timeout(timeout):
-                        for frame in frames:
-                            await websocket.send_text(frame)
+                    self.sending_since = loop.time()
+                    for frame in frames:
+                        await websocket.send_text(frame)
+                    self.sending_since = None
+                    self.last_sent = loop.time()
                 if self.closing is not None and not outbox:
                     await self._close_or_abort(*self.closing)
                     return
-        except TimeoutError:
-            self.hub.stats["slow_consumer_closed"] += 1
-            log.warning("closing %s: a send took over %ss", self.peer, timeout)
-            self.closing = (protocol.CLOSE_SLOW_CONSUMER, "slow consumer")
-            await self._close_or_abort(*self.closing)
+        except asyncio.CancelledError:
+            if self.closing is not None and self.closing[0] == protocol.CLOSE_SLOW_CONSUMER:
+                await self._close_or_abort(*self.closing)
+                return
+            raise
         except (WebSocketDisconnect, RuntimeError, OSError):
             return
+
+    def check(self, now: float) -> None:
+        """Called about every second by the service's sweeper: a heartbeat after
+        `heartbeat_s` of silence; a send stuck past `send_timeout_s` ends the client."""
+        if self.closing is not None:
+            return
+        settings = self.settings
+        since = self.sending_since
+        if since is not None:
+            if now - since > settings.send_timeout_s and self._sender is not None:
+                self.hub.stats["slow_consumer_closed"] += 1
+                log.warning("closing %s: a send took over %ss", self.peer, settings.send_timeout_s,
+                            extra={"event": "client_closed", "code": protocol.CLOSE_SLOW_CONSUMER})
+                self.closing = (protocol.CLOSE_SLOW_CONSUMER, "slow consumer")
+                self._sender.cancel()
+        elif now - self.last_sent >= settings.heartbeat_s and not self.outbox:
+            self.outbox.put_control(protocol.heartbeat(now_ms()))
+            self.last_sent = now
+            self.wake()
 
     async def _close_or_abort(self, code: int, reason: str) -> None:
         """Send the close frame if the socket takes it soon; a peer that stopped reading
