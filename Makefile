@@ -41,5 +41,20 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# The benchmark (bench/README.md): the service and its peers one after another, about
+# 15 minutes; results in bench/results/. `make bench BENCH_ARGS=--quick` for seconds.
+NODE_PEERS := bench/peers/node
+.PHONY: bench
+bench: install
+	@command -v redis-server >/dev/null || { echo "redis-server not found (apt-get install redis-server)"; exit 1; }
+	$(PY) -m pip install --quiet -r bench/requirements.txt
+	@if ! command -v npm >/dev/null; then \
+		echo "npm not found: the Node peers will be reported as not started"; \
+	elif ! test $(NODE_PEERS)/node_modules/.package-lock.json -nt $(NODE_PEERS)/package-lock.json; then \
+		(cd $(NODE_PEERS) && npm ci --no-audit --no-fund --loglevel=error) || \
+			echo "npm ci failed: the Node peers will be reported as not started"; \
+	fi
+	$(PY) -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache tests/artifacts *.egg-info

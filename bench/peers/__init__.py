@@ -1,0 +1,81 @@
+"""The servers the benchmark runs: the project's service and its peers.
+
+Every one listens on 127.0.0.1:PORT, subscribes to the Redis channel `quotes` and sends
+each message to every client as `{"type":"quotes","quotes":[...]}` (socket.io: the event
+`quotes` with the array), so one load client drives them all.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+NODE_DIR = Path(__file__).resolve().parent / "node"
+
+
+@dataclass(frozen=True)
+class Peer:
+    key: str
+    label: str
+    how: str  # one line: what runs
+    sio: bool = False
+    node_script: str | None = None
+    python_modules: tuple[str, ...] = field(default_factory=tuple)
+    # ws path the load client connects to
+    path: str = "/ws?symbols=*"
+
+    def unavailable(self) -> str | None:
+        """Why this peer cannot start here, or None."""
+        for module in self.python_modules:
+            if importlib.util.find_spec(module) is None:
+                return f"Python package {module!r} is not installed (pip install -r bench/requirements.txt)"
+        if self.node_script is not None:
+            if shutil.which("node") is None:
+                return "node is not on PATH"
+            if not (NODE_DIR / "node_modules").is_dir():
+                return "bench/peers/node/node_modules is missing (cd bench/peers/node && npm ci)"
+        return None
+
+    def command(self, port: int, redis_url: str) -> tuple[list[str], dict[str, str]]:
+        env = {"REDIS_URL": redis_url, "PORT": str(port), "HOST": "127.0.0.1"}
+        if self.key == "service":
+            # One process, as deployed. Connection-rate admission raised so the idle
+            # crowd's connect is not throttled (the default is 1000/s).
+            return [sys.executable, "-m", "service"], {
+                **env, "MAX_CONNECTS_PER_S": "100000", "MAX_CONNECTIONS": "20000"}
+        if self.key == "broadcaster":
+            # uvicorn's defaults, only the address given.
+            return [sys.executable, "-m", "uvicorn", "bench.peers.broadcaster_app:app",
+                    "--host", "127.0.0.1", "--port", str(port)], env
+        if self.key == "websockets":
+            return [sys.executable, str(ROOT / "bench" / "peers" / "websockets_app.py"),
+                    "--port", str(port), "--redis", redis_url], env
+        assert self.node_script is not None
+        return ["node", str(NODE_DIR / self.node_script)], env
+
+    @property
+    def url_path(self) -> str:
+        return "/socket.io/?EIO=4&transport=websocket" if self.sio else self.path
+
+
+PEERS: dict[str, Peer] = {p.key: p for p in [
+    Peer("service", "this service", "python -m service (Starlette on uvicorn, one process)"),
+    Peer("broadcaster", "Starlette + broadcaster",
+         "uvicorn defaults, encode/broadcaster 0.3.1 Redis backend, one subscription per client",
+         python_modules=("broadcaster", "anyio")),
+    Peer("websockets", "websockets.broadcast()",
+         "websockets library server, redis-py pub/sub, broadcast() to all",
+         python_modules=("websockets",)),
+    Peer("node-ws", "Node ws", "ws WebSocketServer, node-redis subscriber, send to each client",
+         node_script="ws_peer.js"),
+    Peer("socketio", "Node socket.io", "socket.io + @socket.io/redis-adapter, io.emit()",
+         sio=True, node_script="socketio_peer.js"),
+    Peer("uws", "uWebSockets.js", "@trufflesuite/uws-js-unofficial native, app.publish()",
+         node_script="uws_peer.js"),
+]}
+
+PYTHON_PEERS = ("service", "broadcaster", "websockets")
