@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -27,6 +28,7 @@ from .protocol import (
 )
 from .quote import now_ms
 from .settings import Settings
+from .wire import Prepared
 
 log = logging.getLogger("service.connection")
 
@@ -34,8 +36,8 @@ log = logging.getLogger("service.connection")
 class Connection:
     # Slots and a bare future instead of Events: memory per connection is what decides how
     # many idle clients a process holds.
-    __slots__ = ("_sender", "_waiter", "closing", "hub", "last_sent", "limiter", "outbox",
-                 "sending_since", "settings", "websocket")
+    __slots__ = ("_raw", "_sender", "_waiter", "closing", "hub", "last_sent", "limiter",
+                 "outbox", "sending_since", "settings", "websocket")
 
     def __init__(self, websocket: WebSocket, hub: Hub, settings: Settings) -> None:
         self.websocket = websocket
@@ -46,6 +48,7 @@ class Connection:
         self.closing: tuple[int, str] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._sender: asyncio.Task[None] | None = None
+        self._raw = _raw_writer(websocket)
         self.sending_since: float | None = None
         self.last_sent = asyncio.get_running_loop().time()
 
@@ -171,7 +174,14 @@ class Connection:
                 frames = outbox.take()
                 if frames:
                     self.sending_since = loop.time()
+                    raw = self._raw
                     for frame in frames:
+                        if isinstance(frame, Prepared):
+                            if (raw is not None and raw.writable.is_set()
+                                    and not raw.close_sent and not raw.transport.is_closing()):
+                                raw.transport.write(frame.wire)
+                                continue
+                            frame = frame.text
                         await websocket.send_text(frame)
                     self.sending_since = None
                     self.last_sent = loop.time()
@@ -223,3 +233,23 @@ class Connection:
         transport = getattr(protocol_, "transport", None)
         if transport is not None:
             transport.abort()
+
+
+def _raw_writer(websocket: WebSocket) -> Any:
+    """uvicorn's websocket protocol behind this connection, when shared frames may be
+    written to its transport as prepared wire bytes: the frame is identical for every
+    client, and encoding and framing it per client cost more than the write (bench/).
+
+    Only with uvicorn's websockets-sansio protocol and no extension negotiated (deflate is
+    off, see __main__.py); anything else, or a paused transport, takes the ASGI path. A
+    whole frame is written at once, so it never interleaves with uvicorn's own frames."""
+    protocol_ = getattr(websocket._send, "__self__", None)
+    conn = getattr(protocol_, "conn", None)
+    if (
+        protocol_ is None
+        or conn is None
+        or getattr(conn, "extensions", None) != []
+        or not all(hasattr(protocol_, a) for a in ("transport", "writable", "close_sent"))
+    ):
+        return None
+    return protocol_

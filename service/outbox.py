@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from .protocol import ALL, Symbols, quotes_frame
+from .wire import Prepared
 
 KEEP = 32
 
@@ -28,7 +29,7 @@ class Group:
         self.board = board
         self.members: set[Any] = set()
         self.dirty: dict[str, str] = {}
-        self.generations: deque[tuple[dict[str, str], str]] = deque(maxlen=KEEP)
+        self.generations: deque[tuple[dict[str, str], Prepared]] = deque(maxlen=KEEP)
         self.gen = 0
         self.conflated = 0
 
@@ -43,12 +44,14 @@ class Group:
         """Close the batch as a generation; False if it held nothing."""
         if not self.dirty:
             return False
-        self.generations.append((self.dirty, quotes_frame("quotes", self.dirty.values())))
+        frame = Prepared(quotes_frame("quotes", self.dirty.values()))
+        self.generations.append((self.dirty, frame))
         self.dirty = {}
         self.gen += 1
         return True
 
-    def since(self, pos: int, within: Iterable[str] | None = None) -> tuple[str | None, int]:
+    def since(self, pos: int, within: Iterable[str] | None = None
+              ) -> tuple[str | Prepared | None, int]:
         """The frame for a member that has seen generations up to `pos`, and how many
         quotes it holds. `within` limits it to those symbols (a member leaving)."""
         behind = self.gen - pos
@@ -107,14 +110,14 @@ class Outbox:
         if old is not None and keep:
             frame, count = old.since(self.pos, within=keep)
             if frame is not None:
-                self.put_control(frame)
+                self.put_control(frame if isinstance(frame, str) else frame.text)
                 self.quotes_taken += count
         self.group = group
         self.pos = group.gen if group is not None else 0
 
-    def take(self) -> list[str]:
+    def take(self) -> list[str | Prepared]:
         """Everything due, in order: control frames first, then one frame of quotes."""
-        frames = self.control
+        frames = cast(list[str | Prepared], self.control)
         self.control = []
         group = self.group
         if group is not None and self.pos < group.gen:

@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests.redis_server import free_port
@@ -116,6 +117,32 @@ class PublisherProcess(ChildProcess):
 
     def start(self) -> None:
         self.spawn()
+
+
+def replay_file(redis_url: str, path: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m publisher replay FILE` into that Redis; the caller checks the result."""
+    return subprocess.run(
+        [sys.executable, "-m", "publisher", "replay", str(path)], check=False, cwd=ROOT,
+        env={**os.environ, "REDIS_URL": redis_url}, capture_output=True, text=True, timeout=30,
+    )
+
+
+def replay(redis_url: str, text: str, path: Path) -> subprocess.CompletedProcess[str]:
+    path.write_text(text, encoding="utf-8")
+    return replay_file(redis_url, path)
+
+
+def wait_publisher_silent(service: ServiceProcess, timeout: float = 10.0) -> None:
+    """Until /readyz says stale because Redis is heard and the publisher is not (the feed
+    is also stale for a moment at start, before Redis was reached, and that one turns live)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = http_get(service.url + "/readyz")
+        report = orjson.loads(body)
+        if status == 503 and report["redis"] == "connected" and report["publisher"] == "silent":
+            return
+        time.sleep(0.1)
+    pytest.fail(f"the feed did not go stale in {timeout}s:\n{service.log()}")
 
 
 def run_service(env: Mapping[str, str] | None = None, ready: str = "/healthz"

@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import os
 import re
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +25,7 @@ from referencing.jsonschema import DRAFT7
 from service import protocol
 from service.quote import Quote
 from tests.redis_server import start_redis_server
-from tests.service_proc import ROOT, ServiceProcess, http_get, run_service
+from tests.service_proc import ROOT, ServiceProcess, http_get, replay, run_service, wait_publisher_silent
 from tests.wsclient import ClientConnection, connect, recv
 
 DOC_PATH = ROOT / "docs" / "asyncapi.yaml"
@@ -275,24 +271,10 @@ async def test_every_frame_of_the_embedded_service_matches(service: ServiceProce
 
 
 def _replay(redis_url: str, text: str, path: Path) -> None:
-    path.write_text(text, encoding="utf-8")
-    env = {**os.environ, "REDIS_URL": redis_url}
-    result = subprocess.run([sys.executable, "-m", "publisher", "replay", str(path)], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=30)
+    result = replay(redis_url, text, path)
     assert result.returncode == 0, result.stderr
 
 
-def _wait_stale(service: ServiceProcess, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        # Stale because Redis is heard and the publisher is not; the feed is also stale for
-        # a moment at start, before Redis was reached, and that one would turn live.
-        status, body = http_get(service.url + "/readyz")
-        report = orjson.loads(body)
-        if status == 503 and report["redis"] == "connected" and report["publisher"] == "silent":
-            return
-        time.sleep(0.1)
-    pytest.fail(f"the feed did not go stale in {timeout}s:\n{service.log()}")
 
 
 async def test_status_frames_of_a_redis_fed_service_match(tmp_path: Path) -> None:
@@ -301,7 +283,7 @@ async def test_status_frames_of_a_redis_fed_service_match(tmp_path: Path) -> Non
     seen = Recorder()
     with start_redis_server() as url:
         for service in run_service({"REDIS_URL": url, "FEED_SILENCE_S": "1", "HEARTBEAT_S": "5"}):
-            await asyncio.to_thread(_wait_stale, service)
+            await asyncio.to_thread(wait_publisher_silent, service)
             async with connect(service.ws_url + "?symbols=*") as ws:
                 seen.note(await recv(ws))
                 assert (await seen.until(ws, "status"))["feed"] == "stale"

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -23,7 +20,7 @@ from service.client import Feed, QuoteClient, ServerError, retry_delay
 from service.protocol import CLOSE_GOING_AWAY, CLOSE_RATE_LIMITED, CLOSE_TRY_AGAIN
 from service.quote import Quote, QuoteError
 from tests.redis_server import free_port, start_redis_server
-from tests.service_proc import ROOT, ServiceProcess, http_get, run_service
+from tests.service_proc import ServiceProcess, replay, run_service, wait_publisher_silent
 
 SEED_SYMBOLS = 34
 
@@ -192,10 +189,7 @@ async def test_reconnects_by_itself_across_a_service_restart() -> None:
 
 
 def _replay(redis_url: str, text: str, path: Path) -> None:
-    path.write_text(text, encoding="utf-8")
-    result = subprocess.run([sys.executable, "-m", "publisher", "replay", str(path)], cwd=ROOT,
-                            env={**os.environ, "REDIS_URL": redis_url}, capture_output=True,
-                            text=True, timeout=30)
+    result = replay(redis_url, text, path)
     assert result.returncode == 0, result.stderr
 
 
@@ -254,24 +248,13 @@ def redis_service() -> Iterator[tuple[str, ServiceProcess]]:
             yield url, service
 
 
-def _wait_stale(service: ServiceProcess, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        # Stale because Redis is heard and the publisher is not; the feed is also stale for
-        # a moment at start, before Redis was reached, and that one would turn live.
-        status, body = http_get(service.url + "/readyz")
-        report = orjson.loads(body)
-        if status == 503 and report["redis"] == "connected" and report["publisher"] == "silent":
-            return
-        time.sleep(0.1)
-    pytest.fail(f"the feed did not go stale in {timeout}s")
 
 
 async def test_feed_status_follows_the_service(
     redis_service: tuple[str, ServiceProcess], tmp_path: Path
 ) -> None:
     url, service = redis_service
-    await asyncio.to_thread(_wait_stale, service)
+    await asyncio.to_thread(wait_publisher_silent, service)
     async with QuoteClient(service.ws_url, symbols=["OGDC"]) as client:
         assert client.feed == "stale", "a service whose feed is down says so at once"
         assert client.board == {}

@@ -28,7 +28,7 @@ class Recorder:
         self.overflowed = reason
 
     def frames(self) -> list[dict[str, Any]]:
-        return [orjson.loads(f) for f in self.outbox.take()]
+        return [orjson.loads(f if isinstance(f, str) else f.text) for f in self.outbox.take()]
 
 
 def q(symbol: str, price: float, seq: int, prev: float = 100.0) -> Quote:

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ import redis
 from service.quote import Quote
 from service.ticker_text import format_line
 from tests.redis_server import start_redis_server
-from tests.service_proc import ROOT, ServiceProcess, http_get, run_service
+from tests.service_proc import ROOT, ServiceProcess, http_get, replay, run_service
 from tests.wsclient import ClientConnection, connect, recv, recv_type
 
 SEED = (ROOT / "publisher" / "data" / "psx_ticker.txt").read_text(encoding="utf-8").splitlines()
@@ -49,12 +46,6 @@ def stack() -> Iterator[tuple[str, ServiceProcess]]:
         yield from ((url, s) for s in run_service({"REDIS_URL": url}, ready="/readyz"))
 
 
-def replay(url: str, text: str, path: Path) -> subprocess.CompletedProcess[str]:
-    path.write_text(text, encoding="utf-8")
-    return subprocess.run(
-        [sys.executable, "-m", "publisher", "replay", str(path)], cwd=ROOT,
-        env={**os.environ, "REDIS_URL": url}, capture_output=True, text=True, timeout=30,
-    )
 
 
 async def collect(ws: ClientConnection, count: int) -> dict[str, dict[str, Any]]:

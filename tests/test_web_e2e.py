@@ -14,9 +14,7 @@ same Redis), so restarting it disturbs no other test.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +29,7 @@ from service.quote import Quote
 from service.ticker_text import format_line, parse_line
 from tests.browser import chromium
 from tests.redis_server import start_redis_server
-from tests.service_proc import ROOT, ServiceProcess, http_get
+from tests.service_proc import ROOT, ServiceProcess, http_get, replay_file
 
 SEED_FILE = ROOT / "publisher" / "data" / "psx_ticker.txt"
 SEED = [line.strip() for line in SEED_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -71,11 +69,7 @@ class Stack:
 
     def replay_file(self, path: Path) -> subprocess.CompletedProcess[str]:
         """`python -m publisher replay FILE` into this stack's Redis; must publish all."""
-        result = subprocess.run(
-            [sys.executable, "-m", "publisher", "replay", str(path)], check=False, cwd=ROOT,
-            env={**os.environ, "REDIS_URL": self.redis_url}, capture_output=True, text=True,
-            timeout=30,
-        )
+        result = replay_file(self.redis_url, path)
         assert result.returncode == 0, f"replay of {path.name} failed:\n{result.stderr}"
         return result
 
