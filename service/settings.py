@@ -40,6 +40,8 @@ class Settings:
     # Frames above this are refused by the websocket layer itself with close 1009;
     # between max_frame_bytes and this, the client gets a `frame_too_large` error.
     ws_max_size: int = 65536
+    # At most one fan-out per this many ms while quotes stream in (0: one per message burst).
+    fanout_interval_ms: float = 20.0
     # A send that does not finish in this time means a dead or stalled peer.
     send_timeout_s: float = 5.0
     # Kernel send buffer per client socket in bytes (0: the kernel's autotuning). Smaller
@@ -85,6 +87,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive, got {getattr(self, name)}")
+        if self.fanout_interval_ms < 0:
+            raise ConfigError(f"FANOUT_INTERVAL_MS must be 0 or positive, got {self.fanout_interval_ms}")
         if self.tcp_send_buffer < 0:
             raise ConfigError(f"TCP_SEND_BUFFER must be 0 (kernel default) or positive, "
                               f"got {self.tcp_send_buffer}")
