@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from .connection import Connection
+from .connection import Connection, KeepServerSend
 from .hub import Hub
 from .limits import TokenBucket
 from .metrics import CONTENT_TYPE, Metrics
@@ -207,6 +208,7 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR) -> Sta
             Mount("/static", StaticFiles(directory=web_dir, check_dir=False), name="static"),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(KeepServerSend)],
     )
     app.state.service = service
     return app

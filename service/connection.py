@@ -12,6 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import protocol
@@ -31,6 +32,23 @@ from .settings import Settings
 from .wire import Prepared
 
 log = logging.getLogger("service.connection")
+
+# Scope key under which KeepServerSend leaves the server's own `send` callable.
+SERVER_SEND = "quotes.server_send"
+
+
+class KeepServerSend:
+    """Pure ASGI middleware: Starlette wraps `send` on the way to a route, which hides the
+    server's protocol object; this keeps the server's own `send` in the scope, so a
+    connection can reach uvicorn's transport (see _raw_writer and Connection._abort)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            scope[SERVER_SEND] = send
+        await self.app(scope, receive, send)
 
 
 class Connection:
@@ -229,7 +247,7 @@ class Connection:
     def _abort(self) -> None:
         """ASGI has no abort, so reach uvicorn's transport behind the send callable; with
         another server the kernel's TCP_USER_TIMEOUT ends the connection instead."""
-        protocol_ = getattr(self.websocket._send, "__self__", None)
+        protocol_ = getattr(self.websocket.scope.get(SERVER_SEND), "__self__", None)
         transport = getattr(protocol_, "transport", None)
         if transport is not None:
             transport.abort()
@@ -243,7 +261,7 @@ def _raw_writer(websocket: WebSocket) -> Any:
     Only with uvicorn's websockets-sansio protocol and no extension negotiated (deflate is
     off, see __main__.py); anything else, or a paused transport, takes the ASGI path. A
     whole frame is written at once, so it never interleaves with uvicorn's own frames."""
-    protocol_ = getattr(websocket._send, "__self__", None)
+    protocol_ = getattr(websocket.scope.get(SERVER_SEND), "__self__", None)
     conn = getattr(protocol_, "conn", None)
     if (
         protocol_ is None
