@@ -214,7 +214,9 @@ class Hub:
             fresh[quote.symbol] = (quote.seq or 0, quote.to_json().decode())
         for symbol, held in self.board.items():
             fresh.setdefault(symbol, held)
-        self.board = fresh
+        # In place: groups hold this board for members that fell too far behind.
+        self.board.clear()
+        self.board.update(fresh)
 
     def set_feed(self, feed: Feed) -> None:
         """Tell every client; on recovery each also gets a fresh snapshot of its symbols."""

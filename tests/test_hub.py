@@ -193,3 +193,16 @@ def test_removed_subscribers_get_nothing_and_leave_no_index() -> None:
     hub.remove(sub)
     hub.publish([q("OGDC", 1.0, 1)])
     assert hub.by_symbol == {} and hub.members == {} and hub.groups == {}
+
+
+def test_a_laggard_after_a_reload_gets_the_reloaded_board() -> None:
+    hub = hub_with(q("OGDC", 101.0, 1))
+    slow = Recorder()
+    hub.add(slow)
+    hub.subscribe(slow, None, ALL)
+    slow.frames()
+    for seq in range(2, KEEP + 4):
+        hub.publish([q("OGDC", 100 + seq, seq)])
+    hub.load([q("OGDC", 99.0, 500)])
+    (frame,) = slow.frames()
+    assert [(x["symbol"], x["seq"]) for x in frame["quotes"]] == [("OGDC", 500)]
