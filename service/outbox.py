@@ -61,10 +61,11 @@ class Group:
             quotes, frame = self.generations[-1]
             return frame, len(quotes)
         if behind <= len(self.generations):
+            missed = list(self.generations)[-behind:]
             merged: dict[str, str] = {}
-            for quotes, _ in list(self.generations)[-behind:]:
+            for quotes, _ in missed:
                 merged.update(quotes)
-            self.conflated += sum(len(q) for q, _ in list(self.generations)[-behind:]) - len(merged)
+            self.conflated += sum(len(quotes) for quotes, _ in missed) - len(merged)
         else:
             # Too far behind to merge: the latest state of every symbol is what it needs.
             symbols = self.board.keys() if self.key == ALL else self.key

@@ -244,6 +244,20 @@ def stalled_client(port: int) -> socket.socket:
     return sock
 
 
+def server_ended(sock: socket.socket, timeout: float = 5.0) -> bool:
+    """Drain what was buffered: True once the server closed or reset the connection,
+    False if it is still open after `timeout`."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
 def rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -289,11 +303,7 @@ async def test_stalled_readers_stay_bounded_and_do_not_slow_others() -> None:
                         "every stalled reader closed as a slow consumer")
             after, _ = await ages_for(healthy, 1)
         for sock in stalled:
-            sock.settimeout(5)
-            with pytest.raises((ConnectionResetError, TimeoutError, OSError)):
-                while sock.recv(65536):
-                    pass
-                raise ConnectionResetError("closed")
+            assert server_ended(sock), "a stalled reader's connection was ended by the server"
     finally:
         for sock in stalled:
             sock.close()
