@@ -1,53 +1,19 @@
-"""`python -m service`: serve the websocket, the page and health on HOST:PORT."""
+"""`python -m service`: serve the websocket, the page and health on HOST:PORT.
+
+With WORKERS=1 (the default) this process serves; with more, it supervises that many
+worker processes on the same port (service/supervisor.py).
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import socket
 import sys
 from dataclasses import replace
 
-import uvicorn
-
 from . import logs
-from .app import create_app
 from .settings import ConfigError, Settings
-
-log = logging.getLogger("service")
-
-
-class QuoteServer(uvicorn.Server):
-    """uvicorn closes open websockets with 1012 on shutdown; the protocol promises 1001,
-    so the clients are closed first, while their sockets still take a close frame."""
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        app = self.config.app
-        quote_service = getattr(getattr(app, "state", None), "service", None)
-        if quote_service is not None:
-            log.info("stopping: closing %d clients with 1001", len(quote_service.connections),
-                     extra={"event": "stopping", "connections": len(quote_service.connections)})
-            await quote_service.close_all()
-        await super().shutdown(sockets)
-        log.info("stopped", extra={"event": "stop", "pid": os.getpid()})
-
-
-def listening_socket(host: str, port: int, user_timeout_ms: int, send_buffer: int = 0
-                     ) -> socket.socket:
-    """A listening socket whose accepted connections inherit TCP_USER_TIMEOUT, so the
-    kernel aborts a peer that stops acknowledging data (FIELD-NOTES), and SO_SNDBUF."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if hasattr(socket, "TCP_USER_TIMEOUT"):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout_ms)
-    if send_buffer:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,44 +25,35 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--host", help="interface to listen on (env HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (env PORT, default 8000)")
+    parser.add_argument("--workers", type=int,
+                        help="worker processes on the same port (env WORKERS, default 1)")
+    # Internal: the supervisor's end of a worker's lifeline (service/supervisor.py).
+    parser.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logs.configure(os.environ.get("LOG_LEVEL", "INFO").upper())
     try:
         settings = Settings.from_env()
-        if args.host or args.port:
-            settings = replace(settings, host=args.host or settings.host,
-                               port=args.port or settings.port)
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
+                                       ("workers", args.workers)) if v is not None}
+        if overrides:
+            settings = replace(settings, **overrides)
             settings.check()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        # Per-message deflate is on by default and costs a fan-out about 2.5x in throughput
-        # and 3x in memory per connection, paid once per client per frame (FIELD-NOTES);
-        # quote frames are small, so compression buys little. Off on purpose.
-        ws_per_message_deflate=False,
-        ws="websockets-sansio",
-        ws_max_size=settings.ws_max_size,
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
-    server = QuoteServer(config)
-    try:
-        sock = listening_socket(settings.host, settings.port,
-                                int(settings.send_timeout_s * 2000), settings.tcp_send_buffer)
-    except OSError as exc:
-        print(f"cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
-    feed = "redis" if settings.redis_url else "embedded simulation"
-    log.info("serving on http://%s:%d (feed: %s)", settings.host, settings.port, feed,
-             extra={"event": "start", "pid": os.getpid(), "feed": feed})
-    server.run(sockets=[sock])
+
+    if args.worker_fd is not None:
+        from .server import serve
+
+        raise SystemExit(serve(settings, socket.socket(fileno=args.worker_fd)))
+    if settings.workers > 1:
+        from .supervisor import Supervisor
+
+        passed = [f"--{k}={v}" for k, v in overrides.items() if k != "workers"]
+        raise SystemExit(Supervisor(settings, passed).run())
+    from .server import serve
+
+    raise SystemExit(serve(settings))
 
 
 if __name__ == "__main__":

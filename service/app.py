@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ from .connection import Connection, KeepServerSend
 from .hub import Hub
 from .limits import TokenBucket
 from .metrics import CONTENT_TYPE, Metrics
+from .node import NODE_ID
 from .protocol import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
 from .settings import Settings
 
@@ -51,6 +53,11 @@ class QuoteService:
         self.metrics = Metrics(self)
         self.connect_rate = TokenBucket(settings.max_connects_per_s)
         self._refusal_log = TokenBucket(1)
+        self.draining = False
+        # Set when the feed cannot go on: the process exits with it (see server.py), so a
+        # supervisor restarts the worker (1) or gives up on a configuration error (3).
+        self.exit_code: int | None = None
+        self.on_fatal: Callable[[], None] | None = None
 
     def _make_feed(self) -> Feed:
         if self.settings.redis_url:
@@ -76,16 +83,30 @@ class QuoteService:
             now = loop.time()
             for connection in list(self.connections):
                 connection.check(now)
+            self.metrics.tick(now)
 
     async def _run_feed(self) -> None:
+        from .redis_feed import FeedMisconfigured
+
         try:
             await self.feed.run()
         except asyncio.CancelledError:
             raise
+        except FeedMisconfigured as exc:
+            log.error("cannot use REDIS_URL: %s; stopping", exc,
+                      extra={"event": "fatal", "reason": str(exc)})
+            self._fail(3)
         except Exception:
-            log.exception("the feed task failed")
-            self.hub.set_feed("stale")
-            raise
+            # Serving a feed that will never come back helps no one: end the process, so
+            # the supervisor (or the orchestrator) starts a fresh one.
+            log.exception("the feed task failed; stopping", extra={"event": "fatal"})
+            self._fail(1)
+
+    def _fail(self, exit_code: int) -> None:
+        self.hub.set_feed("stale")
+        self.exit_code = exit_code
+        if self.on_fatal is not None:
+            self.on_fatal()
 
     async def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down",
                         timeout: float = 3.0) -> None:
@@ -98,6 +119,24 @@ class QuoteService:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._all_closed.wait()
+
+    async def drain(self, seconds: float) -> None:
+        """Close every client with 1001, spread evenly over `seconds` in random order, so
+        they do not all come back to the other instances at the same instant."""
+        self.draining = True
+        clients = list(self.connections)
+        if clients:
+            log.info("draining: closing %d clients with 1001 over %.1fs", len(clients), seconds,
+                     extra={"event": "draining", "connections": len(clients), "drain_s": seconds})
+        random.shuffle(clients)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i, connection in enumerate(clients):
+            due = start + seconds * i / len(clients)
+            if due - loop.time() > 0.01:
+                await asyncio.sleep(due - loop.time())
+            connection.close(CLOSE_GOING_AWAY, "server shutting down")
+        await self.close_all()
 
     async def stop(self) -> None:
         await self.close_all()
@@ -119,6 +158,10 @@ class QuoteService:
         return None
 
     async def websocket(self, websocket: WebSocket) -> None:
+        if self.draining:  # accepted just before the listener closed: go elsewhere
+            await websocket.accept()
+            await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
+            return
         refusal = self.admit()
         if refusal is not None:
             self.hub.stats["connections_refused"] += 1
@@ -165,9 +208,10 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR) -> Sta
     async def readyz(request: Request) -> Response:
         """Ready only while the feed is heard: in Redis mode that needs a probe's round
         trip through pub/sub and a publisher that is not silent, not just a PING."""
-        ready = service.hub.feed == "live"
+        ready = service.hub.feed == "live" and not service.draining
         return JSONResponse(
-            {"feed": service.hub.feed, "symbols": len(service.hub.board),
+            {"node": NODE_ID, "feed": service.hub.feed, "draining": service.draining,
+             "symbols": len(service.hub.board),
              "connections": len(service.connections), **service.feed.report()},
             status_code=200 if ready else 503,
         )

@@ -18,6 +18,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from . import protocol
 from .hub import Hub
 from .limits import RateLimiter
+from .node import NODE_ID
 from .outbox import Outbox
 from .protocol import (
     BAD_REQUEST,
@@ -100,6 +101,7 @@ class Connection:
         self.hub.add(self)
         try:
             self.outbox.put_control(protocol.welcome(
+                node=NODE_ID,
                 heartbeat_s=settings.heartbeat_s,
                 max_symbols=settings.max_symbols,
                 max_client_msgs_per_s=settings.max_client_msgs_per_s,

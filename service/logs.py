@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from .node import NODE_ID
+
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -28,6 +30,7 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "node": NODE_ID,
             "msg": record.getMessage(),
             **_extra(record),
         }
@@ -38,7 +41,8 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        # Every line names its worker: with WORKERS > 1 their lines interleave.
+        super().__init__(f"%(asctime)s %(levelname)-7s {NODE_ID} %(name)s: %(message)s", "%H:%M:%S")
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)

@@ -1,18 +1,23 @@
-"""Prometheus metrics, one /metrics per process (run one scrape target per worker).
+"""Prometheus metrics: one scrape of any worker answers for the whole host.
 
-Counters on the fan-out path are plain integers kept by the hub and each outbox; they
-are read only when Prometheus scrapes, so the hot path never takes a metrics lock. Only
-the two histograms are observed as things happen, once per batch.
+Counters on the fan-out path are plain integers kept by the hub and each outbox, so the
+hot path never takes a metrics lock. `sync` copies them into prometheus-client metrics:
+at every scrape, and with WORKERS > 1 also every second, because then the values live in
+prometheus-client's multiprocess files (PROMETHEUS_MULTIPROC_DIR, set up by the
+supervisor) and a scrape of one worker reads every worker's files. A worker that dies
+leaves its counters there (totals never go backwards; up to a second of its last counts
+is lost) while the supervisor removes its gauges (connections and the like are summed
+over live workers only).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from .protocol import ALL
 from .quote import Quote, now_ms
@@ -21,78 +26,62 @@ if TYPE_CHECKING:
     from .app import QuoteService
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+SYNC_INTERVAL_S = 1.0
 
-# hub.stats key -> (metric name, help)
-_COUNTERS = {
-    "quotes_in": ("quotes_received", "Quotes taken from the feed and fanned out."),
-    "quotes_stale_dropped": ("quotes_stale_dropped", "Quotes dropped: seq not newer than held."),
-    "junk_dropped": ("feed_junk_dropped", "Unparseable or invalid payloads dropped from Redis."),
-    "redis_reconnects": ("redis_reconnects", "Times the Redis subscription was lost and retried."),
-    "slow_consumer_closed": ("slow_client_disconnects", "Clients closed (4008) for not reading."),
-    "connections_refused": ("connections_refused", "Connections turned away with 1013."),
+# name -> (help, how workers combine in multiprocess mode)
+_GAUGES = {
+    "connections": ("Open websocket connections.", "livesum"),
+    "subscriptions": ("Symbols subscribed, summed over connections ('*' counts once).", "livesum"),
+    "groups": ("Distinct subscriptions; members of one share every frame.", "livesum"),
+    "symbols": ("Symbols on the board (the most any worker holds).", "livemax"),
+    "feed_live": ("1 while the feed is live on every worker, 0 while stale on any.", "livemin"),
+    "workers": ("Worker processes serving.", "livesum"),
 }
 
-
-class ServiceCollector(Collector):
-    def __init__(self, service: QuoteService) -> None:
-        self.service = service
-
-    def collect(self) -> Iterator[Metric]:
-        service = self.service
-        hub = service.hub
-        stats = hub.stats
-        outboxes = [c.outbox for c in service.connections]
-
-        yield GaugeMetricFamily("quote_service_connections", "Open websocket connections.",
-                                value=len(outboxes))
-        subscriptions = sum(len(g.members) * (1 if g.key == ALL else len(g.key))
-                            for g in hub.groups.values())
-        yield GaugeMetricFamily("quote_service_subscriptions",
-                                "Symbols subscribed, summed over connections ('*' counts once).",
-                                value=subscriptions)
-        yield GaugeMetricFamily("quote_service_groups",
-                                "Distinct subscriptions; members of one share every frame.",
-                                value=len(hub.groups))
-        yield GaugeMetricFamily("quote_service_symbols", "Symbols on the board.", value=len(hub.board))
-        yield GaugeMetricFamily("quote_service_feed_live", "1 while the feed is live, 0 while stale.",
-                                value=1 if hub.feed == "live" else 0)
-
-        for name, attr, help_text in (
-            ("frames_sent", "frames_taken", "Websocket frames sent to clients."),
-            ("quotes_sent", "quotes_taken", "Quote entries sent to clients in `quotes` frames."),
-        ):
-            total = stats[f"retired_{name}"] + sum(getattr(o, attr) for o in outboxes)
-            yield CounterMetricFamily(f"quote_service_{name}", help_text, value=total)
-        conflated = stats["retired_quotes_conflated"] + sum(g.conflated for g in hub.groups.values())
-        yield CounterMetricFamily("quote_service_quotes_conflated",
-                                  "Updates replaced by a newer one before they were sent.",
-                                  value=conflated)
-
-        for key, (name, help_text) in _COUNTERS.items():
-            yield CounterMetricFamily(f"quote_service_{name}", help_text, value=stats[key])
-
-        errors = CounterMetricFamily("quote_service_client_errors", "Error frames sent, by code.",
-                                     labels=["code"])
-        for key, value in sorted(stats.items()):
-            if key.startswith("error_"):
-                errors.add_metric([key.removeprefix("error_")], value)
-        yield errors
+# name -> help; each is read from the hub's stats or the outboxes (`_counter_values`)
+_COUNTERS = {
+    "quotes_received": "Quotes taken from the feed and fanned out.",
+    "quotes_stale_dropped": "Quotes dropped: seq not newer than held.",
+    "feed_junk_dropped": "Unparseable or invalid payloads dropped from Redis.",
+    "redis_reconnects": "Times the Redis subscription was lost and retried.",
+    "slow_client_disconnects": "Clients closed (4008) for not reading.",
+    "connections_refused": "Connections turned away with 1013.",
+    "frames_sent": "Websocket frames sent to clients.",
+    "quotes_sent": "Quote entries sent to clients in `quotes` frames.",
+    "quotes_conflated": "Updates replaced by a newer one before they were sent.",
+}
+_STATS = {"quotes_received": "quotes_in", "quotes_stale_dropped": "quotes_stale_dropped",
+          "feed_junk_dropped": "junk_dropped", "redis_reconnects": "redis_reconnects",
+          "slow_client_disconnects": "slow_consumer_closed",
+          "connections_refused": "connections_refused"}
 
 
 class Metrics:
     def __init__(self, service: QuoteService) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(ServiceCollector(service))
+        self.service = service
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.gauges = {name: Gauge(f"quote_service_{name}", help_text, registry=registry,
+                                   multiprocess_mode=mode)  # type: ignore[arg-type]
+                       for name, (help_text, mode) in _GAUGES.items()}
+        self.counters = {name: Counter(f"quote_service_{name}", help_text, registry=registry)
+                         for name, help_text in _COUNTERS.items()}
+        self.client_errors = Counter("quote_service_client_errors", "Error frames sent, by code.",
+                                     ["code"], registry=registry)
         self.feed_lag = Histogram(
             "quote_service_feed_lag_seconds", "Age of a quote when the service fans it out (now - ts).",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=self.registry,
+            registry=registry,
         )
         self.fanout = Histogram(
             "quote_service_fanout_seconds", "Time to fan one batch out to every subscriber's outbox.",
             buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
-            registry=self.registry,
+            registry=registry,
         )
+        # What each counter was last advanced to: counters only take increments.
+        self._pushed: dict[str, float] = {}
+        self._last_sync = 0.0
         service.hub.observer = self.observe
 
     def observe(self, quotes: Sequence[Quote], seconds: float) -> None:
@@ -101,5 +90,54 @@ class Metrics:
         for quote in quotes:
             self.feed_lag.observe(max(0, now - quote.ts) / 1000)
 
+    def _counter_values(self) -> dict[str, float]:
+        service = self.service
+        hub = service.hub
+        stats = hub.stats
+        outboxes = [c.outbox for c in service.connections]
+        values: dict[str, float] = {name: stats[key] for name, key in _STATS.items()}
+        values["frames_sent"] = stats["retired_frames_sent"] + sum(o.frames_taken for o in outboxes)
+        values["quotes_sent"] = stats["retired_quotes_sent"] + sum(o.quotes_taken for o in outboxes)
+        values["quotes_conflated"] = (stats["retired_quotes_conflated"]
+                                      + sum(g.conflated for g in hub.groups.values()))
+        for key, value in stats.items():
+            if key.startswith("error_"):
+                values[key] = value
+        return values
+
+    def sync(self) -> None:
+        service = self.service
+        hub = service.hub
+        gauges = self.gauges
+        gauges["connections"].set(len(service.connections))
+        gauges["subscriptions"].set(sum(len(g.members) * (1 if g.key == ALL else len(g.key))
+                                        for g in hub.groups.values()))
+        gauges["groups"].set(len(hub.groups))
+        gauges["symbols"].set(len(hub.board))
+        gauges["feed_live"].set(1 if hub.feed == "live" else 0)
+        gauges["workers"].set(1)
+        pushed = self._pushed
+        for name, value in self._counter_values().items():
+            delta = value - pushed.get(name, 0)
+            if delta <= 0:
+                continue
+            pushed[name] = value
+            if name.startswith("error_"):
+                self.client_errors.labels(name.removeprefix("error_")).inc(delta)
+            else:
+                self.counters[name].inc(delta)
+
+    def tick(self, now: float) -> None:
+        """Called by the service's sweeper: keep the shared files current for the scrapes
+        other workers answer."""
+        if self.multiprocess and now - self._last_sync >= SYNC_INTERVAL_S:
+            self._last_sync = now
+            self.sync()
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        self.sync()
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)

@@ -144,11 +144,13 @@ def _dumps(frame: dict[str, Any]) -> str:
     return orjson.dumps(frame).decode()
 
 
-def welcome(*, heartbeat_s: float, max_symbols: int, max_client_msgs_per_s: int,
+def welcome(*, node: str, heartbeat_s: float, max_symbols: int, max_client_msgs_per_s: int,
             max_frame_bytes: int) -> str:
+    """`node` is the worker process's opaque id (service/node.py)."""
     return _dumps({
         "type": "welcome",
         "protocol": PROTOCOL_VERSION,
+        "node": node,
         "heartbeat_s": int(heartbeat_s) if float(heartbeat_s).is_integer() else heartbeat_s,
         "limits": {
             "max_symbols": max_symbols,

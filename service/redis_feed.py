@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-import uuid
 from typing import Any
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .backoff import backoff
 from .feed_health import FeedHealth
 from .hub import Hub
+from .node import NODE_ID
 from .quote import Quote, decode_payload
 from .settings import Settings
 
@@ -33,6 +33,17 @@ log = logging.getLogger("service.redis_feed")
 
 class FeedLost(Exception):
     """The probe did not come back in time: Redis is frozen or the subscription is dead."""
+
+
+class FeedMisconfigured(Exception):
+    """Redis refused us before we were ever subscribed (a wrong password, user or
+    database in REDIS_URL): retrying cannot fix that, so the process stops instead of
+    serving a feed that never comes, or of being restarted in a loop."""
+
+
+# Refusals that mean the URL is wrong. After a first success they are taken as passing
+# (a password being rotated) and retried like any outage.
+_REFUSALS = (AuthenticationError, AuthorizationError, ResponseError)
 
 
 class RedisFeed:
@@ -48,10 +59,11 @@ class RedisFeed:
             socket_timeout=settings.probe_timeout_s,
             retry=Retry(NoBackoff(), 0),
         )
-        self.probe_channel = f"{settings.redis_probe_channel}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.probe_channel = f"{settings.redis_probe_channel}:{NODE_ID}"
         self._last_junk_log = 0.0
         self._attempt = 0
         self._lost_at: float | None = None
+        self._ever_subscribed = False
         self._batch: list[Quote] = []
         self._last_fan_out = 0.0
 
@@ -60,18 +72,25 @@ class RedisFeed:
         while True:
             try:
                 await self._session()
+            except _REFUSALS as exc:
+                if not self._ever_subscribed:
+                    raise FeedMisconfigured(f"redis refused the connection: {exc}") from None
+                await self._lost(exc)
             except (RedisConnectionError, RedisTimeoutError, OSError, FeedLost) as exc:
-                reason = str(exc) or type(exc).__name__
-                if self._lost_at is None:
-                    self._lost_at = time.monotonic()
-                    self.hub.stats["redis_reconnects"] += 1
-                    log.warning("redis lost: %s", reason, extra={"event": "redis_lost", "reason": reason})
-                self.health.lost()
-                self.hub.set_feed("stale")
-                delay = backoff(self._attempt, self.settings.redis_retry_max_s)
-                self._attempt += 1
-                log.debug("redis retry in %.2fs: %s", delay, reason)
-                await asyncio.sleep(delay)
+                await self._lost(exc)
+
+    async def _lost(self, exc: Exception) -> None:
+        reason = str(exc) or type(exc).__name__
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+            self.hub.stats["redis_reconnects"] += 1
+            log.warning("redis lost: %s", reason, extra={"event": "redis_lost", "reason": reason})
+        self.health.lost()
+        self.hub.set_feed("stale")
+        delay = backoff(self._attempt, self.settings.redis_retry_max_s)
+        self._attempt += 1
+        log.debug("redis retry in %.2fs: %s", delay, reason)
+        await asyncio.sleep(delay)
 
     async def _session(self) -> None:
         settings = self.settings
@@ -82,6 +101,7 @@ class RedisFeed:
             await pubsub.subscribe(settings.redis_channel, settings.redis_heartbeat_channel,
                                    self.probe_channel)
             self.hub.load(await self.read_latest())
+            self._ever_subscribed = True
             now = time.monotonic()
             self.health.connected_at(now)
             self._attempt = 0
@@ -98,6 +118,8 @@ class RedisFeed:
                 tasks.create_task(self._listen(pubsub))
                 tasks.create_task(self._watch())
         except* FeedLost as group:
+            raise group.exceptions[0] from None
+        except* _REFUSALS as group:
             raise group.exceptions[0] from None
         except* (RedisConnectionError, RedisTimeoutError, OSError) as group:
             raise group.exceptions[0] from None

@@ -23,6 +23,17 @@ class Settings:
     redis_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
+    # Worker processes sharing the port through SO_REUSEPORT (service/supervisor.py);
+    # each holds its own Redis subscription and its own clients.
+    workers: int = 1
+    # On SIGTERM a worker stops accepting, then closes its clients with 1001 spread over
+    # this many seconds, so a rolling restart does not send them all back at once.
+    drain_s: float = 3.0
+    # Peers whose X-Forwarded-For / X-Real-IP name the real client (uvicorn's option):
+    # comma-separated addresses or networks, or "*".
+    forwarded_allow_ips: str = "127.0.0.1,::1"
+    # The event loop: auto (uvloop when installed), uvloop or asyncio.
+    loop: str = "auto"
     # Redis names shared by the publisher and the service (PROTOCOL.md, "Redis").
     redis_channel: str = "quotes"
     redis_latest_key: str = "quotes:latest"
@@ -83,7 +94,7 @@ class Settings:
         positive = ("heartbeat_s", "max_symbols", "max_client_msgs_per_s", "max_frame_bytes",
                     "ws_max_size", "send_timeout_s", "redis_retry_max_s", "sim_rate",
                     "publisher_heartbeat_s", "probe_interval_s", "probe_timeout_s",
-                    "max_connections", "max_connects_per_s")
+                    "max_connections", "max_connects_per_s", "workers")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive, got {getattr(self, name)}")
@@ -92,6 +103,15 @@ class Settings:
         if self.tcp_send_buffer < 0:
             raise ConfigError(f"TCP_SEND_BUFFER must be 0 (kernel default) or positive, "
                               f"got {self.tcp_send_buffer}")
+        if self.drain_s < 0:
+            raise ConfigError(f"DRAIN_S must be 0 (close at once) or positive, got {self.drain_s}")
+        if self.loop not in ("auto", "uvloop", "asyncio"):
+            raise ConfigError(f"LOOP must be auto, uvloop or asyncio, got {self.loop!r}")
+        if self.workers > 1 and not self.redis_url:
+            raise ConfigError(
+                f"WORKERS={self.workers} needs REDIS_URL: without Redis every worker would "
+                "simulate a market of its own and clients would see different prices on "
+                "each. Set REDIS_URL (and run `python -m publisher simulate`), or WORKERS=1.")
         if self.feed_silence_s < 0:
             raise ConfigError(f"FEED_SILENCE_S must be 0 (off) or positive, got {self.feed_silence_s}")
         if not 0 < self.port < 65536:
@@ -103,6 +123,13 @@ class Settings:
         ):
             raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, "
                               f"got {self.redis_url!r}")
+        if self.redis_url is not None:
+            from redis.connection import parse_url
+
+            try:
+                parse_url(self.redis_url)  # type: ignore[no-untyped-call]
+            except ValueError as exc:
+                raise ConfigError(f"REDIS_URL is not a valid Redis URL: {exc}") from None
 
 
 def _convert(name: str, default: Any, raw: str) -> Any:

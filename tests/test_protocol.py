@@ -103,9 +103,9 @@ def test_query_symbols() -> None:
 
 
 def test_frames_are_the_documented_json() -> None:
-    welcome = orjson.loads(protocol.welcome(heartbeat_s=15, max_symbols=500,
+    welcome = orjson.loads(protocol.welcome(node="3f2a9c01b7de", heartbeat_s=15, max_symbols=500,
                                             max_client_msgs_per_s=20, max_frame_bytes=4096))
-    assert welcome == {"type": "welcome", "protocol": 1, "heartbeat_s": 15,
+    assert welcome == {"type": "welcome", "protocol": 1, "node": "3f2a9c01b7de", "heartbeat_s": 15,
                        "limits": {"max_symbols": 500, "max_client_msgs_per_s": 20,
                                   "max_frame_bytes": 4096}}
     assert orjson.loads(protocol.ack(1, "subscribe", {"PPL", "OGDC"}, ["PPL"], all=False)) == {

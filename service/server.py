@@ -1,0 +1,154 @@
+"""One serving process: uvicorn set up for a fan-out, with draining and a supervisor link.
+
+`python -m service` runs this directly (WORKERS=1) or, under service/supervisor.py, once
+per worker. uvicorn is started from here rather than from its CLI because the service
+needs what the CLI cannot give: a listening socket with TCP_USER_TIMEOUT (and
+SO_REUSEPORT for workers), close 1001 spread over DRAIN_S on shutdown, and an exit code
+that tells the supervisor whether restarting can help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import sys
+
+import uvicorn
+
+from .app import QuoteService, create_app
+from .forwarded import behind_proxies
+from .node import NODE_ID
+from .settings import Settings
+
+log = logging.getLogger("service")
+
+# Exit code of a worker that cannot start for a reason a restart will not fix (uvicorn
+# uses the same for a failed lifespan startup); the supervisor gives up on it.
+EXIT_CONFIG = 3
+
+
+class QuoteServer(uvicorn.Server):
+    """uvicorn closes open websockets with 1012 at once on shutdown; the protocol promises
+    1001, and a rolling restart wants the clients sent away gradually. So on shutdown this
+    stops accepting first, then drains, then lets uvicorn finish."""
+
+    def __init__(self, config: uvicorn.Config, service: QuoteService,
+                 lifeline: socket.socket | None = None) -> None:
+        super().__init__(config)
+        self.service = service
+        self.lifeline = lifeline
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.started:
+            return
+        self.service.on_fatal = self._fatal
+        if self.lifeline is not None:
+            # Tell the supervisor we serve; its end closing means it died: stop too.
+            self.lifeline.setblocking(False)
+            self.lifeline.send(f"ready {NODE_ID}\n".encode())
+            asyncio.get_running_loop().add_reader(self.lifeline.fileno(), self._lifeline_event)
+
+    def _fatal(self) -> None:
+        self.should_exit = True
+
+    def _lifeline_event(self) -> None:
+        assert self.lifeline is not None
+        try:
+            data = self.lifeline.recv(64)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(self.lifeline.fileno())
+            log.warning("the supervisor is gone; stopping", extra={"event": "orphaned"})
+            self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        service = self.service
+        # Stop accepting: with SO_REUSEPORT the kernel sends new connections to the
+        # other workers; without, a load balancer sees a refusal and tries elsewhere.
+        for server in getattr(self, "servers", []):
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        await service.drain(service.settings.drain_s)
+        await super().shutdown(sockets)
+        log.info("stopped", extra={"event": "stop", "pid": os.getpid()})
+
+
+def listening_socket(host: str, port: int, user_timeout_ms: int, send_buffer: int = 0,
+                     reuse_port: bool = False) -> socket.socket:
+    """A listening socket whose accepted connections inherit TCP_USER_TIMEOUT, so the
+    kernel aborts a peer that stops acknowledging data (FIELD-NOTES), and SO_SNDBUF.
+    With `reuse_port`, every worker binds its own and the kernel spreads connections."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout_ms)
+    if send_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(settings: Settings, lifeline: socket.socket | None = None) -> int:
+    """Serve until told to stop; the process's exit code."""
+    app = create_app(settings)
+    service: QuoteService = app.state.service
+    config = uvicorn.Config(
+        behind_proxies(app, settings.forwarded_allow_ips),
+        host=settings.host,
+        port=settings.port,
+        # Per-message deflate is on by default and costs a fan-out about 2.5x in throughput
+        # and 3x in memory per connection, paid once per client per frame (FIELD-NOTES);
+        # quote frames are small, so compression buys little. Off on purpose.
+        ws_per_message_deflate=False,
+        ws="websockets-sansio",
+        ws_max_size=settings.ws_max_size,
+        loop=settings.loop,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        # behind_proxies applies FORWARDED_ALLOW_IPS already (and reads X-Real-IP too).
+        proxy_headers=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = QuoteServer(config, service, lifeline)
+    try:
+        sock = listening_socket(settings.host, settings.port, int(settings.send_timeout_s * 2000),
+                                settings.tcp_send_buffer, reuse_port=lifeline is not None)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc,
+                  extra={"event": "fatal", "reason": str(exc)})
+        return EXIT_CONFIG if lifeline is not None else 1
+    feed = "redis" if settings.redis_url else "embedded simulation"
+    loop = event_loop_name(settings.loop)
+    log.info("serving on http://%s:%d (feed: %s, loop: %s, node %s)", settings.host, settings.port,
+             feed, loop, NODE_ID, extra={"event": "start", "pid": os.getpid(), "feed": feed, "loop": loop})
+    server.run(sockets=[sock])
+    if service.exit_code is not None:
+        return service.exit_code
+    return 0 if server.started else EXIT_CONFIG
+
+
+def event_loop_name(loop: str) -> str:
+    """What uvicorn's `auto` resolves to here, for the logs and the benchmark."""
+    if loop != "auto":
+        return loop
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop" if sys.platform != "win32" else "asyncio"
