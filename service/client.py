@@ -75,11 +75,15 @@ class Welcome:
     protocol: int
     heartbeat_s: float
     limits: Mapping[str, int]
+    # The worker process this connection landed on (opaque; None from older services).
+    node: str | None = None
 
     @classmethod
     def from_frame(cls, frame: Mapping[str, Any]) -> Welcome:
+        node = frame.get("node")
         return cls(int(frame.get("protocol", 1)), float(frame.get("heartbeat_s", 15)),
-                   MappingProxyType(dict(frame.get("limits") or {})))
+                   MappingProxyType(dict(frame.get("limits") or {})),
+                   node if isinstance(node, str) else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,9 +184,10 @@ class QuoteClient:
     URL, so that every (re)connection subscribes the same way, with a request we can
     match to its ack.
 
-    Also readable: `welcome` (the service's limits, from the latest connection),
-    `reconnects` (how many times the connection was lost and brought back in sync) and
-    `last_error` (why the latest attempt failed or ended).
+    Also readable: `welcome` (the service's limits and node, from the latest connection),
+    `reconnects` (how many times the connection was lost and brought back in sync),
+    `last_close_code` (the close code that ended the latest connection, 1006 if none
+    came) and `last_error` (why the latest attempt failed or ended).
     """
 
     def __init__(
@@ -205,6 +210,7 @@ class QuoteClient:
         self.welcome: Welcome | None = None
         self.last_error: BaseException | None = None
         self.reconnects = 0
+        self.last_close_code: int | None = None
         self._board: dict[str, Quote] = {}
         self._feed: Feed = "connecting"
         self._streams: set[_Stream] = set()
@@ -432,7 +438,7 @@ class QuoteClient:
                 async with connect(self.url, compression=None, close_timeout=2,
                                    open_timeout=self.open_timeout or 10, max_size=2**24) as ws:
                     try:
-                        code = await self._session(ws)
+                        code = self.last_close_code = await self._session(ws)
                     finally:
                         synced = self._synced_here
                         self._disconnected()

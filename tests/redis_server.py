@@ -13,7 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,19 +32,20 @@ def _pings(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
+            return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))  # up, with or without a password
     except OSError:
         return False
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, args: Sequence[str] = ()) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             pytest.fail("redis-server not found: apt-get install redis-server")
         self.exe = exe
         self.workdir = workdir
         self.port = port or free_port()
+        self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "redis.log"
 
@@ -57,7 +58,7 @@ class RedisServer:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", str(self.workdir)],
+                 "--appendonly", "no", "--dir", str(self.workdir), *self.args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -98,11 +99,11 @@ class RedisServer:
 
 
 @contextmanager
-def redis_server(attempts: int = 3) -> Iterator[RedisServer]:
+def redis_server(attempts: int = 3, args: Sequence[str] = ()) -> Iterator[RedisServer]:
     """A started server, retried on a port race, stopped at the end."""
     with tempfile.TemporaryDirectory(prefix="test-redis-") as workdir:
         for _ in range(attempts):
-            server = RedisServer(Path(workdir))
+            server = RedisServer(Path(workdir), args=args)
             if server.start():
                 break
         else:

@@ -40,6 +40,7 @@ class ChildProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         self.log_path = ARTIFACTS / f"{name}.log"
+        self.log_path.unlink(missing_ok=True)  # a port of an earlier run: not our lines
 
     def spawn(self) -> None:
         with open(self.log_path, "ab") as log:
@@ -68,6 +69,18 @@ class ChildProcess:
             return self.log_path.read_text(errors="replace")[-6000:]
         except OSError:
             return ""
+
+    def events(self, event: str) -> list[dict[str, object]]:
+        """The JSON log lines (the format when stderr is not a terminal) of that event."""
+        found = []
+        for line in self.log_path.read_bytes().splitlines():
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(entry, dict) and entry.get("event") == event:
+                found.append(entry)
+        return found
 
 
 class ServiceProcess(ChildProcess):
@@ -105,6 +118,16 @@ class ServiceProcess(ChildProcess):
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def wait_workers(self, n: int, timeout: float = 15.0) -> list[dict[str, object]]:
+        """Until the supervisor has logged `n` workers ready; their worker_ready lines."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready = self.events("worker_ready")
+            if len(ready) >= n:
+                return ready
+            time.sleep(0.05)
+        pytest.fail(f"{n} workers not ready in {timeout}s:\n{self.log()}")
 
 
 class PublisherProcess(ChildProcess):
