@@ -29,11 +29,10 @@ run: install
 		$(PY) -m service; \
 	fi
 
+# System packages (redis-server, chromium, nginx) through the same script CI uses: it
+# installs them where it can, or names each one missing.
 test: install
-	@command -v redis-server >/dev/null || { \
-		echo "redis-server not found: the tests start their own. Install it with"; \
-		echo "  sudo apt-get install redis-server   (Debian/Ubuntu)  or  brew install redis"; \
-		exit 1; }
+	@bash .ci/system-packages
 	$(PY) -m pytest
 
 # Lint and types: what CI checks besides the tests.

@@ -49,7 +49,7 @@ def test_redis_image_is_pinned(compose: dict[str, Any]) -> None:
 
 
 def test_commands_exist(compose: dict[str, Any]) -> None:
-    for name in ("publisher", "service", "service-replica"):
+    for name in ("publisher", "service", "service-replica", "service-1", "service-2"):
         command = compose["services"][name]["command"]
         assert command[:2] == ["python", "-m"]
         # `--help` proves the module and its arguments parse without starting anything.
@@ -77,3 +77,25 @@ def test_dockerfile_is_slim_and_runs_as_a_user() -> None:
     assert "[test]" not in dockerfile
     for copied in re.findall(r"^COPY (\S+)", dockerfile, re.MULTILINE):
         assert (ROOT / copied).exists(), copied
+
+
+def test_the_lb_profile_puts_nginx_in_front_of_two_instances(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    proxy = services["nginx"]
+    assert proxy["profiles"] == ["lb"]
+    assert re.fullmatch(r"nginx:\d+\.\d+\.\d+[-\w.]*", proxy["image"])
+    assert "./deploy/nginx.conf:/etc/nginx/nginx.conf:ro" in proxy["volumes"]
+    assert (ROOT / "deploy" / "nginx.conf").is_file()
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    behind = re.findall(r"^\s*server (service-\d+):8000", conf, re.MULTILINE)
+    assert len(behind) == 2
+    for name in behind:
+        instance = services[name]
+        assert instance["profiles"] == ["lb"]
+        assert "ports" not in instance, "only nginx is published"
+        assert int(instance["environment"]["WORKERS"]) >= 2
+        assert instance["environment"]["REDIS_URL"] == services["service"]["environment"]["REDIS_URL"]
+        assert instance["environment"]["FORWARDED_ALLOW_IPS"]
+        assert proxy["depends_on"][name]["condition"] == "service_healthy"
+        # Draining must end before compose's stop_grace_period runs out.
+        assert float(instance["environment"]["DRAIN_S"]) + 5 < float(instance["stop_grace_period"].rstrip("s"))
