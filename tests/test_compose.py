@@ -98,4 +98,5 @@ def test_the_lb_profile_puts_nginx_in_front_of_two_instances(compose: dict[str, 
         assert instance["environment"]["FORWARDED_ALLOW_IPS"]
         assert proxy["depends_on"][name]["condition"] == "service_healthy"
         # Draining must end before compose's stop_grace_period runs out.
-        assert float(instance["environment"]["DRAIN_S"]) + 5 < float(instance["stop_grace_period"].rstrip("s"))
+        grace = float(instance["stop_grace_period"].rstrip("s"))
+        assert float(instance["environment"]["DRAIN_S"]) + 5 < grace

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
 from collections.abc import Iterator
 
 import orjson
@@ -26,10 +28,17 @@ def service() -> Iterator[ServiceProcess]:
 
 async def test_welcome_announces_the_configured_limits(service: ServiceProcess) -> None:
     async with connect(service.ws_url) as ws:
-        assert await recv(ws) == {
-            "type": "welcome", "protocol": 1, "heartbeat_s": 0.5,
-            "limits": {"max_symbols": 40, "max_client_msgs_per_s": 20, "max_frame_bytes": 4096},
-        }
+        welcome = await recv(ws)
+    node = welcome.pop("node")
+    assert welcome == {
+        "type": "welcome", "protocol": 1, "heartbeat_s": 0.5,
+        "limits": {"max_symbols": 40, "max_client_msgs_per_s": 20, "max_frame_bytes": 4096},
+    }
+    # The worker's opaque id: the one its /readyz and its log lines give, and no host name.
+    assert re.fullmatch(r"[0-9a-f]{12}", node)
+    assert orjson.loads(http_get(service.url + "/readyz")[1])["node"] == node
+    assert node in service.log()
+    assert socket.gethostname() not in node
 
 
 async def test_subscribe_ack_snapshot_then_only_subscribed_updates(service: ServiceProcess) -> None:
