@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import sys
+from typing import Any
 
 import uvicorn
 
@@ -103,11 +104,8 @@ def listening_socket(host: str, port: int, user_timeout_ms: int, send_buffer: in
     return sock
 
 
-def serve(settings: Settings, lifeline: socket.socket | None = None) -> int:
-    """Serve until told to stop; the process's exit code."""
-    app = create_app(settings)
-    service: QuoteService = app.state.service
-    config = uvicorn.Config(
+def uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
+    return uvicorn.Config(
         behind_proxies(app, settings.forwarded_allow_ips),
         host=settings.host,
         port=settings.port,
@@ -115,6 +113,7 @@ def serve(settings: Settings, lifeline: socket.socket | None = None) -> int:
         # and 3x in memory per connection, paid once per client per frame (FIELD-NOTES);
         # quote frames are small, so compression buys little. Off on purpose.
         ws_per_message_deflate=False,
+        # connection.py writes shared frames straight to this protocol's transport.
         ws="websockets-sansio",
         ws_max_size=settings.ws_max_size,
         loop=settings.loop,
@@ -125,6 +124,13 @@ def serve(settings: Settings, lifeline: socket.socket | None = None) -> int:
         proxy_headers=False,
         timeout_graceful_shutdown=5,
     )
+
+
+def serve(settings: Settings, lifeline: socket.socket | None = None) -> int:
+    """Serve until told to stop; the process's exit code."""
+    app = create_app(settings)
+    service: QuoteService = app.state.service
+    config = uvicorn_config(settings, app)
     server = QuoteServer(config, service, lifeline)
     try:
         sock = listening_socket(settings.host, settings.port, int(settings.send_timeout_s * 2000),
