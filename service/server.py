@@ -49,7 +49,11 @@ class QuoteServer(uvicorn.Server):
         if self.lifeline is not None:
             # Tell the supervisor we serve; its end closing means it died: stop too.
             self.lifeline.setblocking(False)
-            self.lifeline.send(f"ready {NODE_ID}\n".encode())
+            try:
+                self.lifeline.send(f"ready {NODE_ID}\n".encode())
+            except OSError:
+                self.should_exit = True  # it died while we started
+                return
             asyncio.get_running_loop().add_reader(self.lifeline.fileno(), self._lifeline_event)
 
     def _fatal(self) -> None:
