@@ -26,12 +26,13 @@ from bench import report
 from bench.peers import PEERS, PYTHON_PEERS, ROOT, Peer
 from bench.procs import (
     Child,
+    PubSubTap,
     Sampler,
     cpu_plan,
     port_open,
     raise_nofile,
-    read_proc,
     server_sockets,
+    tree_rss_kb,
 )
 from tests.redis_server import RedisServer, free_port
 
@@ -63,6 +64,10 @@ class Scenario:
     # "per-quote": bench/publisher.py, one PUBLISH per quote (the fan-out stress);
     # "batched": the project's `python -m publisher simulate` (an array every 50 ms).
     publisher: str = "per-quote"
+    # The load client decodes every Nth frame of a connection (ages, updates) and only
+    # counts the others (their `{"type":"quotes"` prefix checked): a cheap client, for a
+    # server's CPU per delivered frame when the server has no core to itself.
+    parse_every: int = 1
 
 
 def full_scenarios() -> list[Scenario]:
@@ -75,6 +80,7 @@ def full_scenarios() -> list[Scenario]:
         Scenario("stalled", "Stalled readers", 200, 1000, 3, 15, stall=10),
         *(Scenario(f"load-{r}", f"Offered load {r}/s", 200, r, 2, 6, sweep=True)
           for r in (250, 500, 2000)),
+        Scenario("workers", "Workers", 800, 1000, 3, 15, parse_every=10),
     ]
 
 
@@ -85,6 +91,7 @@ def quick_scenarios() -> list[Scenario]:
         Scenario("ticker", "Ticker", 20, 200, 0.5, 0.8, converge=True),
         Scenario("idle", "Idle crowd", 100, 1, 0.3, 0.8, idle=True),
         Scenario("stalled", "Stalled readers", 20, 200, 0.5, 1.0, stall=1),
+        Scenario("workers", "Workers", 40, 200, 0.5, 1.0, parse_every=10),
     ]
 
 
@@ -98,6 +105,7 @@ class Context:
     quick: bool
     verbose: bool = True
     deflate: bool = True  # the load client offers permessage-deflate, as browsers do
+    all_cpus: set[int] | None = None  # an unpinned server (several workers) runs on these
 
     def say(self, text: str) -> None:
         if self.verbose:
@@ -109,20 +117,22 @@ class Context:
 def start_server(ctx: Context, peer: Peer, tag: str, timeout: float = 30.0) -> tuple[Child, int]:
     port = free_port()
     argv, env = peer.command(port, ctx.redis_url)
-    child = Child(f"{peer.key}-{tag}", argv, env=env, cwd=ROOT, log_dir=ctx.logs,
-                  cpus=ctx.server_cpus)
+    # The harness itself runs on the load CPUs and a child inherits that: an unpinned
+    # server is given every CPU explicitly (its workers inherit it from the supervisor).
+    cpus = ctx.server_cpus if peer.pinned else ctx.all_cpus
+    child = Child(f"{peer.key}-{tag}", argv, env=env, cwd=ROOT, log_dir=ctx.logs, cpus=cpus)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not child.alive():
             raise StartFailed(f"exited with code {child.proc.returncode}: "
                              f"{child.log_tail(600).strip()}")
-        subscribed = ctx.redis.pubsub_numsub(CHANNEL)[0][1] >= 1
+        subscribed = ctx.redis.pubsub_numsub(CHANNEL)[0][1] >= peer.subscribers
         if subscribed and port_open(port):
             return child, port
         time.sleep(0.1)
     child.stop()
-    raise StartFailed(f"not listening and subscribed to {CHANNEL!r} within {timeout:.0f}s: "
-                     f"{child.log_tail(600).strip()}")
+    raise StartFailed(f"not listening and subscribed to {CHANNEL!r} ({peer.subscribers} "
+                     f"subscriber(s)) within {timeout:.0f}s: {child.log_tail(600).strip()}")
 
 
 def start_publisher(ctx: Context, sc: Scenario, tag: str) -> Child:
@@ -139,12 +149,24 @@ def start_publisher(ctx: Context, sc: Scenario, tag: str) -> Child:
 def start_client(ctx: Context, peer: Peer, port: int, sc: Scenario, tag: str) -> Child:
     argv = [PY, "-m", "bench.loadclient", "--url", f"ws://127.0.0.1:{port}{peer.url_path}",
             "--conns", str(sc.clients), "--stall", str(sc.stall)]
+    if sc.parse_every > 1:
+        argv += ["--parse-every", str(sc.parse_every)]
     if peer.sio:
         argv.append("--sio")
     if not ctx.deflate:
         argv.append("--no-deflate")
     return Child(f"client-{tag}", argv, cwd=ROOT, log_dir=ctx.logs, cpus=ctx.other_cpus,
                  pipe=True)
+
+
+def redis_subscribers(ctx: Context) -> int:
+    """Subscriptions to the quotes channel (the harness's own tap taken off)."""
+    return int(ctx.redis.pubsub_numsub(CHANNEL)[0][1]) - 1
+
+
+def pubsub_tap(ctx: Context) -> PubSubTap:
+    kwargs = ctx.redis.connection_pool.connection_kwargs
+    return PubSubTap(kwargs.get("host", "127.0.0.1"), int(kwargs.get("port", 6379)), CHANNEL)
 
 
 def published_total(ctx: Context) -> int:
@@ -172,6 +194,7 @@ def run_stream(ctx: Context, peer: Peer, sc: Scenario, server: Child, port: int,
     connect_timeout = 90 + sc.clients / 100
     client = start_client(ctx, peer, port, sc, tag)
     publisher = None
+    tap = pubsub_tap(ctx)
     try:
         info = client.recv(timeout=connect_timeout)
         if info["ok"] == 0:
@@ -182,11 +205,14 @@ def run_stream(ctx: Context, peer: Peer, sc: Scenario, server: Child, port: int,
             raise PeerFailed(f"died during warm-up: {server.log_tail(600)}")
         seq0 = published_total(ctx)
         sampler = Sampler(server.pid, cpus=(ctx.server_cpus, ctx.other_cpus))
+        tap.start()
         client.send({"cmd": "start"})
         time.sleep(sc.measure_s)
         client.send({"cmd": "stop"})
         seq1 = published_total(ctx)
         srv = sampler.stop()
+        srv.update(tap.stop())
+        srv["redis_subscribers"] = redis_subscribers(ctx)
         stats = client.recv(timeout=60)
         if sc.stall:
             # A stalled client cannot see its own end (it reads nothing, and a kernel
@@ -204,6 +230,7 @@ def run_stream(ctx: Context, peer: Peer, sc: Scenario, server: Child, port: int,
             conv = client.recv(timeout=30)
         return summarize_stream(sc, info, stats, srv, (seq1 - seq0) / sampler.wall_s, conv)
     finally:
+        tap.close()
         with contextlib.suppress(Exception):
             client.send({"cmd": "quit"})
         client.stop(timeout=15)
@@ -217,14 +244,15 @@ def run_idle(ctx: Context, peer: Peer, sc: Scenario, server: Child, port: int,
     client = None
     try:
         time.sleep(sc.warmup_s)
-        _, rss_before = read_proc(server.pid)
+        rss_before = tree_rss_kb(server.pid)
         client = start_client(ctx, peer, port, sc, tag)
         info = client.recv(timeout=120 + sc.clients / 100)
         client.send({"cmd": "start"})
         time.sleep(sc.measure_s)
         client.send({"cmd": "stop"})
         stats = client.recv(timeout=60)
-        _, rss_after = read_proc(server.pid)
+        rss_after = tree_rss_kb(server.pid)
+        subscribers = redis_subscribers(ctx) + 1  # no tap in this scenario
         ok = info["ok"]
         return {
             "clients": sc.clients,
@@ -234,6 +262,7 @@ def run_idle(ctx: Context, peer: Peer, sc: Scenario, server: Child, port: int,
             "rss_before_mb": round(rss_before / 1024, 1),
             "rss_after_mb": round(rss_after / 1024, 1),
             "kb_per_conn": round((rss_after - rss_before) / ok, 1) if ok else None,
+            "redis_subscribers": subscribers,
             "still_open": stats["healthy_open"],
             "receiving": stats["healthy_with_quotes"],
             "closes": stats["closes"],
@@ -256,6 +285,13 @@ def summarize_stream(sc: Scenario, info: dict[str, Any], stats: dict[str, Any],
     ages = report.merge_hist(stats["ages"])
     held = report.merge_hist(stats["held"])
     offered = published_per_s * healthy
+    frames = stats["frames"]
+    # CPU per delivered frame: the server's CPU rate (its whole process tree, over the
+    # sampler's window) over the frame rate every load client received (over the
+    # client's window; the two windows are the same within a few ms).
+    srv_cpu_per_s = srv["cpu_s"] / srv["wall_s"] if srv.get("wall_s") else 0.0
+    frames_per_s = frames / wall
+    updates_per_s = stats["updates"] / wall
     out = {
         "clients": sc.clients,
         "connected": info["ok"],
@@ -265,9 +301,14 @@ def summarize_stream(sc: Scenario, info: dict[str, Any], stats: dict[str, Any],
         "rate": sc.rate,
         "published_per_s": round(published_per_s, 1),
         "offered_per_s": round(offered),
-        "quotes_per_s": round(stats["quotes"] / wall),
-        "updates_per_s": round(stats["updates"] / wall),
-        "delivered_share": round(stats["updates"] / wall / offered, 3) if offered else None,
+        # With parse_every > 1 only the decoded frames' quotes are counted: scaled up.
+        "quotes_per_s": round(stats["quotes"] / wall * frames / stats.get("parsed_frames", frames))
+        if stats.get("parsed_frames") else round(stats["quotes"] / wall),
+        # Decoding one frame in N misses the seq rises of symbols seen only in the others
+        # at the window's edges: no updates then (frames/s is the delivered figure).
+        "updates_per_s": round(stats["updates"] / wall) if sc.parse_every == 1 else None,
+        "delivered_share": round(stats["updates"] / wall / offered, 3)
+        if offered and sc.parse_every == 1 else None,
         "frames_per_s": round(stats["frames"] / wall),
         "mbytes_per_s": round(stats["bytes"] / wall / 1e6, 2),
         "age_p50_ms": report.percentile(ages, 50),
@@ -276,6 +317,22 @@ def summarize_stream(sc: Scenario, info: dict[str, Any], stats: dict[str, Any],
         "held_p50_ms": report.percentile(held, 50),
         "held_p99_ms": report.percentile(held, 99),
         "server_cpu_pct": srv["cpu_pct"],
+        "server_cpu_s": srv.get("cpu_s"),
+        "server_us_per_frame": round(1e6 * srv_cpu_per_s / frames_per_s, 2) if frames else None,
+        "server_us_per_update": round(1e6 * srv_cpu_per_s / updates_per_s, 3)
+        if stats["updates"] and sc.parse_every == 1 else None,
+        "client_us_per_frame": round(1e4 * stats["cpu_pct"] / frames_per_s, 2) if frames else None,
+        # frames/s a whole core of server CPU delivers at this rate of use
+        "frames_per_core_s": round(frames_per_s / srv_cpu_per_s) if srv_cpu_per_s else None,
+        "server_procs": srv.get("procs"),
+        "server_cpu_pct_per_proc": srv.get("cpu_pct_per_proc"),
+        "server_rss_mb_per_proc": srv.get("rss_mb_per_proc"),
+        "redis_subscribers": srv.get("redis_subscribers"),
+        "pubsub_bytes_per_s": srv.get("pubsub_bytes_per_s"),
+        "pubsub_msgs_per_s": srv.get("pubsub_msgs_per_s"),
+        "pubsub_bytes_per_msg": srv.get("pubsub_bytes_per_msg"),
+        "parse_every": sc.parse_every,
+        "parsed_frames": stats.get("parsed_frames", frames),
         "server_rss_mb": srv["rss_max_mb"],
         "server_rss_start_mb": srv["rss_start_mb"],
         "client_cpu_pct": stats["cpu_pct"],
@@ -283,6 +340,7 @@ def summarize_stream(sc: Scenario, info: dict[str, Any], stats: dict[str, Any],
         "server_core_busy_pct": srv["server_core_busy_pct"],
         "machine_busy_pct": srv["machine_busy_pct"],
         "client_library": info["library"],
+        "client_loop": info.get("loop"),
         "deflate_conns": info.get("deflate", 0),
         "healthy_open_at_end": stats["healthy_open"],
         "stalled_open_at_end": stats["stalled_open"],
@@ -305,9 +363,18 @@ def run_one(ctx: Context, peer: Peer, sc: Scenario) -> dict[str, Any]:
             result = run_stream(ctx, peer, sc, server, port, tag)
         if not server.alive():
             result["server_died"] = f"exit {server.proc.returncode}"
-        return result
     finally:
-        server.stop(timeout=10)
+        t_stop = time.monotonic()
+        # A worker hung on SIGTERM costs at most this twice (service/ bug, see README).
+        server.stop(timeout=5 if ctx.quick else 10)
+        stop_s = time.monotonic() - t_stop
+    # How the server stopped on SIGTERM: seconds, and processes of its tree that were
+    # still there afterwards and had to be signalled by the harness (a hung worker).
+    result["server_stop_s"] = round(stop_s, 2)
+    result["server_stop_exit"] = server.proc.returncode
+    if server.leftovers:
+        result["server_stop_leftovers"] = server.leftovers
+    return result
 
 
 # ---- profile ----------------------------------------------------------------------------
@@ -420,6 +487,7 @@ def run_benchmark(peer_keys: list[str], scenarios: list[Scenario], out_dir: Path
                   verbose: bool = True, deflate: bool = True) -> dict[str, Any]:
     nofile = raise_nofile()
     out_dir.mkdir(parents=True, exist_ok=True)
+    all_cpus = set(os.sched_getaffinity(0))
     server_cpus, other_cpus = cpu_plan(pin)
     started = time.time()
     load_before = os.getloadavg()
@@ -442,7 +510,8 @@ def run_benchmark(peer_keys: list[str], scenarios: list[Scenario], out_dir: Path
                 os.sched_setaffinity(0, other_cpus)
             logs = out_dir / "logs" if quick else ROOT / "bench" / "results" / "tmp" / "logs"
             ctx = Context(redis_server.url, redis_sync.Redis.from_url(redis_server.url),
-                          logs, server_cpus, other_cpus, quick, verbose, deflate)
+                          logs, server_cpus, other_cpus, quick, verbose, deflate,
+                          all_cpus=all_cpus if pin else None)
             ctx.say(f"redis on {redis_server.url}; server CPUs {server_cpus or 'any'}, "
                     f"load CPUs {other_cpus or 'any'}; open files {nofile}")
             for key in peer_keys:
@@ -486,7 +555,9 @@ def run_benchmark(peer_keys: list[str], scenarios: list[Scenario], out_dir: Path
         "source": source_state(),
         "versions": versions(),
         "pinning": {"server": sorted(server_cpus) if server_cpus else "any",
-                    "redis_publisher_client": sorted(other_cpus) if other_cpus else "any"},
+                    "redis_publisher_client": sorted(other_cpus) if other_cpus else "any",
+                    "unpinned_servers": {k: sorted(all_cpus) if pin else "any"
+                                         for k in peer_keys if not PEERS[k].pinned}},
         "client_offers_deflate": deflate,
         "scenarios": [asdict(sc) for sc in scenarios],
         "peers": {k: {"label": PEERS[k].label, "how": PEERS[k].how} for k in peer_keys},
@@ -515,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the load client does not offer permessage-deflate (browsers do)")
     args = parser.parse_args(argv)
     if args.quick:
-        peers = list(PYTHON_PEERS)
+        peers = list(dict.fromkeys([*PYTHON_PEERS, "service-2w"]))
         scenarios = quick_scenarios()
         out = args.out or ROOT / "bench" / "results" / "tmp" / "quick"
     else:

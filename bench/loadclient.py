@@ -13,8 +13,16 @@ Frames understood:
 - socket.io: `0{...}` open -> send `40`; `2` ping -> send `3`; `42["quotes",[...]]`.
 
 The per-frame cost is one orjson.loads and one tight loop over the quotes; picows (Cython)
-does the websocket framing. Without picows the websockets library is used instead (about
+does the websocket framing, on uvloop when it is installed (`--loop`; the service depends
+on it, so it is): per frame most of the client's time is the event loop's, one read per
+frame per connection. Without picows the websockets library is used instead (about
 twice the CPU per message; the report says which one ran).
+
+With `--parse-every N` a connection decodes only every Nth quotes frame while measuring
+(ages, updates and quotes come from those) and just counts the others after checking
+their `{"type":"quotes"` prefix: per frame it then costs a small fraction of a server's
+frame, so a server that has no core to itself (WORKERS=2 on 2 cores) is not slowed down
+by the client that measures it.
 
 Like a browser, the client offers permessage-deflate (`--no-deflate` to stop): a server
 whose defaults accept it (uvicorn, the websockets library) then compresses every frame
@@ -56,6 +64,12 @@ except ImportError:
     WSListener = object  # type: ignore[assignment,misc]
 
 HIST_MAX_MS = 120_000  # ages at or above this land in the last bucket
+# --parse-every N: a connection decodes one frame in N and counts the others, which it
+# recognises by this prefix (the service's frames and every relay's start so).
+QUOTES_PREFIX = b'{"type":"quotes"'
+PREFIX_LEN = len(QUOTES_PREFIX)
+PARSE_EVERY = 1
+LOOP_NAME = ["asyncio"]  # the client's own event loop, for the report
 loads = orjson.loads
 time_ns = time.time_ns
 
@@ -68,6 +82,7 @@ class Stats:
 
     def reset(self) -> None:
         self.frames = 0
+        self.parsed_frames = 0  # frames decoded (all of them unless --parse-every)
         self.quotes = 0
         self.updates = 0  # seq advance: quotes delivered or superseded by a newer one
         self.bytes = 0
@@ -97,6 +112,7 @@ class Conn(WSListener):  # type: ignore[misc]
         "ready",
         "reset_inflate",
         "sio",
+        "skip",
         "stalled",
         "transport",
     )
@@ -115,6 +131,7 @@ class Conn(WSListener):  # type: ignore[misc]
         self.reset_inflate = False
         self.parts: list[bytes] | None = None  # a fragmented message being collected
         self.compressed = False
+        self.skip = 0  # frames left to count without decoding (--parse-every)
 
     # picows callbacks
 
@@ -202,6 +219,14 @@ class Conn(WSListener):  # type: ignore[misc]
             else:
                 return
         else:
+            if self.skip and STATS.measuring and buf[:PREFIX_LEN] == QUOTES_PREFIX:
+                # Counted, not decoded: the frame path of a cheap client (--parse-every).
+                self.skip -= 1
+                S = STATS
+                S.frames += 1
+                S.bytes += size
+                self.quote_frames += 1
+                return
             frame = loads(buf)
             kind = frame.get("type")
             if kind == "quotes":
@@ -249,6 +274,8 @@ class Conn(WSListener):  # type: ignore[misc]
         if worst > S.max_age:
             S.max_age = worst
         S.frames += 1
+        S.parsed_frames += 1
+        self.skip = PARSE_EVERY - 1
         S.quotes += len(quotes)
         S.updates += advance
         S.bytes += size
@@ -367,6 +394,7 @@ async def connect_all(url: str, n: int, n_stalled: int, sio: bool, concurrency: 
         "errors": dict(errors),
         "connect_s": round(elapsed, 3),
         "library": "picows" if HAVE_PICOWS else "websockets",
+        "loop": LOOP_NAME[0],
         "deflate": STATS.deflate,
     }
 
@@ -416,6 +444,7 @@ def stats_report(conns: list[Conn]) -> dict[str, Any]:
         "wall_s": round(wall, 3),
         "cpu_pct": round(100 * cpu / wall, 1) if wall > 0 else 0.0,
         "frames": S.frames,
+        "parsed_frames": S.parsed_frames,
         "quotes": S.quotes,
         "updates": S.updates,
         "bytes": S.bytes,
@@ -510,12 +539,28 @@ def main() -> None:
                         help="do not offer permessage-deflate (browsers do)")
     parser.add_argument("--stall-rcvbuf", type=int, default=8192,
                         help="SO_RCVBUF of stalled connections (bytes; 0: kernel default)")
+    parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                        help="the client's event loop (auto: uvloop when installed)")
+    parser.add_argument("--parse-every", type=int, default=1,
+                        help="decode one quotes frame in N per connection (ages, updates), "
+                        "only count the others")
     args = parser.parse_args()
-    global OFFER_DEFLATE
+    global OFFER_DEFLATE, PARSE_EVERY
     OFFER_DEFLATE = not args.no_deflate
+    PARSE_EVERY = max(1, args.parse_every)
     raise_nofile()
+    runner = asyncio.run
+    if args.loop != "asyncio":
+        try:
+            import uvloop
+
+            runner = uvloop.run
+            LOOP_NAME[0] = "uvloop"
+        except ImportError:
+            if args.loop == "uvloop":
+                raise
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main_async(args))
+        runner(main_async(args))
     # Skip interpreter teardown of thousands of sockets.
     os._exit(0)
 

@@ -71,7 +71,9 @@ def one_line(r: dict[str, Any]) -> str:
     if "kb_per_conn" in r:
         return (f"{r['connected']}/{r['clients']} connected in {r['connect_s']}s, "
                 f"{r['kb_per_conn']} KB/conn, {r['receiving']} receiving")
-    text = (f"{r['healthy']} clients, {r['updates_per_s']:,} upd/s ({r['quotes_per_s']:,} quotes/s) "
+    text = (f"{r['healthy']} clients, {r['frames_per_s']:,} frames/s "
+            f"({r.get('server_us_per_frame')} µs CPU each), "
+            f"{_n(r['updates_per_s'])} upd/s ({r['quotes_per_s']:,} quotes/s) "
             f"of {r['offered_per_s']:,} offered, age p50 {r['age_p50_ms']} p99 {r['age_p99_ms']} "
             f"max {r['age_max_ms']} ms, server CPU {r['server_cpu_pct']}% RSS {r['server_rss_mb']} MB, "
             f"client CPU {r['client_cpu_pct']}%")
@@ -240,6 +242,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"{data['pinning']['redis_publisher_client']}. Load average before/after: "
         f"{data.get('loadavg_before')} / {data.get('loadavg_after')}.",
         "",
+        *_unpinned_note(data),
         f"Source measured: {data.get('source', '?')}.",
         "",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
@@ -312,6 +315,7 @@ def markdown(data: dict[str, Any]) -> str:
                                             "max ms", "stalled dropped by server",
                                             "kernel send queue to stalled, MB", "RSS MB",
                                             "server CPU", "client CPU"], stalled_cells), ""]
+    lines += workers_section(data)
     sweep = [s for s in data["scenarios"] if s["sweep"] or s["key"] == "firehose"]
     if len(sweep) > 1:
         sweep.sort(key=lambda s: s["rate"])
@@ -344,7 +348,9 @@ def markdown(data: dict[str, Any]) -> str:
         "offered. *quotes recv/s* counts quote objects received. Ages are receive time minus "
         "the quote's `ts` (publisher clock), over every quote in `quotes` frames; *held* ages "
         "are those of the quotes that became a client's held state. Server CPU is % of one "
-        "core (all threads of the server process), RSS its peak in the window. *deflate*: "
+        "core (all threads of the server process and of its child processes: a WORKERS=2 "
+        "supervisor and its workers), RSS its peak in the window (summed over those "
+        "processes). *deflate*: "
         "the server accepted the client's permessage-deflate offer (browsers offer it too). "
         f"† the load client used ≥ {CLIENT_BOUND_PCT}% of its core, or that core (shared with "
         f"Redis and the publisher) was ≥ {LOAD_CORE_FULL_PCT}% busy, so the client side may "
@@ -353,6 +359,82 @@ def markdown(data: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _unpinned_note(data: dict[str, Any]) -> list[str]:
+    unpinned = data["pinning"].get("unpinned_servers") or {}
+    if not unpinned:
+        return []
+    names = ", ".join(data["peers"][k]["label"] for k in unpinned if k in data["peers"])
+    cpus = next(iter(unpinned.values()))
+    return [f"Not pinned: {names} (several serving processes and only 2 cores, so no core "
+            f"can be given to it alone): its processes run on CPUs {cpus}, sharing CPU 1 with "
+            "Redis, the publisher and the load client, which stay where they are.", ""]
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}×" if a and b else "–"
+
+
+def workers_section(data: dict[str, Any]) -> list[str]:
+    """The scenario `workers` (WORKERS=2 against 1, uvloop against asyncio): server CPU per
+    delivered frame, and the same figure from the other stream scenarios."""
+    sc = {s["key"]: s for s in data["scenarios"]}
+    lines: list[str] = []
+    if "workers" in sc:
+        s = sc["workers"]
+
+        def cells(peer: str, r: dict[str, Any]) -> list[str]:
+            per_proc = r.get("server_cpu_pct_per_proc") or []
+            procs = (f"{r.get('server_procs')} (" + " + ".join(f"{c:g}%" for c in per_proc) + ")"
+                     if len(per_proc) > 1 else f"{r.get('server_procs') or 1}")
+            return [f"{r['healthy']}", procs, _n(r["frames_per_s"]), _n(r["quotes_per_s"]),
+                    _n(r["age_p50_ms"]), _n(r["age_p99_ms"]),
+                    _n(r["server_cpu_pct"], "%"), _n(r.get("server_us_per_frame")),
+                    _n(r.get("frames_per_core_s")),
+                    _n(r.get("client_us_per_frame")) + _cb(r), _n(r["server_rss_mb"]),
+                    _n(r.get("redis_subscribers")), _n(r.get("pubsub_bytes_per_s")),
+                    _n(r.get("pubsub_bytes_per_msg"))]
+
+        lines += [f"## 5. Workers and event loop: {s['clients']} clients, {s['rate']:g} quotes/s, "
+                  f"{s['measure_s']:g} s; server CPU per delivered frame", "",
+                  f"The load client decodes one frame in {s['parse_every']} per connection "
+                  "(ages, quotes) and only counts the others, so that it costs less per frame "
+                  "than the server it measures.", "",
+                  *_table(data, "workers", ["server", "clients", "processes (CPU each)",
+                                            "frames recv/s", "quotes recv/s (est.)", "p50 ms",
+                                            "p99 ms", "server CPU", "server µs/frame",
+                                            "frames/s per server core", "client µs/frame",
+                                            "RSS MB", "Redis subscriptions",
+                                            "pub/sub B/s per subscription", "B per message"],
+                          cells), ""]
+    variants = [k for k in ("service", "service-asyncio", "service-2w") if k in data["results"]]
+    stream = [k for k in ("firehose", "ticker", "workers") if k in sc]
+    if len(variants) > 1 and stream:
+        header = ["server"] + [f"{k} µs/frame (frames/s)" for k in stream]
+        lines += ["### Server CPU µs per delivered frame, by scenario", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for peer in variants:
+            row = []
+            for k in stream:
+                r = _get(data, peer, k)
+                row.append(f"{_n(r.get('server_us_per_frame'))} ({_n(r['frames_per_s'])})"
+                           if r else "–")
+            lines.append("| " + " | ".join([data["peers"][peer]["label"], *row]) + " |")
+        lines.append("")
+        for other, what in (("service-2w", "2 workers against 1"),
+                            ("service-asyncio", "asyncio loop against uvloop")):
+            if other not in variants or "service" not in variants:
+                continue
+            parts = []
+            for k in stream:
+                a, b = _get(data, other, k), _get(data, "service", k)
+                if a and b:
+                    parts.append(f"{k} {_ratio(a.get('server_us_per_frame'), b.get('server_us_per_frame'))}")
+            if parts:
+                lines.append(f"- CPU per delivered frame, {what}: " + ", ".join(parts) + ".")
+        lines.append("")
+    return lines
 
 
 # ---- chart ------------------------------------------------------------------------------

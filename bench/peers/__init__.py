@@ -27,6 +27,13 @@ class Peer:
     python_modules: tuple[str, ...] = field(default_factory=tuple)
     # ws path the load client connects to
     path: str = "/ws?symbols=*"
+    # Extra environment (the service's variants: LOOP, WORKERS).
+    env: tuple[tuple[str, str], ...] = ()
+    # Processes that each hold a Redis subscription (the start waits for all of them).
+    subscribers: int = 1
+    # False: more than one serving process, so no core can be given to it alone; it runs
+    # on every CPU (the load side stays on its own), see harness.start_server.
+    pinned: bool = True
 
     def unavailable(self) -> str | None:
         """Why this peer cannot start here, or None."""
@@ -42,11 +49,13 @@ class Peer:
 
     def command(self, port: int, redis_url: str) -> tuple[list[str], dict[str, str]]:
         env = {"REDIS_URL": redis_url, "PORT": str(port), "HOST": "127.0.0.1"}
-        if self.key == "service":
-            # One process, as deployed. Connection-rate admission raised so the idle
-            # crowd's connect is not throttled (the default is 1000/s).
+        if self.key.startswith("service"):
+            # As deployed (`service`: one process, LOOP=auto, which is uvloop when it is
+            # installed). Connection-rate admission raised so the idle crowd's connect is
+            # not throttled (the default is 1000/s; with WORKERS it is per worker).
             return [sys.executable, "-m", "service"], {
-                **env, "MAX_CONNECTS_PER_S": "100000", "MAX_CONNECTIONS": "20000"}
+                **env, "MAX_CONNECTS_PER_S": "100000", "MAX_CONNECTIONS": "20000",
+                "LOOP": "auto", "WORKERS": "1", **dict(self.env)}
         if self.key == "broadcaster":
             # uvicorn's defaults, only the address given.
             return [sys.executable, "-m", "uvicorn", "bench.peers.broadcaster_app:app",
@@ -63,7 +72,15 @@ class Peer:
 
 
 PEERS: dict[str, Peer] = {p.key: p for p in [
-    Peer("service", "this service", "python -m service (Starlette on uvicorn, one process)"),
+    Peer("service", "this service", "python -m service (Starlette on uvicorn, one process, "
+         "LOOP=auto: uvloop)"),
+    Peer("service-asyncio", "this service, asyncio loop",
+         "python -m service with LOOP=asyncio (the standard library's event loop)",
+         env=(("LOOP", "asyncio"),)),
+    Peer("service-2w", "this service, 2 workers",
+         "python -m service with WORKERS=2: a supervisor and 2 SO_REUSEPORT workers, each "
+         "with its own Redis subscription (LOOP=auto); on both CPUs, not pinned",
+         env=(("WORKERS", "2"),), subscribers=2, pinned=False),
     Peer("broadcaster", "Starlette + broadcaster",
          "uvicorn defaults, encode/broadcaster 0.3.1 Redis backend, one subscription per client",
          python_modules=("broadcaster", "anyio")),
@@ -79,3 +96,5 @@ PEERS: dict[str, Peer] = {p.key: p for p in [
 ]}
 
 PYTHON_PEERS = ("service", "broadcaster", "websockets")
+# The service's own variants (LOOP, WORKERS): not peers, the same code configured otherwise.
+SERVICE_VARIANTS = ("service", "service-asyncio", "service-2w")
