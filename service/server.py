@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 from typing import Any
 
 import uvicorn
@@ -74,6 +75,7 @@ class QuoteServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         service = self.service
+        _watchdog(service.settings.drain_s + (self.config.timeout_graceful_shutdown or 5) + 10)
         # Stop accepting: with SO_REUSEPORT the kernel sends new connections to the
         # other workers; without, a load balancer sees a refusal and tries elsewhere.
         for server in getattr(self, "servers", []):
@@ -83,6 +85,22 @@ class QuoteServer(uvicorn.Server):
         await service.drain(service.settings.drain_s)
         await super().shutdown(sockets)
         log.info("stopped", extra={"event": "stop", "pid": os.getpid()})
+
+
+def _watchdog(seconds: float) -> None:
+    """A stop that hangs must not leave a worker behind, holding its clients' sockets and
+    a Redis subscription with nobody to stop it (its supervisor may be gone already):
+    past `seconds`, end the process from a thread the event loop cannot block."""
+
+    def expire() -> None:
+        log.error("shutdown did not finish in %gs; exiting now", seconds,
+                  extra={"event": "stop_timeout"})
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
 
 
 def listening_socket(host: str, port: int, user_timeout_ms: int, send_buffer: int = 0,

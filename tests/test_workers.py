@@ -163,3 +163,15 @@ async def test_sigterm_closes_clients_with_1001_spread_over_drain_s() -> None:
     # stretches that.
     assert spread >= 1.0, f"closes spread over {spread:.2f}s only"
     print(f"\nSIGTERM with DRAIN_S=2: 20 clients closed with 1001 over {spread:.2f}s")
+
+
+def test_a_stop_that_hangs_is_cut_short_by_the_watchdog() -> None:
+    """Whatever hangs in a shutdown, the worker still exits, so none outlives its run."""
+    code = ("import time; from service import logs; from service.server import _watchdog; "
+            "logs.configure(); _watchdog(0.3); time.sleep(30)")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            timeout=20)
+    assert result.returncode == 1
+    assert "shutdown did not finish in 0.3s; exiting now" in result.stderr
+    assert time.monotonic() - started < 15
