@@ -166,7 +166,8 @@ class QuoteService:
         if refusal is not None:
             self.hub.stats["connections_refused"] += 1
             if self._refusal_log.take(asyncio.get_running_loop().time()):
-                log.warning("refusing a connection: %s", refusal)
+                client = websocket.client
+                log.warning("refusing a connection from %s: %s", client.host if client else "?", refusal)
             await websocket.accept()
             await websocket.close(CLOSE_TRY_AGAIN, "try again later")
             return
