@@ -80,6 +80,11 @@ class RedisFeed:
                 await self._lost(exc)
 
     async def _lost(self, exc: Exception) -> None:
+        # Python 3.11's TaskGroup loses a cancellation that comes as a child fails: the
+        # failure arrives here instead. Retrying would make the feed outlive a shutdown.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError from exc
         reason = str(exc) or type(exc).__name__
         if self._lost_at is None:
             self._lost_at = time.monotonic()

@@ -175,3 +175,27 @@ def test_a_stop_that_hangs_is_cut_short_by_the_watchdog() -> None:
     assert result.returncode == 1
     assert "shutdown did not finish in 0.3s; exiting now" in result.stderr
     assert time.monotonic() - started < 15
+
+
+async def test_a_cancellation_the_taskgroup_lost_still_stops_the_feed() -> None:
+    """Python 3.11's TaskGroup can turn a cancellation into its child's failure; the feed
+    must end then, not retry, or a worker's shutdown waits for it for ever."""
+    from service.hub import Hub
+    from service.redis_feed import FeedLost, RedisFeed
+    from service.settings import Settings
+
+    feed = RedisFeed(Settings(redis_url="redis://127.0.0.1:1/0"), Hub(10))
+
+    async def session_then_failure() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            pass  # swallowed, as the TaskGroup does when a child fails at that moment
+        await feed._lost(FeedLost("no probe came back"))
+
+    task = asyncio.create_task(session_then_failure())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    await feed.aclose()
