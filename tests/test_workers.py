@@ -4,6 +4,7 @@ processes: refusals at start, giving up on a bad REDIS_URL, orphans, draining.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -187,10 +188,9 @@ async def test_a_cancellation_the_taskgroup_lost_still_stops_the_feed() -> None:
     feed = RedisFeed(Settings(redis_url="redis://127.0.0.1:1/0"), Hub(10))
 
     async def session_then_failure() -> None:
-        try:
+        # Swallowed, as the TaskGroup does when a child fails at that moment.
+        with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            pass  # swallowed, as the TaskGroup does when a child fails at that moment
         await feed._lost(FeedLost("no probe came back"))
 
     task = asyncio.create_task(session_then_failure())
