@@ -23,12 +23,9 @@ from .app import QuoteService, create_app
 from .forwarded import behind_proxies
 from .node import NODE_ID
 from .settings import Settings
+from .supervisor import EXIT_CONFIG
 
 log = logging.getLogger("service")
-
-# Exit code of a worker that cannot start for a reason a restart will not fix (uvicorn
-# uses the same for a failed lifespan startup); the supervisor gives up on it.
-EXIT_CONFIG = 3
 
 
 class QuoteServer(uvicorn.Server):

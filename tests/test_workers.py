@@ -14,8 +14,7 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-from service.server import EXIT_CONFIG
-from service.supervisor import GiveUp, RestartPolicy
+from service.supervisor import EXIT_CONFIG, GiveUp, RestartPolicy
 from tests.redis_server import free_port, redis_server
 from tests.service_proc import ROOT, ServiceProcess
 from tests.test_faults import until
