@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import redis.asyncio as redis
@@ -44,6 +45,23 @@ class FeedMisconfigured(Exception):
 # Refusals that mean the URL is wrong. After a first success they are taken as passing
 # (a password being rotated) and retried like any outage.
 _REFUSALS = (AuthenticationError, AuthorizationError, ResponseError)
+
+
+async def _first_failure(*coros: Coroutine[Any, Any, None]) -> None:
+    """Run them until one fails, then end the others and raise that failure.
+
+    Not a TaskGroup: Python 3.11's loses a cancellation that arrives as a child fails
+    (the feed then retried and outlived its shutdown) and leaves `cancelling()` raised
+    after every child failure, so neither can be trusted here."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()
 
 
 class RedisFeed:
@@ -80,11 +98,6 @@ class RedisFeed:
                 await self._lost(exc)
 
     async def _lost(self, exc: Exception) -> None:
-        # Python 3.11's TaskGroup loses a cancellation that comes as a child fails: the
-        # failure arrives here instead. Retrying would make the feed outlive a shutdown.
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise asyncio.CancelledError from exc
         reason = str(exc) or type(exc).__name__
         if self._lost_at is None:
             self._lost_at = time.monotonic()
@@ -119,15 +132,7 @@ class RedisFeed:
                          extra={"event": "redis_regained", "down_s": down})
                 self._lost_at = None
             self._refresh()
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._listen(pubsub))
-                tasks.create_task(self._watch())
-        except* FeedLost as group:
-            raise group.exceptions[0] from None
-        except* _REFUSALS as group:
-            raise group.exceptions[0] from None
-        except* (RedisConnectionError, RedisTimeoutError, OSError) as group:
-            raise group.exceptions[0] from None
+            await _first_failure(self._listen(pubsub), self._watch())
         finally:
             # A frozen server must not hold us up here too.
             try:
