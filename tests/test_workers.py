@@ -4,7 +4,6 @@ processes: refusals at start, giving up on a bad REDIS_URL, orphans, draining.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
