@@ -55,7 +55,7 @@ class QuoteService:
         self._refusal_log = TokenBucket(1)
         self.draining = False
         # Set when the feed cannot go on: the process exits with it (see server.py), so a
-        # supervisor restarts the worker (1) or gives up on a configuration error (3).
+        # supervisor restarts the worker (1) or gives up on a configuration error.
         self.exit_code: int | None = None
         self.on_fatal: Callable[[], None] | None = None
 
@@ -87,6 +87,7 @@ class QuoteService:
 
     async def _run_feed(self) -> None:
         from .redis_feed import FeedMisconfigured
+        from .supervisor import EXIT_CONFIG
 
         try:
             await self.feed.run()
@@ -95,7 +96,7 @@ class QuoteService:
         except FeedMisconfigured as exc:
             log.error("cannot use REDIS_URL: %s; stopping", exc,
                       extra={"event": "fatal", "reason": str(exc)})
-            self._fail(3)
+            self._fail(EXIT_CONFIG)
         except Exception:
             # Serving a feed that will never come back helps no one: end the process, so
             # the supervisor (or the orchestrator) starts a fresh one.
