@@ -17,12 +17,12 @@ import sys
 from collections.abc import Iterable, Sequence
 from types import FrameType
 from typing import TextIO
-from urllib.parse import urlsplit
 
 from redis.exceptions import RedisError
 
 from service import logs
 from service.settings import ConfigError, Settings
+from service.topology import shown
 
 from .redis_sink import RedisSink, connect
 from .replay import replay
@@ -78,13 +78,6 @@ def _open_lines(path: str) -> TextIO:
     return open(path, encoding="utf-8-sig", errors="replace")
 
 
-def _shown_url(url: str) -> str:
-    """The URL without credentials, for logs."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=netloc).geturl()
-
-
 async def _simulate(settings: Settings, rate: float, seed: int | None) -> int:
     assert settings.redis_url is not None
     stop = asyncio.Event()
@@ -103,7 +96,7 @@ async def _simulate(settings: Settings, rate: float, seed: int | None) -> int:
         except RedisError as exc:
             log.warning("could not read the earlier state from Redis (%s); starting afresh", exc)
         log.info("simulating %d instruments at %g quotes/s into %s (channel %r)",
-                 len(market.symbols), rate, _shown_url(settings.redis_url),
+                 len(market.symbols), rate, shown(settings.redis_url),
                  settings.redis_channel)
         await run_simulation(sink, market, rate, stop=stop,
                              retry_max_s=settings.redis_retry_max_s)
@@ -129,7 +122,7 @@ async def _replay(settings: Settings, lines: Iterable[str]) -> int:
     try:
         result = await replay(RedisSink(redis, settings), lines)
     except RedisError as exc:
-        print(f"publisher: cannot publish to {_shown_url(settings.redis_url)}: {exc}",
+        print(f"publisher: cannot publish to {shown(settings.redis_url)}: {exc}",
               file=sys.stderr)
         return 1
     finally:

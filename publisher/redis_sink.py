@@ -19,6 +19,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
+from service import topology
 from service.quote import Quote, decode_payload, now_ms
 from service.settings import Settings
 
@@ -66,7 +67,7 @@ return seqs
 def connect(url: str, *, retries: int = 3, backoff_cap_s: float = 1.0) -> aioredis.Redis:
     """from_url gets no retries unless given `retry=` (FIELD-NOTES); these cover a blip or
     a quick restart, and the callers' own back-off covers longer outages."""
-    return aioredis.Redis.from_url(
+    return topology.connect(
         url,
         retry=Retry(ExponentialWithJitterBackoff(cap=backoff_cap_s, base=0.05), retries),
         retry_on_error=[ConnectionError, TimeoutError],

@@ -207,13 +207,15 @@ class Hub:
     def load(self, quotes: Iterable[Quote]) -> None:
         """Take the broker's full latest state (at start and after every reconnect).
 
-        Redis is the record: a symbol whose seq went backwards (the publisher's state was
-        lost) is taken as it is rather than shadowed by what we held."""
-        fresh: dict[str, tuple[int, str]] = {}
+        A symbol never goes backwards: a replica promoted by Sentinel may lack the last
+        writes (replication is asynchronous), and the quote we already sent stays until
+        the publisher, which remembers its seqs, writes a newer one."""
+        fresh = dict(self.board)
         for quote in quotes:
-            fresh[quote.symbol] = (quote.seq or 0, quote.to_json().decode())
-        for symbol, held in self.board.items():
-            fresh.setdefault(symbol, held)
+            seq = quote.seq or 0
+            held = fresh.get(quote.symbol)
+            if held is None or seq > held[0]:
+                fresh[quote.symbol] = (seq, quote.to_json().decode())
         # In place: groups hold this board for members that fell too far behind.
         self.board.clear()
         self.board.update(fresh)

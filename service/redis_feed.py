@@ -15,13 +15,13 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import topology
 from .backoff import backoff
 from .feed_health import FeedHealth
 from .hub import Hub
@@ -71,7 +71,7 @@ class RedisFeed:
         self.hub = hub
         self.health = FeedHealth(settings.feed_silence_s, settings.probe_timeout_s)
         # Our own back-off is the only retry: redis-py's would hide an outage.
-        self.client = redis.Redis.from_url(
+        self.client = topology.connect(
             settings.redis_url,
             socket_connect_timeout=2,
             socket_timeout=settings.probe_timeout_s,

@@ -19,7 +19,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    # Where the feed comes from. None: the embedded broker with the simulated market.
+    # Where the feed comes from: redis://, rediss://, unix:// or
+    # redis+sentinel://H:P[,H:P...]/MASTER[/DB] (service/topology). None: the embedded
+    # broker with the simulated market.
     redis_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
@@ -118,19 +120,13 @@ class Settings:
             raise ConfigError(f"PORT must be 1-65535, got {self.port}")
         if self.ws_max_size < self.max_frame_bytes:
             raise ConfigError("WS_MAX_SIZE must be at least MAX_FRAME_BYTES")
-        if self.redis_url is not None and not self.redis_url.startswith(
-            ("redis://", "rediss://", "unix://")
-        ):
-            raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, "
-                              f"got {self.redis_url!r}")
         if self.redis_url is not None:
-            from redis.connection import parse_url
+            from .topology import check
 
             try:
-                parse_url(self.redis_url)  # type: ignore[no-untyped-call]
+                check(self.redis_url)
             except ValueError as exc:
-                raise ConfigError(f"REDIS_URL is not a valid Redis URL: {exc}") from None
-
+                raise ConfigError(f"REDIS_URL {exc}: got {self.redis_url!r}") from None
 
 def _convert(name: str, default: Any, raw: str) -> Any:
     kind = type(default)

@@ -1,0 +1,80 @@
+"""A primary under Redis Sentinel: redis+sentinel://[user:pass@]H:P[,H:P...]/MASTER[/DB].
+
+Through redis-py's Sentinel: every new connection asks the sentinels which server is the
+primary now, so after a failover our own reconnect (the service's back-off, the
+publisher's retries) lands on the promoted replica without any code of ours knowing.
+The password is the data servers'; `?sentinel_password=` is for sentinels that have one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
+
+SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+
+
+def handles(url: str) -> bool:
+    return url.startswith(SCHEMES)
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelURL:
+    sentinels: list[tuple[str, int]]
+    master: str
+    db: int
+    username: str | None
+    password: str | None
+    sentinel_password: str | None
+    ssl: bool
+
+
+def parse(url: str) -> SentinelURL:
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    sentinels: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"sentinel address {item!r} is not HOST:PORT")
+        sentinels.append((host.strip("[]"), int(port)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path or len(path) > 2:
+        raise ValueError("needs the master's name after the sentinels: "
+                         "redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB]")
+    if len(path) == 2 and not path[1].isdigit():
+        raise ValueError(f"the database after the master's name must be a number, not {path[1]!r}")
+    query = parse_qs(parts.query)
+    unknown = set(query) - {"sentinel_password"}
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}; "
+                         "only sentinel_password is read")
+    return SentinelURL(
+        sentinels=sentinels, master=unquote(path[0]), db=int(path[1]) if len(path) == 2 else 0,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        sentinel_password=query.get("sentinel_password", [None])[0],
+        ssl=url.startswith("rediss+"),
+    )
+
+
+def check(url: str) -> None:
+    try:
+        parse(url)
+    except ValueError as exc:
+        raise ValueError(f"is not a valid Sentinel URL ({exc})") from None
+
+
+def connect(url: str, **options: Any) -> aioredis.Redis:
+    spec = parse(url)
+    asking = {k: v for k, v in options.items() if k in ("socket_connect_timeout", "socket_timeout")}
+    if spec.sentinel_password:
+        asking["password"] = spec.sentinel_password
+    sentinels = Sentinel(spec.sentinels, sentinel_kwargs=asking)  # type: ignore[no-untyped-call]
+    return sentinels.master_for(  # type: ignore[no-any-return]
+        spec.master, db=spec.db, username=spec.username, password=spec.password,
+        ssl=spec.ssl, **options)
