@@ -95,9 +95,9 @@ async def _simulate(settings: Settings, rate: float, seed: int | None) -> int:
                 log.info("resumed %d stocks from the state in Redis", resumed)
         except RedisError as exc:
             log.warning("could not read the earlier state from Redis (%s); starting afresh", exc)
-        log.info("simulating %d instruments at %g quotes/s into %s (channel %r)",
+        log.info("simulating %d instruments at %g quotes/s into %s (%d partitions, %s:{P})",
                  len(market.symbols), rate, shown(settings.redis_url),
-                 settings.redis_channel)
+                 settings.redis_partitions, settings.redis_prefix)
         await run_simulation(sink, market, rate, stop=stop,
                              retry_max_s=settings.redis_retry_max_s)
     finally:

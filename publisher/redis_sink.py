@@ -1,9 +1,12 @@
-"""Publishing quotes to Redis: one Lua script call per batch, so a batch is all or nothing.
+"""Publishing quotes to Redis: one Lua script call per partition of a batch, each all or nothing.
 
-Batches above MAX_BATCH go out as several calls, each atomic on its own. For each quote
-the script takes the symbol's next `seq` from a hash (HINCRBY, so two publishers never
-hand out the same version), stores the quote with its seq as the
-symbol's latest state, and after the loop PUBLISHes the whole batch as one JSON array.
+A batch is split by partition (service/partitions.py) and each part goes out as one
+script call on that partition's keys, so in a Redis Cluster every call touches one slot;
+parts above MAX_BATCH go out as several calls. For each quote the script takes the
+symbol's next `seq` from the partition's seq hash (HINCRBY, so two publishers never hand
+out the same version), stores the quote with its seq as the symbol's latest state, and
+after the loop publishes the part as one JSON array on the partition's channel: SPUBLISH
+in a cluster, so the message stays on its shard, PUBLISH elsewhere.
 The JSON is spliced as text in Lua rather than re-encoded with cjson, so every number
 reaches the service exactly as orjson wrote it.
 """
@@ -12,15 +15,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Sequence
+from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
 from service import topology
-from service.quote import Quote, decode_payload, now_ms
+from service.quote import Quote, decode_payload
 from service.settings import Settings
 
 log = logging.getLogger("publisher.redis")
@@ -29,13 +33,14 @@ log = logging.getLogger("publisher.redis")
 # a bound keeps any one call short (500 quotes is well under a millisecond of work).
 MAX_BATCH = 500
 
-# KEYS[1] = seq hash, KEYS[2] = latest hash
-# ARGV[1] = channel, then per quote: symbol, seq floor, quote JSON without seq
+# KEYS[1] = seq hash, KEYS[2] = latest hash, KEYS[3] = channel (a key too, for the slot)
+# ARGV[1] = PUBLISH or SPUBLISH, then per quote: symbol, seq floor, quote JSON without seq
 # Returns {floor_bumps, seq1, seq2, ...}.
 # Redis never rolls a script back, so everything that could fail half-way (a key of the
 # wrong type) is checked before the first write: a batch is published whole or not at all.
 PUBLISH_SCRIPT = """
-for _, key in ipairs(KEYS) do
+for i = 1, 2 do
+  local key = KEYS[i]
   local t = redis.call('TYPE', key)['ok']
   if t ~= 'hash' and t ~= 'none' then
     return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a hash')
@@ -59,20 +64,22 @@ for i = 2, #ARGV, 3 do
   seqs[n + 1] = seq
 end
 seqs[1] = bumps
-redis.call('PUBLISH', ARGV[1], '[' .. table.concat(out, ',') .. ']')
+redis.call(ARGV[1], KEYS[3], '[' .. table.concat(out, ',') .. ']')
 return seqs
 """
 
 
-def connect(url: str, *, retries: int = 3, backoff_cap_s: float = 1.0) -> aioredis.Redis:
+def connect(url: str, *, retries: int = 3, backoff_cap_s: float = 1.0) -> topology.Client:
     """from_url gets no retries unless given `retry=` (FIELD-NOTES); these cover a blip or
-    a quick restart, and the callers' own back-off covers longer outages."""
+    a quick restart, and the callers' own back-off covers longer outages. The socket
+    timeout is short so that a frozen primary is given up soon and Sentinel's new one
+    is asked for."""
     return topology.connect(
         url,
         retry=Retry(ExponentialWithJitterBackoff(cap=backoff_cap_s, base=0.05), retries),
         retry_on_error=[ConnectionError, TimeoutError],
         socket_connect_timeout=2.0,
-        socket_timeout=5.0,
+        socket_timeout=2.0,
         health_check_interval=30,
     )
 
@@ -85,66 +92,99 @@ def wire_body(quote: Quote) -> bytes:
 
 
 class RedisSink:
-    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+    def __init__(self, redis: topology.Client, settings: Settings) -> None:
         self._redis = redis
-        self._channel = settings.redis_channel
-        self._keys = [settings.redis_seq_key, settings.redis_latest_key]
+        self._layout = settings.layout
+        self._cluster = isinstance(redis, RedisCluster)
+        self._command = "SPUBLISH" if self._cluster else "PUBLISH"
         self._script = redis.register_script(PUBLISH_SCRIPT)
-        self._heartbeat_channel = settings.redis_heartbeat_channel
         # Highest seq seen per symbol: the floor that keeps seq rising if Redis restarts
-        # with empty memory while we run.
+        # with empty memory while we run, or a promoted replica lacks the last writes.
         self._last_seq: dict[str, int] = {}
         # The last quote published per symbol: what a Redis that lost its memory gets back.
         self._latest: dict[str, Quote] = {}
 
     async def publish(self, quotes: Sequence[Quote]) -> list[Quote]:
-        published: list[Quote] = []
-        for start in range(0, len(quotes), MAX_BATCH):
-            chunk = quotes[start : start + MAX_BATCH]
-            out, lost = await self._publish_chunk(chunk)
-            published.extend(out)
-            if lost:
-                await self.restore(exclude={q.symbol for q in chunk})
-        return published
+        """The quotes with their seq, in the order given."""
+        out, lost = await self._publish(quotes)
+        if lost:
+            await self.restore(exclude={q.symbol for q in quotes})
+        return out
 
     async def restore(self, exclude: Collection[str] = ()) -> None:
         """Write back every symbol's last quote (seq still rising), so a Redis that came back
         empty holds the full board again, not only the symbols that ticked since."""
         board = [q for s, q in self._latest.items() if s not in exclude]
-        for start in range(0, len(board), MAX_BATCH):
-            await self._publish_chunk(board[start : start + MAX_BATCH])
+        await self._publish(board)
         if board:
             log.warning("restored the latest state of %d symbols in Redis", len(board))
 
     async def resume(self) -> list[Quote]:
         """The latest state Redis holds (from an earlier run), remembered as our own so
-        seq continues and a lost Redis can be refilled with it."""
+        seq continues and a lost Redis can be refilled with it. The single hash of the
+        layout before partitions is read too, so an upgraded publisher carries its seqs on."""
+        keys = [self._layout.legacy_latest(),
+                *(self._layout.latest(p) for p in range(self._layout.partitions))]
         quotes: list[Quote] = []
-        for payload in (await self._redis.hgetall(self._keys[1])).values():
-            good, _ = decode_payload(payload)
-            quotes += good
-        for quote in quotes:
+        for held in await self._each([("HGETALL", key) for key in keys]):
+            for payload in held.values():
+                good, _ = decode_payload(payload)
+                quotes += good
+        for quote in sorted(quotes, key=lambda q: q.seq or 0):
             self._latest[quote.symbol] = quote
             self._last_seq[quote.symbol] = max(self._last_seq.get(quote.symbol, 0), quote.seq or 0)
-        return quotes
+        return list(self._latest.values())
 
     async def heartbeat(self) -> None:
-        """Tell the services the publisher is alive even when no price moves."""
-        await self._redis.publish(self._heartbeat_channel, str(now_ms()))
+        """Tell the services the publisher is alive even when no price moves: an empty
+        batch on every partition's channel, so in a cluster each shard is vouched for."""
+        await self._each([(self._command, self._layout.channel(p), "[]")
+                          for p in range(self._layout.partitions)])
 
-    async def _publish_chunk(self, quotes: Sequence[Quote]) -> tuple[list[Quote], bool]:
-        """Returns the quotes with their seq, and whether Redis had lost state."""
-        if not quotes:
-            return [], False
-        args: list[bytes | str | int] = [self._channel]
-        for quote in quotes:
-            args += [quote.symbol, self._last_seq.get(quote.symbol, 0), wire_body(quote)]
-        reply = await self._script(keys=self._keys, args=args)
-        bumps, seqs = int(reply[0]), [int(s) for s in reply[1:]]
+    async def _each(self, commands: Sequence[tuple[str, ...]]) -> list[Any]:
+        """Commands on different partitions: one pipelined round trip on one server; one
+        after another in a cluster, where each goes to its slot's node. (redis-py 8.1's
+        async cluster client breaks connections it is setting up under concurrent calls.)"""
+        if self._cluster:
+            return [await self._redis.execute_command(*command) for command in commands]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return await pipe.execute()
+
+    async def _publish(self, quotes: Sequence[Quote]) -> tuple[list[Quote], bool]:
+        """Returns the quotes with their seq in the order given, and whether Redis had lost
+        state. One script call per partition's part (split again above MAX_BATCH)."""
+        calls: list[tuple[list[str], list[bytes | str | int], list[int]]] = []
+        layout = self._layout
+        by_partition = layout.split(range(len(quotes)), lambda i: quotes[i].symbol)
+        for p, part in by_partition.items():
+            keys = [layout.seq(p), layout.latest(p), layout.channel(p)]
+            for start in range(0, len(part), MAX_BATCH):
+                chunk = part[start : start + MAX_BATCH]
+                args: list[bytes | str | int] = [self._command]
+                for i in chunk:
+                    quote = quotes[i]
+                    args += [quote.symbol, self._last_seq.get(quote.symbol, 0), wire_body(quote)]
+                calls.append((keys, args, chunk))
+        if self._cluster:
+            replies = [await self._script(keys=keys, args=args) for keys, args, _ in calls]
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for keys, args, _ in calls:
+                    await self._script(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
+                replies = await pipe.execute()
+        bumps = 0
+        seqs = [0] * len(quotes)
+        for (_, _, chunk), reply in zip(calls, replies, strict=True):
+            bumps += int(reply[0])
+            for i, seq in zip(chunk, reply[1:], strict=True):
+                seqs[i] = int(seq)
         if bumps:
             log.warning(
-                "Redis had lost %d symbols' seq (restarted with empty memory?); "
-                "continued from the last seq this publisher saw", bumps,
+                "Redis had lost %d symbols' seq (restarted with empty memory, or a replica "
+                "promoted before it had them); continued from the last seq this publisher saw",
+                bumps,
             )
         out = [quote.with_seq(seq) for quote, seq in zip(quotes, seqs, strict=True)]
         for quote in out:

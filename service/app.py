@@ -8,7 +8,6 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -19,6 +18,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from .connection import Connection, KeepServerSend
+from .feeds import Feed, make_feed
 from .hub import Hub
 from .limits import TokenBucket
 from .metrics import CONTENT_TYPE, Metrics
@@ -29,14 +29,6 @@ from .settings import Settings
 log = logging.getLogger("service.app")
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-
-
-class Feed(Protocol):
-    async def run(self) -> None: ...
-
-    def report(self) -> dict[str, Any]: ...
-
-    async def aclose(self) -> None: ...
 
 
 class QuoteService:
@@ -60,13 +52,7 @@ class QuoteService:
         self.on_fatal: Callable[[], None] | None = None
 
     def _make_feed(self) -> Feed:
-        if self.settings.redis_url:
-            from .redis_feed import RedisFeed
-
-            return RedisFeed(self.settings, self.hub)
-        from .embedded_feed import EmbeddedFeed
-
-        return EmbeddedFeed(self.settings, self.hub)
+        return make_feed(self.settings, self.hub)
 
     async def start(self) -> None:
         self._feed_task = asyncio.create_task(self._run_feed(), name="feed")
@@ -86,7 +72,7 @@ class QuoteService:
             self.metrics.tick(now)
 
     async def _run_feed(self) -> None:
-        from .redis_feed import FeedMisconfigured
+        from .feeds.redis_edge import FeedMisconfigured
         from .supervisor import EXIT_CONFIG
 
         try:

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .partitions import Layout
+
 
 class ConfigError(ValueError):
     """A bad environment variable; the message names it and says what is allowed."""
@@ -19,9 +21,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    # Where the feed comes from: redis://, rediss://, unix:// or
-    # redis+sentinel://H:P[,H:P...]/MASTER[/DB] (service/topology). None: the embedded
-    # broker with the simulated market.
+    # Where the feed comes from: redis://, rediss://, unix://,
+    # redis+sentinel://H:P[,H:P...]/MASTER[/DB] or redis+cluster://H:P[,H:P...]
+    # (service/topology). None: the embedded broker with the simulated market.
     redis_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
@@ -36,14 +38,14 @@ class Settings:
     forwarded_allow_ips: str = "127.0.0.1,::1"
     # The event loop: auto (uvloop when installed), uvloop or asyncio.
     loop: str = "auto"
-    # Redis names shared by the publisher and the service (PROTOCOL.md, "Redis").
-    redis_channel: str = "quotes"
-    redis_latest_key: str = "quotes:latest"
-    redis_seq_key: str = "quotes:seq"
-    # The publisher says it is alive here every PUBLISHER_HEARTBEAT_S, even when no quote
-    # moves; the service's own pub/sub probes use REDIS_PROBE_CHANNEL plus an instance id.
-    redis_heartbeat_channel: str = "quotes:heartbeat"
-    redis_probe_channel: str = "quotes:probe"
+    # Redis names shared by the publisher and the service (service/partitions.py): symbols
+    # are spread over REDIS_PARTITIONS partitions, each with its own channel, latest-state
+    # hash and seq hash named {REDIS_PREFIX}:{P}..., so a Redis Cluster spreads them over
+    # its nodes. Publisher and service must agree on both.
+    redis_prefix: str = "quotes"
+    redis_partitions: int = 16
+    # The publisher says it is alive (`[]` on every partition's channel) this often, even
+    # when no quote moves.
     publisher_heartbeat_s: float = 1.0
     # Limits announced in `welcome`.
     heartbeat_s: float = 15.0
@@ -120,6 +122,11 @@ class Settings:
             raise ConfigError(f"PORT must be 1-65535, got {self.port}")
         if self.ws_max_size < self.max_frame_bytes:
             raise ConfigError("WS_MAX_SIZE must be at least MAX_FRAME_BYTES")
+        if not 1 <= self.redis_partitions <= 1024:
+            raise ConfigError(f"REDIS_PARTITIONS must be 1-1024, got {self.redis_partitions}")
+        if not self.redis_prefix or any(c in self.redis_prefix for c in "{} "):
+            raise ConfigError(f"REDIS_PREFIX must be a non-empty name without braces or "
+                              f"spaces, got {self.redis_prefix!r}")
         if self.redis_url is not None:
             from .topology import check
 
@@ -127,6 +134,11 @@ class Settings:
                 check(self.redis_url)
             except ValueError as exc:
                 raise ConfigError(f"REDIS_URL {exc}: got {self.redis_url!r}") from None
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.redis_prefix, self.redis_partitions)
+
 
 def _convert(name: str, default: Any, raw: str) -> Any:
     kind = type(default)

@@ -180,8 +180,8 @@ async def test_the_feed_ends_when_cancelled_as_redis_fails() -> None:
     """A shutdown's cancellation that comes as Redis fails must end the feed, not be
     taken for one more outage to retry (Python 3.11's TaskGroup lost it that way, and a
     worker's shutdown then waited for ever)."""
+    from service.feeds.redis_pubsub import RedisFeed
     from service.hub import Hub
-    from service.redis_feed import RedisFeed
     from service.settings import Settings
 
     with redis_server() as server:

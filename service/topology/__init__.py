@@ -1,32 +1,49 @@
-"""Which Redis we talk to: one server, or a primary found through Sentinel.
+"""Which Redis we talk to: one server, a primary found through Sentinel, or a Cluster.
 
 Publisher and service build their clients here, so both accept the same REDIS_URL forms
-and follow a failover the same way. One module per topology, behind `connect` and `check`.
+and follow a failover the same way. One module per topology, behind `check` and
+`connect`; `sharded` says whether quotes travel by sharded pub/sub (SPUBLISH).
 """
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
-from . import sentinel, single
+from . import cluster, sentinel, single
+
+Client = aioredis.Redis | RedisCluster
+
+
+def _module(url: str) -> ModuleType:
+    for module in (sentinel, cluster):
+        if module.handles(url):
+            return module
+    return single
 
 
 def check(url: str) -> None:
     """Raise ValueError naming what is wrong with REDIS_URL, before anything connects."""
-    (sentinel if sentinel.handles(url) else single).check(url)
+    _module(url).check(url)
 
 
-def connect(url: str, **options: Any) -> aioredis.Redis:
+def connect(url: str, **options: Any) -> Client:
     """A client for REDIS_URL; `options` are redis-py connection options (timeouts, retry)."""
-    client: aioredis.Redis = (sentinel if sentinel.handles(url) else single).connect(url, **options)
+    client: Client = _module(url).connect(url, **options)
     return client
+
+
+def sharded(url: str) -> bool:
+    """A cluster: quotes go by SPUBLISH/SSUBSCRIBE, so each stays on its slot's shard
+    instead of being broadcast to every node."""
+    return cluster.handles(url)
 
 
 def shown(url: str) -> str:
     """The URL without credentials, for logs."""
-    from urllib.parse import urlsplit
-
     parts = urlsplit(url)
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()

@@ -12,7 +12,8 @@ SCHEMES = ("redis://", "rediss://", "unix://")
 
 def check(url: str) -> None:
     if not url.startswith(SCHEMES):
-        raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
+        raise ValueError("must start with redis://, rediss://, unix://, redis+sentinel:// "
+                         "or redis+cluster://")
     try:
         parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError as exc:

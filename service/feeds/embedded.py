@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .hub import Hub
-from .quote import Quote, now_ms
-from .settings import Settings
+from ..hub import Hub
+from ..quote import Quote, now_ms
+from ..settings import Settings
 
 
 class MemoryBroker:

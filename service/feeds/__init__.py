@@ -1,0 +1,38 @@
+"""Where quotes come from, one module per source behind one interface (`Feed`).
+
+embedded.py: the simulated market in this process (no Redis); redis_pubsub.py: one Redis
+server or a Sentinel primary; redis_cluster.py: a Redis Cluster, by sharded pub/sub.
+What the two Redis feeds share (recovery, batching, junk) is redis_edge.py; health.py
+decides live or stale from what they observed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..hub import Hub
+from ..settings import Settings
+
+
+class Feed(Protocol):
+    async def run(self) -> None: ...
+
+    def report(self) -> dict[str, Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def make_feed(settings: Settings, hub: Hub) -> Feed:
+    if not settings.redis_url:
+        from .embedded import EmbeddedFeed
+
+        return EmbeddedFeed(settings, hub)
+    from .. import topology
+
+    if topology.sharded(settings.redis_url):
+        from .redis_cluster import ClusterFeed
+
+        return ClusterFeed(settings, hub)
+    from .redis_pubsub import RedisFeed
+
+    return RedisFeed(settings, hub)

@@ -1,0 +1,108 @@
+"""A Redis Cluster: redis+cluster://[user:pass@]H:P[,H:P...] (startup nodes).
+
+The publisher gets redis-py's RedisCluster, which routes each partition's script to the
+node owning its slot and follows MOVED and ASK while slots move. The service does not
+subscribe through it (redis-py's async cluster pub/sub polls its nodes in turn); it reads
+the slot map here and holds one SSUBSCRIBE connection per node itself (feeds/cluster.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+
+SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+Address = tuple[str, int]
+
+
+def handles(url: str) -> bool:
+    return url.startswith(SCHEMES)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterURL:
+    nodes: list[Address]
+    username: str | None
+    password: str | None
+    ssl: bool
+
+    def node_options(self) -> dict[str, Any]:
+        return {"username": self.username, "password": self.password, "ssl": self.ssl}
+
+
+def parse(url: str) -> ClusterURL:
+    parts = urlsplit(url)
+    nodes: list[Address] = []
+    for item in parts.netloc.rpartition("@")[2].split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"node address {item!r} is not HOST:PORT")
+        nodes.append((host.strip("[]"), int(port)))
+    if parts.path.strip("/"):
+        raise ValueError("a cluster has only database 0: nothing may follow the nodes")
+    if parts.query:
+        raise ValueError(f"no options are read, got ?{parts.query}")
+    return ClusterURL(
+        nodes=nodes,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        ssl=url.startswith("rediss+"),
+    )
+
+
+def check(url: str) -> None:
+    try:
+        parse(url)
+    except ValueError as exc:
+        raise ValueError(f"is not a valid cluster URL ({exc})") from None
+
+
+def connect(url: str, **options: Any) -> RedisCluster:
+    spec = parse(url)
+    # health_check_interval is per connection in redis-py's cluster too, but the cluster
+    # client takes no retry_on_error list: its own retries cover MOVED and failovers.
+    options.pop("retry_on_error", None)
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in spec.nodes],
+        require_full_coverage=False, **spec.node_options(), **options)
+
+
+def slot_of(key: str) -> int:
+    return int(key_slot(key.encode()))
+
+
+async def slot_owners(spec: ClusterURL, known: list[Address], timeout_s: float
+                      ) -> dict[int, Address]:
+    """Each slot's primary, from the first node that answers CLUSTER SLOTS: the startup
+    nodes and whatever primaries were seen before, so a dead startup node is no outage."""
+    errors: list[str] = []
+    for host, port in dict.fromkeys([*known, *spec.nodes]):
+        client = aioredis.Redis(host=host, port=port, socket_connect_timeout=timeout_s,
+                                socket_timeout=timeout_s, **spec.node_options())
+        try:
+            ranges = await client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+        except (aioredis.RedisError, OSError) as exc:
+            errors.append(f"{host}:{port}: {exc}")
+            continue
+        finally:
+            await client.aclose()
+        owners: dict[int, Address] = {}
+        for start, end, primary, *_ in _ranges(ranges):
+            for slot in range(start, end + 1):
+                owners[slot] = primary
+        return owners
+    raise aioredis.ConnectionError("no cluster node answered CLUSTER SLOTS: " + "; ".join(errors))
+
+
+def _ranges(reply: list[Any]) -> list[tuple[int, int, Address]]:
+    out = []
+    for start, end, (host, port, *_), *_ in reply:
+        out.append((int(start), int(end),
+                    (host.decode() if isinstance(host, bytes) else str(host), int(port))))
+    return out
