@@ -23,7 +23,7 @@ from typing import Any
 import redis as redis_sync
 
 from bench import report
-from bench.peers import PEERS, PYTHON_PEERS, ROOT, Peer
+from bench.peers import BENCH_LAYOUT, PEERS, PYTHON_PEERS, ROOT, Peer
 from bench.procs import (
     Child,
     PubSubTap,
@@ -37,8 +37,8 @@ from bench.procs import (
 from tests.redis_server import RedisServer, free_port
 
 PY = sys.executable
-CHANNEL = "quotes"
-SEQ_KEY = "quotes:seq"
+CHANNEL = BENCH_LAYOUT.channel(0)
+SEQ_KEY = BENCH_LAYOUT.seq(0)
 
 
 class PeerFailed(Exception):
@@ -142,7 +142,8 @@ def start_publisher(ctx: Context, sc: Scenario, tag: str) -> Child:
     else:
         argv = [PY, "-m", "bench.publisher", "--rate", str(sc.rate), "--seed", "1",
                 "--redis", ctx.redis_url]
-    return Child(f"publisher-{tag}", argv, env={"REDIS_URL": ctx.redis_url}, cwd=ROOT,
+    return Child(f"publisher-{tag}", argv,
+                 env={"REDIS_URL": ctx.redis_url, "REDIS_PARTITIONS": "1"}, cwd=ROOT,
                  log_dir=ctx.logs, cpus=ctx.other_cpus)
 
 

@@ -34,21 +34,22 @@ TICK_S = 0.01
 class PerQuoteSink:
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.client = client
-        self.channel = settings.redis_channel
-        self.keys = [settings.redis_seq_key, settings.redis_latest_key]
+        layout = settings.layout
+        assert layout.partitions == 1, "one channel for every server benchmarked"
+        self.keys = [layout.seq(0), layout.latest(0), layout.channel(0)]
         self.script = client.register_script(PUBLISH_SCRIPT)
 
     async def publish(self, quotes: Sequence[Quote]) -> list[Quote]:
         pipe = self.client.pipeline(transaction=False)
         for quote in quotes:
-            await self.script(keys=self.keys, args=[self.channel, quote.symbol, 0, wire_body(quote)],
+            await self.script(keys=self.keys, args=["PUBLISH", quote.symbol, 0, wire_body(quote)],
                               client=pipe)
         replies = await pipe.execute()
         return [q.with_seq(int(r[1])) for q, r in zip(quotes, replies, strict=True)]
 
 
 async def main(rate: float, redis_url: str, seed: int) -> None:
-    settings = Settings(redis_url=redis_url)
+    settings = Settings(redis_url=redis_url, redis_partitions=1)
     client = aioredis.Redis.from_url(redis_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -18,6 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import redis
+
+from service.partitions import Layout
+
+# The default layout, as publisher and service use it unless REDIS_PREFIX/PARTITIONS say.
+LAYOUT = Layout()
+CHANNELS = [LAYOUT.channel(p) for p in range(LAYOUT.partitions)]
 
 START_TIMEOUT_S = 10.0
 
@@ -125,3 +132,16 @@ def start_redis_server(attempts: int = 3) -> Iterator[str]:
 def redis_url() -> Iterator[str]:
     with start_redis_server() as url:
         yield url
+
+
+def latest_in_redis(url: str) -> dict[str, bytes]:
+    """symbol -> the latest quote JSON, from every partition's hash (-1 as a sign of trouble
+    is the caller's business: this raises if Redis cannot be read)."""
+    client = redis.Redis.from_url(url, socket_timeout=1)
+    try:
+        out: dict[str, bytes] = {}
+        for p in range(LAYOUT.partitions):
+            out.update({k.decode(): v for k, v in client.hgetall(LAYOUT.latest(p)).items()})
+        return out
+    finally:
+        client.close()

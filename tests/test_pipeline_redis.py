@@ -15,7 +15,7 @@ import redis
 
 from service.quote import Quote
 from service.ticker_text import format_line
-from tests.redis_server import start_redis_server
+from tests.redis_server import LAYOUT, latest_in_redis, start_redis_server
 from tests.service_proc import ROOT, ServiceProcess, http_get, replay, run_service
 from tests.wsclient import ClientConnection, connect, recv, recv_type
 
@@ -97,11 +97,7 @@ async def test_replay_reaches_every_subscriber_and_later_snapshots(
     assert some == {s: everything[s] for s in ("OGDC", "KSE100", "ENGRO", "EFERT")}
 
     # Nothing invalid reached Redis.
-    client = redis.Redis.from_url(url)
-    try:
-        assert len(client.hgetall("quotes:latest")) == GOOD_COUNT
-    finally:
-        client.close()
+    assert len(latest_in_redis(url)) == GOOD_COUNT
 
     # A client connecting afterwards gets the same board as its snapshot, then updates.
     async with connect(service.ws_url + "?symbols=*") as late:
@@ -125,7 +121,7 @@ async def test_junk_on_the_channel_is_dropped_and_the_feed_goes_on(
             for junk in [b"\xff\xfe", b"{not json", b"[1,2,3]", b'{"symbol":"OGDC"}',
                          b'{"symbol":"OGDC","price":NaN,"prev_close":1,"ts":1,"seq":9}',
                          b'[{"symbol":"<b>","price":1,"prev_close":1,"ts":1,"seq":1}]']:
-                client.publish("quotes", junk)
+                client.publish(LAYOUT.channel(LAYOUT.partition("OGDC")), junk)
             result = await asyncio.to_thread(
                 replay, url, "OGDC 137.75 Increased By ▲ 4.88 (3.67%)\n", tmp_path / "one.txt")
             assert result.returncode == 0, result.stderr

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from service.quote import Quote, decode_payload
 from service.settings import Settings
-from tests.redis_server import redis_url  # noqa: F401
+from tests.redis_server import CHANNELS, latest_in_redis, redis_url  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "publisher" / "data" / "psx_ticker.txt"
@@ -44,7 +44,7 @@ async def start(*args: str, env: dict[str, str], stdin: int | None = None
 async def subscriber(redis_url: str) -> AsyncIterator[aioredis.client.PubSub]:  # noqa: F811
     client = aioredis.Redis.from_url(redis_url)
     pubsub = client.pubsub()
-    await pubsub.subscribe("quotes")
+    await pubsub.subscribe(*CHANNELS)
     yield pubsub
     await pubsub.aclose()
     await client.aclose()
@@ -91,17 +91,18 @@ async def test_replay_file_publishes_good_lines_and_reports_bad_ones(
     stderr = err.decode()
     assert proc.returncode == 1, stderr
     received = [quote for _, quotes in await drain(subscriber, 0.5) for quote in quotes]
-    assert [(x.symbol, x.price, x.prev_close, x.seq) for x in received] == EXPECTED
-    assert received[1].kind == "index" and received[1].change == 1235.2
+    # Partitions are separate channels: the order holds per symbol, not across them.
+    assert per_symbol([(x.symbol, x.price, x.prev_close, x.seq) for x in received]) == \
+        per_symbol(EXPECTED)
+    (index,) = [x for x in received if x.symbol == "KSE100"]
+    assert index.kind == "index" and index.change == 1235.2
     for reason in ("line 4: CSV row before a header", "line 7: price must be a finite number",
                    "line 9: invalid symbol '<img src=x>'", "line 11: ", "contradicts",
                    "line 12: price must be positive, not 0"):
         assert reason in stderr, stderr
     assert "published 5, rejected 5" in stderr
     assert "Traceback" not in stderr
-    client = aioredis.Redis.from_url(redis_url)
-    latest = await client.hget("quotes:latest", "OGDC")
-    await client.aclose()
+    latest = latest_in_redis(redis_url).get("OGDC")
     assert latest is not None and orjson.loads(latest)["price"] == 138.5
 
 
@@ -115,7 +116,8 @@ async def test_replay_from_stdin_exits_zero_when_all_lines_are_good(
     assert "published 34, rejected 0" in err.decode()
     received = [quote for _, quotes in await drain(subscriber, 0.5) for quote in quotes]
     assert len(received) == 34 and all(x.seq == 1 for x in received)
-    assert received[0].symbol == "AIRLINK" and received[-1].symbol == "KSE30"
+    assert {x.symbol for x in received} == {line.split()[0] for line in
+                                            SEED.read_text(encoding="utf-8").splitlines()}
 
 
 @pytest.mark.parametrize("command", [["simulate"], ["replay", "-"]])
@@ -155,9 +157,14 @@ async def test_simulate_sends_the_board_then_keeps_the_rate(
     assert proc.returncode == 0, err.decode()
     assert "Traceback" not in err.decode()
     assert messages, err.decode()
-    first_at, board = messages[0]
-    assert len(board) == 34 and len({x.symbol for x in board}) == 34
-    assert all(x.change == 0 and x.seq == 1 for x in board)
+    # The board goes out first, each partition's part on its channel.
+    first_at = messages[0][0]
+    board: dict[str, Quote] = {}
+    for _, quotes in messages:
+        for x in quotes:
+            board.setdefault(x.symbol, x)
+    assert len(board) == 34
+    assert all(x.change == 0 and x.seq == 1 for x in board.values())
     # Measure the steady rate over a window that starts after the process has settled.
     window = [quotes for at, quotes in messages if first_at + 1.0 <= at < first_at + 3.5]
     rate = sum(len(quotes) for quotes in window) / 2.5
@@ -173,22 +180,31 @@ async def test_sigterm_stops_a_replay_blocked_on_stdin(
     proc = await start("replay", "-", env=clean_env(REDIS_URL=redis_url),
                        stdin=asyncio.subprocess.PIPE)
     assert proc.stdin is not None
-    # 510 lines: the first chunk of 500 is published, proving the process is running,
-    # then it blocks reading stdin, which stays open.
+    # 510 lines: the first chunk of 500 is published (a message per partition), proving
+    # the process is running, then it blocks reading stdin, which stays open.
     proc.stdin.write(SEED.read_bytes() * 15)
     await proc.stdin.drain()
-    [(_, chunk)] = await drain_until(subscriber, 1)
-    assert len(chunk) == 500
+    published = await drain_until(subscriber, 500)
+    assert sum(len(quotes) for _, quotes in published) == 500
     proc.send_signal(signal.SIGTERM)
     _, err = await asyncio.wait_for(proc.communicate(), 10)
     assert proc.returncode == 128 + signal.SIGTERM
     assert "stopped by signal 15" in err.decode() and "Traceback" not in err.decode()
 
 
-async def drain_until(pubsub: aioredis.client.PubSub, count: int, timeout: float = 15.0
+async def drain_until(pubsub: aioredis.client.PubSub, quotes: int, timeout: float = 15.0
                       ) -> list[tuple[float, list[Quote]]]:
+    """Messages until they carry at least `quotes` quotes, then 0.2 s more."""
     out: list[tuple[float, list[Quote]]] = []
     async with asyncio.timeout(timeout):
-        while len(out) < count:
+        while sum(len(q) for _, q in out) < quotes:
             out += await drain(pubsub, 0.2)
+    return out + await drain(pubsub, 0.2)
+
+
+def per_symbol(rows: list[tuple[str, float, float, int | None]]
+               ) -> dict[str, list[tuple[str, float, float, int | None]]]:
+    out: dict[str, list[tuple[str, float, float, int | None]]] = {}
+    for row in rows:
+        out.setdefault(row[0], []).append(row)
     return out

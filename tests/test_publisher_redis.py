@@ -1,8 +1,10 @@
-"""RedisSink against a private redis-server: seq, latest hash, one message per batch."""
+"""RedisSink against a private redis-server: seq, latest hashes, one message per
+partition's part of a batch, each atomic."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any, Self
 
@@ -13,12 +15,14 @@ from redis.exceptions import ResponseError
 
 from publisher.redis_sink import MAX_BATCH, RedisSink, connect, wire_body
 from publisher.sink import QuoteSink
+from service.partitions import Layout
 from service.quote import Quote, decode_payload
 from service.settings import Settings
 from tests.redis_server import redis_url  # noqa: F401
 
-SETTINGS = Settings(redis_channel="test:quotes", redis_latest_key="test:latest",
-                    redis_seq_key="test:seq")
+# One partition: a batch is one script call and one message, as the tests below count.
+SETTINGS = Settings(redis_prefix="test", redis_partitions=1)
+CHANNEL, LATEST, SEQ = "test:{0}", "test:{0}:latest", "test:{0}:seq"
 
 
 def q(symbol: str, price: float = 10.0, prev_close: float = 9.5, **extra: Any) -> Quote:
@@ -68,8 +72,8 @@ async def test_seq_rises_per_symbol_and_latest_is_stored(client: aioredis.Redis)
     assert [(x.symbol, x.seq) for x in first] == [("OGDC", 1), ("PPL", 1), ("OGDC", 2)]
     [third] = await sink.publish([q("OGDC", 11.0)])
     assert third.seq == 3 and third == q("OGDC", 11.0).with_seq(3)
-    assert await client.hgetall("test:seq") == {b"OGDC": b"3", b"PPL": b"1"}
-    latest = await client.hgetall("test:latest")
+    assert await client.hgetall(SEQ) == {b"OGDC": b"3", b"PPL": b"1"}
+    latest = await client.hgetall(LATEST)
     assert set(latest) == {b"OGDC", b"PPL"}
     assert Quote.from_dict(orjson.loads(latest[b"OGDC"]), require_seq=True) == third
 
@@ -78,7 +82,7 @@ async def test_one_array_message_per_batch_with_orjson_numbers(client: aioredis.
     sink = RedisSink(client, SETTINGS)
     batch = [q("OGDC", 137.75, 132.87), q("KSE100", 71902, 70666.8, kind="index"),
              q("HBL", 112.4, 112.76, volume=12345, state="trading")]
-    async with Subscriber(client, "test:quotes") as sub:
+    async with Subscriber(client, CHANNEL) as sub:
         published = await sink.publish(batch)
         [payload] = await sub.messages(1)
         assert await sub.nothing_more()
@@ -94,18 +98,18 @@ async def test_one_array_message_per_batch_with_orjson_numbers(client: aioredis.
 async def test_large_batches_are_chunked(client: aioredis.Redis) -> None:
     sink = RedisSink(client, SETTINGS)
     batch = [q(f"S{i % 700}") for i in range(MAX_BATCH * 2 + 100)]
-    async with Subscriber(client, "test:quotes") as sub:
+    async with Subscriber(client, CHANNEL) as sub:
         published = await sink.publish(batch)
         payloads = await sub.messages(3)
     assert [len(orjson.loads(p)) for p in payloads] == [MAX_BATCH, MAX_BATCH, 100]
     assert [x.symbol for x in published] == [x.symbol for x in batch]
     assert published[-1].seq == 2  # S399: the second time it appears
-    assert await client.hlen("test:latest") == 700
+    assert await client.hlen(LATEST) == 700
 
 
 async def test_empty_publish_does_nothing(client: aioredis.Redis) -> None:
     sink = RedisSink(client, SETTINGS)
-    async with Subscriber(client, "test:quotes") as sub:
+    async with Subscriber(client, CHANNEL) as sub:
         assert await sink.publish([]) == []
         assert await sub.nothing_more()
 
@@ -118,8 +122,8 @@ async def test_seq_keeps_rising_after_redis_loses_its_memory(client: aioredis.Re
     out = await sink.publish([q("OGDC"), q("OGDC"), q("TRG")])
     assert [x.seq for x in out] == [4, 5, 1]
     # PPL did not tick, yet Redis holds it again: the whole board is restored.
-    assert await client.hgetall("test:seq") == {b"OGDC": b"5", b"TRG": b"1", b"PPL": b"4"}
-    latest = await client.hgetall("test:latest")
+    assert await client.hgetall(SEQ) == {b"OGDC": b"5", b"TRG": b"1", b"PPL": b"4"}
+    latest = await client.hgetall(LATEST)
     assert {k: orjson.loads(v)["seq"] for k, v in latest.items()} == {
         b"OGDC": 5, b"TRG": 1, b"PPL": 4}
 
@@ -127,13 +131,13 @@ async def test_seq_keeps_rising_after_redis_loses_its_memory(client: aioredis.Re
 async def test_a_batch_is_all_or_nothing(client: aioredis.Redis) -> None:
     sink = RedisSink(client, SETTINGS)
     await sink.publish([q("OGDC")])
-    await client.delete("test:latest")
-    await client.set("test:latest", "not a hash")
-    async with Subscriber(client, "test:quotes") as sub:
-        with pytest.raises(ResponseError, match="WRONGTYPE test:latest"):
+    await client.delete(LATEST)
+    await client.set(LATEST, "not a hash")
+    async with Subscriber(client, CHANNEL) as sub:
+        with pytest.raises(ResponseError, match=re.escape("WRONGTYPE test:{0}:latest")):
             await sink.publish([q("OGDC"), q("PPL")])
         assert await sub.nothing_more()
-    assert await client.hgetall("test:seq") == {b"OGDC": b"1"}
+    assert await client.hgetall(SEQ) == {b"OGDC": b"1"}
 
 
 async def test_concurrent_publishers_never_share_a_seq(redis_url: str) -> None:  # noqa: F811
@@ -170,9 +174,63 @@ async def test_script_survives_a_flushed_script_cache(client: aioredis.Redis) ->
 
 
 async def test_default_names_come_from_settings(client: aioredis.Redis) -> None:
+    layout = Layout()
+    p = layout.partition("OGDC")
     sink = RedisSink(client, Settings())
-    async with Subscriber(client, "quotes") as sub:
+    async with Subscriber(client, f"quotes:{{{p}}}") as sub:
         await sink.publish([q("OGDC")])
         assert len(await sub.messages(1)) == 1
-    assert await client.hexists("quotes:latest", "OGDC")
-    assert await client.hget("quotes:seq", "OGDC") == b"1"
+    assert await client.hexists(f"quotes:{{{p}}}:latest", "OGDC")
+    assert await client.hget(f"quotes:{{{p}}}:seq", "OGDC") == b"1"
+
+
+async def test_each_partition_gets_its_own_part_of_a_batch(client: aioredis.Redis) -> None:
+    settings = Settings(redis_prefix="t4", redis_partitions=4)
+    layout = settings.layout
+    symbols = [f"S{i}" for i in range(40)]
+    by_partition = layout.split(symbols, str)
+    assert len(by_partition) == 4
+    sink = RedisSink(client, settings)
+    pubsub = client.pubsub()
+    await pubsub.subscribe(*(layout.channel(p) for p in range(4)))
+    try:
+        published = await sink.publish([q(s) for s in symbols])
+        got: dict[bytes, list[str]] = {}
+        async with asyncio.timeout(5):
+            while len(got) < 4:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if msg is not None:
+                    got[msg["channel"]] = [x["symbol"] for x in orjson.loads(msg["data"])]
+    finally:
+        await pubsub.aclose()
+    assert [x.symbol for x in published] == symbols and {x.seq for x in published} == {1}
+    for p, members in by_partition.items():
+        assert got[layout.channel(p).encode()] == members
+        assert set(await client.hkeys(layout.latest(p))) == {m.encode() for m in members}
+
+
+async def test_heartbeat_is_an_empty_batch_on_every_partition(client: aioredis.Redis) -> None:
+    settings = Settings(redis_prefix="hb", redis_partitions=3)
+    pubsub = client.pubsub()
+    await pubsub.subscribe(*(settings.layout.channel(p) for p in range(3)))
+    try:
+        await RedisSink(client, settings).heartbeat()
+        got = []
+        async with asyncio.timeout(5):
+            while len(got) < 3:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if msg is not None:
+                    got.append((msg["channel"], msg["data"]))
+    finally:
+        await pubsub.aclose()
+    assert sorted(got) == [(b"hb:{0}", b"[]"), (b"hb:{1}", b"[]"), (b"hb:{2}", b"[]")]
+
+
+async def test_an_upgraded_publisher_resumes_from_the_single_hash(client: aioredis.Redis) -> None:
+    """The layout before partitions kept one `quotes:latest` hash; its seqs carry on."""
+    old = q("OGDC", 150.0).with_seq(41)
+    await client.hset("up:latest", "OGDC", old.to_json())
+    sink = RedisSink(client, Settings(redis_prefix="up"))
+    assert await sink.resume() == [old]
+    [again] = await sink.publish([q("OGDC", 151.0)])
+    assert again.seq == 42

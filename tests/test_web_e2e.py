@@ -22,13 +22,12 @@ from typing import Any
 
 import orjson
 import pytest
-import redis
 from playwright.sync_api import Browser, Page, expect
 
 from service.quote import Quote
 from service.ticker_text import format_line, parse_line
 from tests.browser import chromium
-from tests.redis_server import start_redis_server
+from tests.redis_server import latest_in_redis, start_redis_server
 from tests.service_proc import ROOT, ServiceProcess, http_get, replay_file
 
 SEED_FILE = ROOT / "publisher" / "data" / "psx_ticker.txt"
@@ -85,12 +84,8 @@ class Stack:
 
     def board(self) -> dict[str, str]:
         """symbol -> the ticker line of the latest quote in Redis (the service's snapshot)."""
-        client = redis.Redis.from_url(self.redis_url)
-        try:
-            raw = client.hgetall("quotes:latest")
-        finally:
-            client.close()
-        return {k.decode(): format_line(Quote.from_dict(orjson.loads(v))) for k, v in raw.items()}
+        raw = latest_in_redis(self.redis_url)
+        return {k: format_line(Quote.from_dict(orjson.loads(v))) for k, v in raw.items()}
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """The servers the benchmark runs: the project's service and its peers.
 
-Every one listens on 127.0.0.1:PORT, subscribes to the Redis channel `quotes` and sends
+Every one listens on 127.0.0.1:PORT, subscribes to the Redis channel `quotes:{0}` (the
+benchmark runs with one partition) and sends
 each message to every client as `{"type":"quotes","quotes":[...]}` (socket.io: the event
 `quotes` with the array), so one load client drives them all.
 """
@@ -13,8 +14,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.partitions import Layout
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 NODE_DIR = Path(__file__).resolve().parent / "node"
+
+# The benchmark runs one partition: every server benchmarked reads one channel.
+BENCH_LAYOUT = Layout(partitions=1)
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,10 @@ class Peer:
         return None
 
     def command(self, port: int, redis_url: str) -> tuple[list[str], dict[str, str]]:
-        env = {"REDIS_URL": redis_url, "PORT": str(port), "HOST": "127.0.0.1"}
+        # One partition, so every server reads the same one channel (REDIS_CHANNEL for
+        # the peers, REDIS_PARTITIONS for ours); the cluster scenario sets its own.
+        env = {"REDIS_URL": redis_url, "PORT": str(port), "HOST": "127.0.0.1",
+               "REDIS_PARTITIONS": "1", "REDIS_CHANNEL": BENCH_LAYOUT.channel(0)}
         if self.key.startswith("service"):
             # As deployed (`service`: one process, LOOP=auto, which is uvloop when it is
             # installed). Connection-rate admission raised so the idle crowd's connect is
@@ -62,7 +71,8 @@ class Peer:
                     "--host", "127.0.0.1", "--port", str(port)], env
         if self.key == "websockets":
             return [sys.executable, str(ROOT / "bench" / "peers" / "websockets_app.py"),
-                    "--port", str(port), "--redis", redis_url], env
+                    "--port", str(port), "--redis", redis_url,
+                    "--channel", BENCH_LAYOUT.channel(0)], env
         assert self.node_script is not None
         return ["node", str(NODE_DIR / self.node_script)], env
 

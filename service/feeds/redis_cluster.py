@@ -27,8 +27,7 @@ from ..settings import Settings
 from ..topology import cluster
 from .health import FeedHealth
 from .redis_edge import (
-    OUTAGES,
-    REFUSALS,
+    FAILURES,
     FeedLost,
     FeedMisconfigured,
     RedisEdge,
@@ -82,12 +81,11 @@ class ClusterFeed(RedisEdge):
                 try:
                     owners = await cluster.slot_owners(self.spec, self.known,
                                                        self.settings.probe_timeout_s)
-                except OUTAGES as exc:
+                except FAILURES as exc:
+                    if (fatal := self.misconfigured(exc)) is not None:
+                        raise fatal from None
                     self._lost(range(self.layout.partitions), f"slot map: {exc}")
-                    continue
-                except REFUSALS as exc:
-                    self.refused(exc)
-                    self._lost(range(self.layout.partitions), f"slot map: {exc}")
+                    self.failed = True
                     continue
                 await self._follow(owners)
                 self.wake.clear()
@@ -131,11 +129,8 @@ class ClusterFeed(RedisEdge):
             await self._session(session)
         except SlotMoved:
             pass  # planned: the map is read again at once, nothing is reported down
-        except OUTAGES as exc:
-            self._failed(session, exc)
-        except REFUSALS as exc:
-            if not self._ever_subscribed:
-                self.fatal = FeedMisconfigured(f"redis refused the connection: {exc}")
+        except FAILURES as exc:
+            self.fatal = self.fatal or self.misconfigured(exc)
             self._failed(session, exc)
         finally:
             if self.sessions.get(session.address) is session:

@@ -22,11 +22,10 @@ from redis.exceptions import (
     AuthorizationError,
     ClusterDownError,
     ReadOnlyError,
+    RedisError,
     ResponseError,
     TryAgainError,
 )
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..backoff import backoff
 from ..hub import Hub
@@ -46,15 +45,17 @@ class FeedMisconfigured(Exception):
     serving a feed that never comes, or of being restarted in a loop."""
 
 
-# Refusals that mean the URL is wrong. After a first success they are taken as passing
-# (a password being rotated) and retried like any outage.
-REFUSALS = (AuthenticationError, AuthorizationError, ResponseError)
+# Whatever ends a session: the feed is stale and retries after a back-off.
+FAILURES = (RedisError, OSError, FeedLost)
 
-# Failures that pass: a lost or frozen server, and the replies of a topology on the move
-# (a slot moved, a cluster electing, a primary demoted to replica). Caught before
-# REFUSALS, whose ResponseError would otherwise take them for a wrong URL.
-OUTAGES = (RedisConnectionError, RedisTimeoutError, OSError, FeedLost, AskError, TryAgainError,
-           ClusterDownError, ReadOnlyError)
+
+def is_refusal(exc: BaseException) -> bool:
+    """Redis said no in a way that means the URL is wrong (a password, user or database).
+    After a first success it is taken as passing (a password being rotated) and retried.
+    The replies of a topology on the move (a slot moved, a cluster electing, a primary
+    demoted to replica) are error replies too, but never refusals."""
+    return (isinstance(exc, (AuthenticationError, AuthorizationError, ResponseError))
+            and not isinstance(exc, (AskError, TryAgainError, ClusterDownError, ReadOnlyError)))
 
 
 async def first_failure(*coros: Coroutine[Any, Any, None]) -> None:
@@ -141,10 +142,11 @@ class RedisEdge:
                      extra={"event": "redis_regained", "down_s": down})
             self._lost_at = None
 
-    def refused(self, exc: Exception) -> None:
+    def misconfigured(self, exc: BaseException) -> FeedMisconfigured | None:
         """A refusal before any subscription ever worked is fatal; later, an outage."""
-        if not self._ever_subscribed:
-            raise FeedMisconfigured(f"redis refused the connection: {exc}") from None
+        if is_refusal(exc) and not self._ever_subscribed:
+            return FeedMisconfigured(f"redis refused the connection: {exc}")
+        return None
 
     def decode_latest(self, p: int, held: dict[bytes, bytes]) -> list[Quote]:
         """A partition's latest-state hash as quotes; junk is counted and a symbol in the

@@ -21,7 +21,7 @@ from ..node import NODE_ID
 from ..quote import Quote
 from ..settings import Settings
 from .health import FeedHealth
-from .redis_edge import OUTAGES, REFUSALS, FeedLost, RedisEdge, close_quietly, first_failure
+from .redis_edge import FAILURES, FeedLost, RedisEdge, close_quietly, first_failure
 
 
 class RedisFeed(RedisEdge):
@@ -44,10 +44,9 @@ class RedisFeed(RedisEdge):
         while True:
             try:
                 await self._session()
-            except OUTAGES as exc:
-                await self._lost(exc)
-            except REFUSALS as exc:
-                self.refused(exc)
+            except FAILURES as exc:
+                if (fatal := self.misconfigured(exc)) is not None:
+                    raise fatal from None
                 await self._lost(exc)
 
     async def _lost(self, exc: Exception) -> None:
