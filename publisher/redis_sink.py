@@ -71,9 +71,8 @@ return seqs
 
 def connect(url: str, *, retries: int = 3, backoff_cap_s: float = 1.0) -> topology.Client:
     """from_url gets no retries unless given `retry=` (FIELD-NOTES); these cover a blip or
-    a quick restart, and the callers' own back-off covers longer outages. The socket
-    timeout is short so that a frozen primary is given up soon and Sentinel's new one
-    is asked for."""
+    a quick restart, and the callers' own back-off covers longer outages. A frozen server
+    holds each try for socket_timeout: short, so a failover is followed in seconds."""
     return topology.connect(
         url,
         retry=Retry(ExponentialWithJitterBackoff(cap=backoff_cap_s, base=0.05), retries),

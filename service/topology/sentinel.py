@@ -13,9 +13,34 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 
 SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+
+
+class _FollowingConnection(SentinelManagedConnection):
+    """Asks the sentinels for the primary on every reconnect, not only the first.
+
+    redis-py (8.1; redis/redis-py#3874) asks only in `connect()`; a retry inside a
+    command reconnects through `connect_check_health` to the address the connection had.
+    After a failover from a frozen primary every retry went to it, each held for the whole
+    socket_timeout (the publisher stalled 8-20 s), and a connection still waiting on it
+    when it thawed went back to the pool: the publisher then wrote to the old primary,
+    heard by nobody, until the sentinels demoted it 10 s later (tests/test_sentinel.py).
+    Costs one more SENTINEL MASTERS per new connection."""
+
+    async def _connect(self) -> None:
+        if self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super()._connect()  # type: ignore[no-untyped-call]
+
+
+class _FollowingSSLConnection(_FollowingConnection, SentinelManagedSSLConnection):
+    pass
 
 
 def handles(url: str) -> bool:
@@ -75,6 +100,9 @@ def connect(url: str, **options: Any) -> aioredis.Redis:
     if spec.sentinel_password:
         asking["password"] = spec.sentinel_password
     sentinels = Sentinel(spec.sentinels, sentinel_kwargs=asking)  # type: ignore[no-untyped-call]
+    # With a connection_class of our own, TLS is that class (master_for's ssl= would
+    # choose one for us).
     return sentinels.master_for(  # type: ignore[no-any-return]
         spec.master, db=spec.db, username=spec.username, password=spec.password,
-        ssl=spec.ssl, **options)
+        connection_class=_FollowingSSLConnection if spec.ssl else _FollowingConnection,
+        **options)
