@@ -45,7 +45,8 @@ def _pings(port: int) -> bool:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, port: int | None = None, args: Sequence[str] = ()) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, args: Sequence[str] = (),
+                 config: Path | None = None) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             pytest.fail("redis-server not found: apt-get install redis-server")
@@ -53,6 +54,9 @@ class RedisServer:
         self.workdir = workdir
         self.port = port or free_port()
         self.args = list(args)
+        # A config file must be redis-server's first argument (a sentinel needs one, and
+        # writes to it, so it belongs in `workdir`).
+        self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "redis.log"
 
@@ -62,9 +66,10 @@ class RedisServer:
 
     def start(self) -> bool:
         """Start (again, empty) on this port; False if it did not answer in time."""
+        config = [str(self.config)] if self.config else []
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                [self.exe, *config, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                  "--appendonly", "no", "--dir", str(self.workdir), *self.args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
