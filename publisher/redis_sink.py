@@ -13,6 +13,7 @@ reaches the service exactly as orjson wrote it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -21,7 +22,7 @@ import orjson
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
 from service import topology
 from service.quote import Quote, decode_payload
@@ -97,6 +98,9 @@ class RedisSink:
         self._cluster = isinstance(redis, RedisCluster)
         self._command = "SPUBLISH" if self._cluster else "PUBLISH"
         self._script = redis.register_script(PUBLISH_SCRIPT)
+        # One cluster call at a time: redis-py 8.1's async cluster client breaks connections
+        # it is setting up under concurrent calls (the heartbeat runs beside publishing).
+        self._cluster_lock = asyncio.Lock()
         # Highest seq seen per symbol: the floor that keeps seq rising if Redis restarts
         # with empty memory while we run, or a promoted replica lacks the last writes.
         self._last_seq: dict[str, int] = {}
@@ -142,10 +146,19 @@ class RedisSink:
 
     async def _each(self, commands: Sequence[tuple[str, ...]]) -> list[Any]:
         """Commands on different partitions: one pipelined round trip on one server; one
-        after another in a cluster, where each goes to its slot's node. (redis-py 8.1's
-        async cluster client breaks connections it is setting up under concurrent calls.)"""
+        after another in a cluster, where each goes to its slot's node."""
         if self._cluster:
-            return [await self._redis.execute_command(*command) for command in commands]
+            out: list[Any] = []
+            async with self._cluster_lock:
+                for command in commands:  # all tried, as _publish does; the first failure raised
+                    try:
+                        out.append(await self._redis.execute_command(*command))
+                    except (RedisError, OSError) as exc:
+                        out.append(exc)
+            for reply in out:
+                if isinstance(reply, BaseException):
+                    raise reply
+            return out
         async with self._redis.pipeline(transaction=False) as pipe:
             for command in commands:
                 pipe.execute_command(*command)
@@ -166,27 +179,44 @@ class RedisSink:
                     quote = quotes[i]
                     args += [quote.symbol, self._last_seq.get(quote.symbol, 0), wire_body(quote)]
                 calls.append((keys, args, chunk))
+        # Every partition is tried, even after one failed: a shard that is down (a cluster
+        # primary failing over) does not hold back the others. The failure is raised after,
+        # so the caller retries the batch; what went out is remembered, so seq still rises.
+        replies: list[Any]
         if self._cluster:
-            replies = [await self._script(keys=keys, args=args) for keys, args, _ in calls]
+            replies = []
+            async with self._cluster_lock:
+                for keys, args, _ in calls:
+                    try:
+                        replies.append(await self._script(keys=keys, args=args))
+                    except (RedisError, OSError) as exc:
+                        replies.append(exc)
         else:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for keys, args, _ in calls:
                     await self._script(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
-                replies = await pipe.execute()
+                replies = await pipe.execute(raise_on_error=False)
         bumps = 0
-        seqs = [0] * len(quotes)
+        seqs: list[int | None] = [None] * len(quotes)
+        failure: BaseException | None = None
         for (_, _, chunk), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, BaseException):
+                failure = failure or reply
+                continue
             bumps += int(reply[0])
             for i, seq in zip(chunk, reply[1:], strict=True):
                 seqs[i] = int(seq)
+        out = [quote.with_seq(seq) for quote, seq in zip(quotes, seqs, strict=True)
+               if seq is not None]
+        for quote in out:
+            self._last_seq[quote.symbol] = quote.seq  # type: ignore[assignment]
+            self._latest[quote.symbol] = quote
+        if failure is not None:
+            raise failure
         if bumps:
             log.warning(
                 "Redis had lost %d symbols' seq (restarted with empty memory, or a replica "
                 "promoted before it had them); continued from the last seq this publisher saw",
                 bumps,
             )
-        out = [quote.with_seq(seq) for quote, seq in zip(quotes, seqs, strict=True)]
-        for quote in out:
-            self._last_seq[quote.symbol] = quote.seq  # type: ignore[assignment]
-            self._latest[quote.symbol] = quote
         return out, bumps > 0

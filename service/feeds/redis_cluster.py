@@ -33,6 +33,7 @@ from .redis_edge import (
     RedisEdge,
     close_quietly,
     first_failure,
+    log,
 )
 
 Address = cluster.Address
@@ -87,6 +88,7 @@ class ClusterFeed(RedisEdge):
                     self._lost(range(self.layout.partitions), f"slot map: {exc}")
                     self.failed = True
                     continue
+                log.debug("slot map read; following it")
                 await self._follow(owners)
                 self.wake.clear()
                 try:
@@ -104,7 +106,11 @@ class ClusterFeed(RedisEdge):
             owner = owners.get(slot)
             if owner is not None:
                 wanted.setdefault(owner, set()).add(p)
-        self.known = list(dict.fromkeys([*wanted, *owners.values()]))
+        # The primaries to ask for the next map: new ones first, then the known ones in
+        # their order (one that failed was moved last).
+        current = list(dict.fromkeys(owners.values()))
+        self.known = ([a for a in current if a not in self.known]
+                      + [a for a in self.known if a in current])
         unowned = [p for p, slot in enumerate(self.slots) if slot not in owners]
         if unowned:
             self._lost(unowned, "no node serves their slots")
@@ -139,8 +145,16 @@ class ClusterFeed(RedisEdge):
 
     def _failed(self, session: Session, exc: Exception) -> None:
         host, port = session.address
-        self._lost(session.partitions, f"{host}:{port}: {exc or type(exc).__name__}")
+        reason = f"{host}:{port}: {exc or type(exc).__name__}"
+        log.debug("cluster node session ended: %s (partitions %s)", reason,
+                  sorted(session.partitions))
+        self._lost(session.partitions, reason)
         self.failed = True
+        # Ask the others for the slot map first: a frozen node would hold each ask for
+        # the whole timeout.
+        if session.address in self.known:
+            self.known.remove(session.address)
+            self.known.append(session.address)
 
     def _lost(self, partitions: Any, reason: str) -> None:
         self.note_lost(reason)

@@ -14,6 +14,8 @@ from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
 SCHEMES = ("redis+cluster://", "rediss+cluster://")
@@ -83,8 +85,10 @@ async def slot_owners(spec: ClusterURL, known: list[Address], timeout_s: float
     nodes and whatever primaries were seen before, so a dead startup node is no outage."""
     errors: list[str] = []
     for host, port in dict.fromkeys([*known, *spec.nodes]):
+        # No retries: the next node is the retry.
         client = aioredis.Redis(host=host, port=port, socket_connect_timeout=timeout_s,
-                                socket_timeout=timeout_s, **spec.node_options())
+                                socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0),
+                                **spec.node_options())
         try:
             ranges = await client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
         except (aioredis.RedisError, OSError) as exc:
