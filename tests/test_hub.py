@@ -206,3 +206,13 @@ def test_a_laggard_after_a_reload_gets_the_reloaded_board() -> None:
     hub.load([q("OGDC", 99.0, 500)])
     (frame,) = slow.frames()
     assert [(x["symbol"], x["seq"]) for x in frame["quotes"]] == [("OGDC", 500)]
+
+
+def test_a_reload_never_takes_a_symbol_backwards() -> None:
+    """A replica promoted by Sentinel may lack the last writes: what it holds is older
+    than what clients were sent, and the board keeps the newer until a newer comes."""
+    hub = hub_with(q("OGDC", 101.0, 7), q("PPL", 50.0, 3))
+    hub.load([q("OGDC", 100.0, 5), q("PPL", 51.0, 4), q("HBL", 9.0, 1)])
+    assert {s: seq for s, (seq, _) in hub.board.items()} == {"OGDC": 7, "PPL": 4, "HBL": 1}
+    assert hub.publish([q("OGDC", 102.0, 6)]) == 0
+    assert hub.publish([q("OGDC", 103.0, 8)]) == 1
