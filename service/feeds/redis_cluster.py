@@ -3,7 +3,7 @@ partition, each partition proved alive by its own probe.
 
 Classic pub/sub in a cluster sends every message to every node; SSUBSCRIBE keeps a
 partition's messages on its slot's shard, so adding primaries adds capacity. The slot map
-comes from CLUSTER SLOTS; each node session SSUBSCRIBEs its partitions' channels and
+comes from CLUSTER SHARDS; each node session SSUBSCRIBEs its partitions' channels and
 probe channels, reads their boards from that node, and probes them. A session ends when
 its node fails (its partitions go stale), when a probe does not come back (a frozen
 node), or when the node unsubscribes a channel itself, which Redis does when the slot
@@ -90,6 +90,8 @@ class ClusterFeed(RedisEdge):
                     continue
                 log.debug("slot map read; following it")
                 await self._follow(owners)
+                if self.failed:
+                    continue
                 self.wake.clear()
                 try:
                     async with asyncio.timeout(RECHECK_S):
@@ -113,7 +115,9 @@ class ClusterFeed(RedisEdge):
                       + [a for a in self.known if a in current])
         unowned = [p for p, slot in enumerate(self.slots) if slot not in owners]
         if unowned:
+            # Mid-failover: ask again after a back-off rather than at the next recheck.
             self._lost(unowned, "no node serves their slots")
+            self.failed = True
         stale = [s for a, s in self.sessions.items() if wanted.get(a) != set(s.partitions)]
         await self._end(stale)
         for address, partitions in wanted.items():
@@ -180,8 +184,14 @@ class ClusterFeed(RedisEdge):
                 for p in parts:
                     pipe.hgetall(self.layout.latest(p))
                 hashes = await pipe.execute()
-            for p, held in zip(parts, hashes, strict=True):
-                self.hub.load(self.decode_latest(p, held))
+            board = [q for p, held in zip(parts, hashes, strict=True)
+                     for q in self.decode_latest(p, held)]
+            if self.hub.feed == "live":
+                # A planned move (the feed stayed live): what was published while we were
+                # between nodes goes out as updates; nothing older than sent does.
+                self.hub.publish(board)
+            else:
+                self.hub.load(board)
             now = time.monotonic()
             for p in parts:
                 self.health[p].connected_at(now)

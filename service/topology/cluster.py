@@ -81,8 +81,10 @@ def slot_of(key: str) -> int:
 
 async def slot_owners(spec: ClusterURL, known: list[Address], timeout_s: float
                       ) -> dict[int, Address]:
-    """Each slot's primary, from the first node that answers CLUSTER SLOTS: the startup
-    nodes and whatever primaries were seen before, so a dead startup node is no outage."""
+    """Each slot's primary, from the first node that answers CLUSTER SHARDS: the startup
+    nodes and whatever primaries were seen before, so a dead startup node is no outage.
+    A primary the cluster has marked failed is left out: its replica is about to take its
+    slots, and a session on it would only wait out a timeout (a frozen node)."""
     errors: list[str] = []
     for host, port in dict.fromkeys([*known, *spec.nodes]):
         # No retries: the next node is the retry.
@@ -90,23 +92,33 @@ async def slot_owners(spec: ClusterURL, known: list[Address], timeout_s: float
                                 socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0),
                                 **spec.node_options())
         try:
-            ranges = await client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+            shards = await client.execute_command("CLUSTER SHARDS")  # type: ignore[no-untyped-call]
         except (aioredis.RedisError, OSError) as exc:
             errors.append(f"{host}:{port}: {exc}")
             continue
         finally:
             await client.aclose()
-        owners: dict[int, Address] = {}
-        for start, end, primary, *_ in _ranges(ranges):
+        return _owners(shards, host)
+    raise aioredis.ConnectionError("no cluster node answered CLUSTER SHARDS: " + "; ".join(errors))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _owners(shards: list[dict[bytes, Any]], asked: str) -> dict[int, Address]:
+    """redis-py reads CLUSTER SHARDS into dicts: slots as [start, end, ...] pairs, nodes with
+    role and health. A node's endpoint "?" (unknown) means the address we asked it by."""
+    owners: dict[int, Address] = {}
+    for shard in shards:
+        primary = next((n for n in shard[b"nodes"] if _text(n[b"role"]) == "master"
+                        and _text(n[b"health"]) == "online"), None)
+        if primary is None:
+            continue
+        endpoint = _text(primary.get(b"endpoint") or primary[b"ip"])
+        address = (asked if endpoint in ("?", "") else endpoint, int(primary[b"port"]))
+        bounds = [int(x) for x in shard[b"slots"]]
+        for start, end in zip(bounds[::2], bounds[1::2], strict=True):
             for slot in range(start, end + 1):
-                owners[slot] = primary
-        return owners
-    raise aioredis.ConnectionError("no cluster node answered CLUSTER SLOTS: " + "; ".join(errors))
-
-
-def _ranges(reply: list[Any]) -> list[tuple[int, int, Address]]:
-    out = []
-    for start, end, (host, port, *_), *_ in reply:
-        out.append((int(start), int(end),
-                    (host.decode() if isinstance(host, bytes) else str(host), int(port))))
-    return out
+                owners[slot] = address
+    return owners
