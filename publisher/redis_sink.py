@@ -84,6 +84,10 @@ def connect(url: str, *, retries: int = 3, backoff_cap_s: float = 1.0) -> topolo
     )
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def wire_body(quote: Quote) -> bytes:
     """The quote's JSON without seq: the script appends the seq it assigns."""
     data = quote.to_dict()
@@ -124,18 +128,38 @@ class RedisSink:
 
     async def resume(self) -> list[Quote]:
         """The latest state Redis holds (from an earlier run), remembered as our own so
-        seq continues and a lost Redis can be refilled with it. The single hash of the
-        layout before partitions is read too, so an upgraded publisher carries its seqs on."""
-        keys = [self._layout.legacy_latest(),
-                *(self._layout.latest(p) for p in range(self._layout.partitions))]
+        seq continues and a lost Redis can be refilled with it.
+
+        Also read: the single hash of the layout before partitions, and every partition of
+        the count the last publisher recorded, so an upgrade or a changed REDIS_PARTITIONS
+        carries every seq on. A symbol found where this layout does not put it is removed
+        from there, so no service reads it twice."""
+        layout = self._layout
+        (recorded,) = await self._each([("HGET", layout.record(), "partitions")])
+        before = int(recorded) if recorded and recorded.isdigit() else layout.partitions
+        found = [(None, layout.legacy_latest()),
+                 *((p, layout.latest(p)) for p in range(max(before, layout.partitions)))]
         quotes: list[Quote] = []
-        for held in await self._each([("HGETALL", key) for key in keys]):
-            for payload in held.values():
+        misplaced: list[tuple[str, str, bytes]] = []
+        for (p, key), held in zip(found, await self._each([("HGETALL", k) for _, k in found]),
+                                  strict=True):
+            for symbol, payload in held.items():
                 good, _ = decode_payload(payload)
                 quotes += good
+                if p is not None and layout.partition(symbol.decode()) != p:
+                    misplaced += [("HDEL", key, symbol), ("HDEL", layout.seq(p), symbol)]
         for quote in sorted(quotes, key=lambda q: q.seq or 0):
             self._latest[quote.symbol] = quote
             self._last_seq[quote.symbol] = max(self._last_seq.get(quote.symbol, 0), quote.seq or 0)
+        if misplaced:
+            moved = {_text(command[2]) for command in misplaced}
+            log.warning("REDIS_PARTITIONS went from %d to %d: moving %d symbols' state to "
+                        "their new partitions", before, layout.partitions, len(moved))
+            # Their new partitions have no seq for them yet: the floor is expected to act.
+            await self._publish([self._latest[symbol] for symbol in sorted(moved)
+                                 if symbol in self._latest], moving=True)
+            await self._each(misplaced)
+        await self._each([("HSET", layout.record(), "partitions", str(layout.partitions))])
         return list(self._latest.values())
 
     async def heartbeat(self) -> None:
@@ -144,7 +168,7 @@ class RedisSink:
         await self._each([(self._command, self._layout.channel(p), "[]")
                           for p in range(self._layout.partitions)])
 
-    async def _each(self, commands: Sequence[tuple[str, ...]]) -> list[Any]:
+    async def _each(self, commands: Sequence[tuple[str | bytes, ...]]) -> list[Any]:
         """Commands on different partitions: one pipelined round trip on one server; one
         after another in a cluster, where each goes to its slot's node."""
         if self._cluster:
@@ -164,7 +188,8 @@ class RedisSink:
                 pipe.execute_command(*command)
             return await pipe.execute()
 
-    async def _publish(self, quotes: Sequence[Quote]) -> tuple[list[Quote], bool]:
+    async def _publish(self, quotes: Sequence[Quote], moving: bool = False
+                       ) -> tuple[list[Quote], bool]:
         """Returns the quotes with their seq in the order given, and whether Redis had lost
         state. One script call per partition's part (split again above MAX_BATCH)."""
         calls: list[tuple[list[str], list[bytes | str | int], list[int]]] = []
@@ -213,6 +238,8 @@ class RedisSink:
             self._latest[quote.symbol] = quote
         if failure is not None:
             raise failure
+        if moving:
+            return out, False
         if bumps:
             log.warning(
                 "Redis had lost %d symbols' seq (restarted with empty memory, or a replica "

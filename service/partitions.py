@@ -11,6 +11,7 @@ deployment can move to a cluster without renaming anything.
     {prefix}:{P}:latest     hash: symbol -> the latest quote JSON, with seq
     {prefix}:{P}:seq        hash: symbol -> the last seq handed out
     {prefix}:{P}:probe:ID   channel: a service instance's own liveness probe
+    {prefix}:layout         hash: `partitions`, the count the publisher last ran with
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ class Layout:
 
     def probe(self, p: int, node: str) -> str:
         return f"{self.prefix}:{{{p}}}:probe:{node}"
+
+    def record(self) -> str:
+        """Hash: the publisher notes its REDIS_PARTITIONS here, so the next one, started
+        with another count, finds the state of every partition the last one wrote."""
+        return f"{self.prefix}:layout"
 
     def legacy_latest(self) -> str:
         """The single-hash layout before partitions; read once by a publisher upgrading."""

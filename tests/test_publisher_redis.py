@@ -234,3 +234,32 @@ async def test_an_upgraded_publisher_resumes_from_the_single_hash(client: aiored
     assert await sink.resume() == [old]
     [again] = await sink.publish([q("OGDC", 151.0)])
     assert again.seq == 42
+
+
+async def test_a_changed_partition_count_carries_every_seq_on(client: aioredis.Redis) -> None:
+    """REDIS_PARTITIONS lowered from 8 to 2: the publisher reads the 8 partitions the last
+    one recorded, moves each symbol's state to its new partition, and seq goes on."""
+    symbols = [f"S{i}" for i in range(12)]
+    wide = RedisSink(client, Settings(redis_prefix="re", redis_partitions=8))
+    await wide.resume()
+    first = await wide.publish([q(s) for s in symbols])
+    narrow_layout = Layout("re", 2)
+    sink = RedisSink(client, Settings(redis_prefix="re", redis_partitions=2))
+    resumed = {x.symbol: x.seq for x in await sink.resume()}
+    assert set(resumed) == set(symbols)
+    for p in range(8):
+        held = {k.decode() for k in await client.hkeys(f"re:{{{p}}}:latest")}
+        assert all(narrow_layout.partition(s) == p for s in held), (p, held)
+    board = {}
+    for p in range(2):
+        for payload in (await client.hgetall(narrow_layout.latest(p))).values():
+            quote = orjson.loads(payload)
+            board[quote["symbol"]] = quote["seq"]
+    # Moved symbols were republished (seq 2) in their new partition; the others kept 1.
+    assert board == resumed
+    assert all(board[x.symbol] >= (x.seq or 0) for x in first)
+    assert {s for s, seq in board.items() if seq == 2} == {
+        s for s in symbols if Layout("re", 8).partition(s) != narrow_layout.partition(s)}
+    assert await client.hget("re:layout", "partitions") == b"2"
+    [after] = await sink.publish([q("S0")])
+    assert after.seq == board["S0"] + 1
