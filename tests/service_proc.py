@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -166,6 +167,21 @@ def wait_publisher_silent(service: ServiceProcess, timeout: float = 10.0) -> Non
             return
         time.sleep(0.1)
     pytest.fail(f"the feed did not go stale in {timeout}s:\n{service.log()}")
+
+
+@contextmanager
+def feed_stack(redis_url: str, rate: float, env: Mapping[str, str] | None = None,
+               ready: str = "/healthz") -> Iterator[tuple[ServiceProcess, PublisherProcess]]:
+    """The service and `publisher simulate` on one REDIS_URL (any topology), stopped after."""
+    service = ServiceProcess({"REDIS_URL": redis_url, **(env or {})})
+    publisher = PublisherProcess(redis_url, rate=rate, env={"REDIS_RETRY_MAX_S": "1"})
+    try:
+        service.start(ready)
+        publisher.start()
+        yield service, publisher
+    finally:
+        publisher.stop()
+        service.stop()
 
 
 def run_service(env: Mapping[str, str] | None = None, ready: str = "/healthz"

@@ -19,24 +19,17 @@ from redis.crc import key_slot
 
 from tests.redis_cluster import RedisCluster, client, redis_cluster
 from tests.redis_server import LAYOUT
-from tests.service_proc import PublisherProcess, ServiceProcess, http_get
-from tests.test_faults import FAST_PROBES, SYMBOLS, Watcher, fresh_board, until, watchers
+from tests.service_proc import PublisherProcess, ServiceProcess, feed_stack, http_get
+from tests.test_faults import FAST_PROBES, converged, until, watchers
 
 Stack = tuple[RedisCluster, ServiceProcess, PublisherProcess]
 
 
 @pytest.fixture
 def stack() -> Iterator[Stack]:
-    with redis_cluster() as cluster:
-        service = ServiceProcess({"REDIS_URL": cluster.url, **FAST_PROBES})
-        publisher = PublisherProcess(cluster.url, rate=200, env={"REDIS_RETRY_MAX_S": "1"})
-        service.start()
-        publisher.start()
-        try:
-            yield cluster, service, publisher
-        finally:
-            publisher.stop()
-            service.stop()
+    with redis_cluster() as cluster, \
+            feed_stack(cluster.url, 200, FAST_PROBES) as (service, publisher):
+        yield cluster, service, publisher
 
 
 def shard_channels(port: int) -> set[str]:
@@ -57,18 +50,6 @@ def classic_channels(port: int) -> set[str]:
 
 def slot(p: int) -> int:
     return int(key_slot(LAYOUT.channel(p).encode()))
-
-
-async def converged(service: ServiceProcess, publisher: PublisherProcess,
-                    clients: list[Watcher]) -> None:
-    """With the publisher stopped, every client's board equals a fresh snapshot."""
-    publisher.stop()
-    await asyncio.sleep(1)
-    board = await fresh_board(service)
-    assert len(board) == SYMBOLS
-    for w in clients:
-        assert w.board == board
-        assert w.good_dropped == 0, "a client dropped a good quote (a seq went down)"
 
 
 async def test_quotes_go_by_sharded_pubsub_spread_over_the_primaries(stack: Stack) -> None:

@@ -21,7 +21,13 @@ import pytest
 import redis
 
 from tests.redis_server import CHANNELS, RedisServer, latest_in_redis, redis_server
-from tests.service_proc import PublisherProcess, ServiceProcess, http_get, run_service
+from tests.service_proc import (
+    PublisherProcess,
+    ServiceProcess,
+    feed_stack,
+    http_get,
+    run_service,
+)
 from tests.wsclient import ClientConnection, connect, recv_type
 
 SYMBOLS = 34
@@ -79,6 +85,19 @@ async def fresh_board(service: ServiceProcess) -> dict[str, dict[str, Any]]:
         return {q["symbol"]: q for q in (await recv_type(ws, "snapshot"))["quotes"]}
 
 
+async def converged(service: ServiceProcess, publisher: PublisherProcess,
+                    clients: list[Watcher]) -> None:
+    """With the publisher stopped, every client's board equals a fresh client's snapshot,
+    and none dropped a good quote (no seq went down)."""
+    publisher.stop()
+    await asyncio.sleep(1)
+    board = await fresh_board(service)
+    assert len(board) == SYMBOLS
+    for w in clients:
+        assert w.board == board
+        assert w.good_dropped == 0, "a client dropped a good quote (a seq went down)"
+
+
 def redis_symbols(url: str) -> int:
     """How many symbols Redis holds a latest state for; -1 while it cannot be read."""
     try:
@@ -89,16 +108,8 @@ def redis_symbols(url: str) -> int:
 
 @pytest.fixture
 def stack() -> Iterator[tuple[RedisServer, ServiceProcess, PublisherProcess]]:
-    with redis_server() as server:
-        service = ServiceProcess({"REDIS_URL": server.url, **FAST_PROBES})
-        publisher = PublisherProcess(server.url, rate=100, env={"REDIS_RETRY_MAX_S": "1"})
-        service.start()
-        publisher.start()
-        try:
-            yield server, service, publisher
-        finally:
-            publisher.stop()
-            service.stop()
+    with redis_server() as server, feed_stack(server.url, 100, FAST_PROBES) as (service, publisher):
+        yield server, service, publisher
 
 
 async def watchers(stack: AsyncExitStack, service: ServiceProcess, n: int) -> list[Watcher]:
@@ -139,14 +150,7 @@ async def test_redis_dies_and_comes_back_empty(
         await until(lambda: all(w.board[s]["seq"] > seq_before[s]
                                 for w in clients for s in seq_before), 10,
                     "every symbol moved past its seq from before the outage")
-        assert all(w.good_dropped == 0 for w in clients)
-
-        publisher.stop()
-        await asyncio.sleep(1)
-        board = await fresh_board(service)
-        assert len(board) == SYMBOLS
-        for w in clients:
-            assert w.board == board
+        await converged(service, publisher, clients)
     print(f"\nredis killed: stale after {to_stale:.2f}s; restarted: live after {to_live:.2f}s")
 
 

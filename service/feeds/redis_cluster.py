@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from ..hub import Hub
 from ..node import NODE_ID
 from ..settings import Settings
-from ..topology import cluster
+from ..topology import addresses, cluster
 from .health import FeedHealth
 from .redis_edge import (
     FAILURES,
@@ -36,7 +36,7 @@ from .redis_edge import (
     log,
 )
 
-Address = cluster.Address
+Address = addresses.Address
 
 # Read the slot map this often even when nothing told us it changed.
 RECHECK_S = 10.0

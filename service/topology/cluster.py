@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -18,9 +18,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
+from .addresses import Address, addresses, credentials
+
 SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
-Address = tuple[str, int]
 
 
 def handles(url: str) -> bool:
@@ -40,22 +41,14 @@ class ClusterURL:
 
 def parse(url: str) -> ClusterURL:
     parts = urlsplit(url)
-    nodes: list[Address] = []
-    for item in parts.netloc.rpartition("@")[2].split(","):
-        host, _, port = item.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"node address {item!r} is not HOST:PORT")
-        nodes.append((host.strip("[]"), int(port)))
+    nodes = addresses(parts, "node")
     if parts.path.strip("/"):
         raise ValueError("a cluster has only database 0: nothing may follow the nodes")
     if parts.query:
         raise ValueError(f"no options are read, got ?{parts.query}")
-    return ClusterURL(
-        nodes=nodes,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-        ssl=url.startswith("rediss+"),
-    )
+    username, password = credentials(parts)
+    return ClusterURL(nodes=nodes, username=username, password=password,
+                      ssl=url.startswith("rediss+"))
 
 
 def check(url: str) -> None:

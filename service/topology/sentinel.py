@@ -19,6 +19,8 @@ from redis.asyncio.sentinel import (
     SentinelManagedSSLConnection,
 )
 
+from .addresses import Address, addresses, credentials
+
 SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
 
 
@@ -49,7 +51,7 @@ def handles(url: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class SentinelURL:
-    sentinels: list[tuple[str, int]]
+    sentinels: list[Address]
     master: str
     db: int
     username: str | None
@@ -60,13 +62,7 @@ class SentinelURL:
 
 def parse(url: str) -> SentinelURL:
     parts = urlsplit(url)
-    hosts = parts.netloc.rpartition("@")[2]
-    sentinels: list[tuple[str, int]] = []
-    for item in hosts.split(","):
-        host, _, port = item.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"sentinel address {item!r} is not HOST:PORT")
-        sentinels.append((host.strip("[]"), int(port)))
+    sentinels = addresses(parts, "sentinel")
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2:
         raise ValueError("needs the master's name after the sentinels: "
@@ -78,10 +74,10 @@ def parse(url: str) -> SentinelURL:
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}; "
                          "only sentinel_password is read")
+    username, password = credentials(parts)
     return SentinelURL(
         sentinels=sentinels, master=unquote(path[0]), db=int(path[1]) if len(path) == 2 else 0,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
+        username=username, password=password,
         sentinel_password=query.get("sentinel_password", [None])[0],
         ssl=url.startswith("rediss+"),
     )
