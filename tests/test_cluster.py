@@ -32,18 +32,11 @@ def stack() -> Iterator[Stack]:
         yield cluster, service, publisher
 
 
-def shard_channels(port: int) -> set[str]:
+def channels(port: int, command: str = "PUBSUB SHARDCHANNELS") -> set[str]:
+    """The channels with subscribers on that node: sharded, or classic (PUBSUB CHANNELS)."""
     c = client(port)
     try:
-        return {name.decode() for name in c.execute_command("PUBSUB SHARDCHANNELS")}
-    finally:
-        c.close()
-
-
-def classic_channels(port: int) -> set[str]:
-    c = client(port)
-    try:
-        return {name.decode() for name in c.execute_command("PUBSUB CHANNELS")}
+        return {name.decode() for name in c.execute_command(command)}
     finally:
         c.close()
 
@@ -57,11 +50,11 @@ async def test_quotes_go_by_sharded_pubsub_spread_over_the_primaries(stack: Stac
     async with AsyncExitStack() as exits:
         clients = await watchers(exits, service, 20)
         quote_channels = {LAYOUT.channel(p) for p in range(LAYOUT.partitions)}
-        where = {port: shard_channels(port) & quote_channels for port in cluster.primaries()}
+        where = {port: channels(port) & quote_channels for port in cluster.primaries()}
         assert set().union(*where.values()) == quote_channels, where
         assert sum(1 for names in where.values() if names) >= 2, where
         for node in cluster.live():
-            classic = classic_channels(node.port)
+            classic = channels(node.port, "PUBSUB CHANNELS")
             assert not {n for n in classic if n.startswith(LAYOUT.prefix)}, classic
         status, body = http_get(service.url + "/readyz")
         assert status == 200 and orjson.loads(body)["partitions_stale"] == []
@@ -158,13 +151,13 @@ async def test_a_partition_whose_slot_moves_is_followed(stack: Stack) -> None:
         await asyncio.to_thread(move_slot, slot(p), source, target, others)
         moved = time.monotonic()
         held = {s: max(w.board[s]["seq"] for w in clients) for s in symbols}
-        await until(lambda: LAYOUT.channel(p) in shard_channels(target), 10,
+        await until(lambda: LAYOUT.channel(p) in channels(target), 10,
                     "the service subscribed where the slot went")
         followed = time.monotonic() - moved
         await until(lambda: all(w.board[s]["seq"] > held[s] for w in clients for s in symbols),
                     10, f"quotes of partition {p} ({', '.join(symbols)}) arrive from the new node")
         arriving = time.monotonic() - moved
-        assert LAYOUT.channel(p) not in shard_channels(source)
+        assert LAYOUT.channel(p) not in channels(source)
         await until(lambda: all(w.statuses[-1][1] == "live" for w in clients if w.statuses)
                     and http_get(service.url + "/readyz")[0] == 200, 10, "the feed is live")
         stale_during = sum(1 for w in clients for at, feed in w.statuses
