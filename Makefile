@@ -54,6 +54,7 @@ bench: install
 			echo "npm ci failed: the Node peers will be reported as not started"; \
 	fi
 	$(PY) -m bench $(BENCH_ARGS)
+	$(PY) -m bench.cluster $(filter --quick --no-pin,$(BENCH_ARGS))
 
 clean:
 	rm -rf $(VENV) .pytest_cache tests/artifacts *.egg-info

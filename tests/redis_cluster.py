@@ -26,17 +26,29 @@ def client(port: int) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1)
 
 
+def distinct_ports(n: int) -> list[int]:
+    """n free ports, no two the same: free_port() alone may hand one out twice, and a
+    node's ping would then be answered by another node."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 class RedisCluster:
     def __init__(self, workdir: Path, nodes: int = 6, node_timeout_ms: int = 1000) -> None:
         self.nodes: list[RedisServer] = []
+        ports = distinct_ports(2 * nodes)
         for i in range(nodes):
             path = workdir / f"node{i}"
             path.mkdir()
-            self.nodes.append(RedisServer(path, args=[
+            self.nodes.append(RedisServer(path, port=ports[2 * i], args=[
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(node_timeout_ms),
                 # The bus is port + 10000 by default, which a free port may not have.
-                "--cluster-port", str(free_port()),
+                "--cluster-port", str(ports[2 * i + 1]),
                 # A replica promoted while its primary is gone must not wait for it.
                 "--cluster-replica-validity-factor", "0",
                 "--repl-diskless-sync-delay", "0"]))
@@ -63,6 +75,28 @@ class RedisCluster:
         if result.returncode != 0:
             pytest.fail(f"redis-cli --cluster create failed:\n{result.stdout}\n{result.stderr}")
         self.wait_ok()
+        self.wait_replicas()
+
+    def wait_replicas(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Until every replica's link to its primary is up: a replica promoted before
+        its first sync would start empty, and shard messages reach replicas only then."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self._linked(node.port) for node in self.live()):
+                return
+            time.sleep(0.1)
+        pytest.fail("replicas did not link to their primaries in time")
+
+    @staticmethod
+    def _linked(port: int) -> bool:
+        c = client(port)
+        try:
+            info = c.info("replication")
+        except redis.RedisError:
+            return False
+        finally:
+            c.close()
+        return info.get("role") == "master" or info.get("master_link_status") == "up"
 
     def wait_ok(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Until every live node says cluster_state:ok and agrees on the slot owners."""
