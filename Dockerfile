@@ -5,11 +5,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 
 COPY pyproject.toml README.md ./
+COPY clients/python ./clients/python
 COPY service ./service
 COPY publisher ./publisher
 COPY web ./web
+# The JS client's modules: the widget imports them from /js/ (service/app.py).
+COPY clients/js/src ./clients/js/src
 COPY docs/asyncapi.yaml ./docs/asyncapi.yaml
-RUN pip install --no-compile . \
+# The client package (psx-quote-client, which the server depends on) from its path, in the
+# same resolve as the server.
+RUN pip install --no-compile ./clients/python . \
     && useradd --system --uid 10001 --home-dir /app quotes
 
 USER quotes

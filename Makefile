@@ -10,11 +10,14 @@ export HOST PORT
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The client package first: the server depends on it (psx-quote-client), and pip takes that
+# installed copy rather than looking for it on an index.
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "Python 3.11 or newer is needed (set PYTHON=python3.12 or similar)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e clients/python
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
@@ -29,10 +32,21 @@ run: install
 		$(PY) -m service; \
 	fi
 
-# System packages (redis-server, chromium, nginx) through the same script CI uses: it
+# The JavaScript client's dev dependencies (typescript and ws: the tests type-check its
+# examples with tsc and run it in Node), from its committed package-lock.json; again only
+# when that lock file is newer than the install.
+JS_CLIENT := clients/js
+.PHONY: js
+js:
+	@command -v npm >/dev/null || { echo "npm not found: the JS client's tests need Node.js 20+ and npm (bash .ci/system-packages installs them)"; exit 1; }
+	@test $(JS_CLIENT)/node_modules/.package-lock.json -nt $(JS_CLIENT)/package-lock.json || \
+		{ echo "npm ci in $(JS_CLIENT)"; cd $(JS_CLIENT) && npm ci --no-audit --no-fund --loglevel=error; }
+
+# System packages (redis-server, chromium, nginx, npm) through the same script CI uses: it
 # installs them where it can, or names each one missing.
 test: install
 	@bash .ci/system-packages
+	@$(MAKE) --no-print-directory js
 	$(PY) -m pytest
 
 # Lint and types: what CI checks besides the tests.
@@ -57,4 +71,4 @@ bench: install
 	$(PY) -m bench.cluster $(filter --quick --no-pin,$(BENCH_ARGS))
 
 clean:
-	rm -rf $(VENV) .pytest_cache tests/artifacts *.egg-info
+	rm -rf $(VENV) .pytest_cache tests/artifacts *.egg-info $(JS_CLIENT)/node_modules

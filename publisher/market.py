@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from service.quote import Quote, now_ms
+from quote_client.quote import Quote, now_ms
 
 from .seed import Instrument
 

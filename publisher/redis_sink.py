@@ -24,8 +24,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, NoScriptError, RedisError, TimeoutError
 
+from quote_client.quote import Quote, decode_payload
 from service import topology
-from service.quote import Quote, decode_payload
 from service.settings import Settings
 
 log = logging.getLogger("publisher.redis")

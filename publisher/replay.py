@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from service.quote import Quote
+from quote_client.quote import Quote
 
 from .lines import LineError, parse_stream
 from .sink import QuoteSink

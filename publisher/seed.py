@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 
-from service.ticker_text import parse_line
+from quote_client.ticker_text import parse_line
 
 SEED_RESOURCE = "data/psx_ticker.txt"
 
@@ -27,7 +27,7 @@ def seed_text() -> str:
 
 
 def parse_instruments(text: str) -> list[Instrument]:
-    """Raises service.quote.QuoteError naming the line if the seed is damaged: a broken
+    """Raises quote_client.quote.QuoteError naming the line if the seed is damaged: a broken
     seed is a packaging bug, not something to skip quietly."""
     instruments: list[Instrument] = []
     for number, line in enumerate(text.splitlines(), start=1):

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 
-from service.backoff import backoff
+from quote_client.backoff import backoff
 from service.settings import Settings
 
 from .market import Market

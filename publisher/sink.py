@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from service.quote import Quote
+from quote_client.quote import Quote
 
 
 class QuoteSink(Protocol):

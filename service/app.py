@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 from starlette.websockets import WebSocket
 
 from .connection import Connection, KeepServerSend
@@ -29,6 +32,31 @@ from .settings import Settings
 log = logging.getLogger("service.app")
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+# The JavaScript client (formatter and stream client), served to browsers under /js/: the
+# widget imports it from there, and so can anyone's page.
+JS_CLIENT_DIR = Path(__file__).resolve().parent.parent / "clients" / "js" / "src"
+
+JS_TYPE = "text/javascript; charset=utf-8"
+OPEN_TO_ALL = {"Access-Control-Allow-Origin": "*"}
+
+
+class ModuleFiles(StaticFiles):
+    """The ES modules of a folder, served as /widget.js is: `text/javascript`, open to any
+    origin (a page on another site fetches /widget.js, and so every module it imports, with
+    CORS), ETag and Last-Modified. Only `*.js`: nothing else in the folder is published."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        if not path.endswith(".js"):
+            raise HTTPException(status_code=404)
+        return await super().get_response(path, scope)
+
+    def file_response(self, full_path: str | os.PathLike[str], stat_result: os.stat_result,
+                      scope: Scope, status_code: int = 200) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers.update(OPEN_TO_ALL)
+        if response.status_code == 200:
+            response.headers["content-type"] = JS_TYPE
+        return response
 
 
 class QuoteService:
@@ -168,7 +196,8 @@ class QuoteService:
                 self._all_closed.set()
 
 
-def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR) -> Starlette:
+def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR,
+               js_dir: Path = JS_CLIENT_DIR) -> Starlette:
     settings = settings or Settings.from_env()
     service = QuoteService(settings)
 
@@ -184,11 +213,7 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR) -> Sta
         return FileResponse(web_dir / "index.html", media_type="text/html; charset=utf-8")
 
     async def widget(request: Request) -> Response:
-        return FileResponse(
-            web_dir / "widget.js",
-            media_type="text/javascript; charset=utf-8",
-            headers={"Access-Control-Allow-Origin": "*"},
-        )
+        return FileResponse(web_dir / "widget.js", media_type=JS_TYPE, headers=OPEN_TO_ALL)
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
@@ -237,6 +262,11 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR) -> Sta
             Route("/ws", ws_plain_get),
             Route("/asyncapi.yaml", asyncapi),
             Route("/asyncapi.json", asyncapi),
+            # /widget.js imports ./js/*.js and ./widget/*.js, relative to itself.
+            Mount("/js", ModuleFiles(directory=js_dir, check_dir=False), name="js"),
+            Mount("/widget", ModuleFiles(directory=web_dir / "widget", check_dir=False), name="widget"),
+            Mount("/examples", StaticFiles(directory=web_dir / "examples", check_dir=False),
+                  name="examples"),
             Mount("/static", StaticFiles(directory=web_dir, check_dir=False), name="static"),
         ],
         lifespan=lifespan,

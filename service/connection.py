@@ -15,6 +15,8 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from quote_client.quote import now_ms
+
 from . import protocol
 from .hub import Hub
 from .limits import RateLimiter
@@ -28,7 +30,6 @@ from .protocol import (
     ProtocolError,
     Subscribe,
 )
-from .quote import now_ms
 from .settings import Settings
 from .wire import Prepared
 

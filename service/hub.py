@@ -15,6 +15,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, Protocol
 
+from quote_client.quote import Quote, now_ms
+
 from .outbox import Group, Outbox, OutboxFull
 from .protocol import (
     ALL,
@@ -26,7 +28,6 @@ from .protocol import (
     quotes_frame,
     status,
 )
-from .quote import Quote, now_ms
 
 log = logging.getLogger("service.hub")
 

@@ -12,34 +12,34 @@ from typing import Any, Literal
 
 import orjson
 
-from .quote import QuoteError, normalize_symbol
-
-PROTOCOL_VERSION = 1
-
-# Error codes (the `code` of an `error` frame).
-BAD_JSON = "bad_json"
-BAD_REQUEST = "bad_request"
-UNKNOWN_OP = "unknown_op"
-TOO_MANY_SYMBOLS = "too_many_symbols"
-RATE_LIMITED = "rate_limited"
-FRAME_TOO_LARGE = "frame_too_large"
-INTERNAL = "internal"
-
-# Close codes.
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_TOO_LARGE = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_AGAIN = 1013
-CLOSE_SLOW_CONSUMER = 4008
-CLOSE_RATE_LIMITED = 4029
+# The vocabulary both ends share (version, error and close codes, "*") is the client
+# package's; re-exported here for the server's modules.
+from quote_client.protocol import (
+    ALL as ALL,
+    BAD_JSON as BAD_JSON,
+    BAD_REQUEST as BAD_REQUEST,
+    CLOSE_GOING_AWAY as CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL as CLOSE_INTERNAL,
+    CLOSE_NORMAL as CLOSE_NORMAL,
+    CLOSE_POLICY as CLOSE_POLICY,
+    CLOSE_RATE_LIMITED as CLOSE_RATE_LIMITED,
+    CLOSE_SLOW_CONSUMER as CLOSE_SLOW_CONSUMER,
+    CLOSE_TOO_LARGE as CLOSE_TOO_LARGE,
+    CLOSE_TRY_AGAIN as CLOSE_TRY_AGAIN,
+    FRAME_TOO_LARGE as FRAME_TOO_LARGE,
+    INTERNAL as INTERNAL,
+    PROTOCOL_VERSION as PROTOCOL_VERSION,
+    RATE_LIMITED as RATE_LIMITED,
+    TOO_MANY_SYMBOLS as TOO_MANY_SYMBOLS,
+    UNKNOWN_OP as UNKNOWN_OP,
+    Symbols as Symbols,
+    split_query_symbols,
+)
+from quote_client.quote import QuoteError, normalize_symbol
 
 MAX_ID_LENGTH = 64
-ALL: Literal["*"] = "*"
 
 Id = int | str | None
-Symbols = frozenset[str] | Literal["*"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +93,8 @@ def parse_symbols(value: object, max_symbols: int, id: Id = None) -> Symbols:
 
 def parse_query_symbols(raw: str, max_symbols: int) -> Symbols | None:
     """The `?symbols=OGDC,PPL` (or `*`) of the websocket URL."""
-    raw = raw.strip()
-    if not raw:
-        return None
-    if raw == ALL:
-        return ALL
-    return parse_symbols([s.strip() for s in raw.split(",") if s.strip()], max_symbols)
+    parts = split_query_symbols(raw)
+    return None if parts is None else parse_symbols(parts, max_symbols)
 
 
 def _parse_id(message: dict[str, Any]) -> Id:

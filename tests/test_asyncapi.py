@@ -22,8 +22,8 @@ from jsonschema import Draft7Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT7
 
+from quote_client.quote import Quote
 from service import protocol
-from service.quote import Quote
 from tests.redis_server import start_redis_server
 from tests.service_proc import ROOT, ServiceProcess, http_get, replay, run_service, wait_publisher_silent
 from tests.wsclient import ClientConnection, connect, recv

@@ -1,4 +1,4 @@
-"""service.client.QuoteClient against the real service as a subprocess: the board first,
+"""quote_client.QuoteClient against the real service as a subprocess: the board first,
 updates by seq, subscription changes, errors, feed status, and reconnecting by itself
 across a service restart."""
 
@@ -15,10 +15,10 @@ import pytest
 import redis
 from websockets.exceptions import InvalidStatus
 
-from service import client as client_module
-from service.client import Feed, QuoteClient, ServerError, retry_delay
-from service.protocol import CLOSE_GOING_AWAY, CLOSE_RATE_LIMITED, CLOSE_TRY_AGAIN
-from service.quote import Quote, QuoteError
+from quote_client import client as client_module
+from quote_client.client import Feed, QuoteClient, ServerError, retry_delay
+from quote_client.protocol import CLOSE_GOING_AWAY, CLOSE_RATE_LIMITED, CLOSE_TRY_AGAIN
+from quote_client.quote import Quote, QuoteError
 from tests.redis_server import free_port, start_redis_server
 from tests.service_proc import ServiceProcess, replay, run_service, wait_publisher_silent
 

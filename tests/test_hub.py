@@ -7,10 +7,10 @@ from typing import Any
 import orjson
 import pytest
 
+from quote_client.quote import Quote
 from service.hub import Hub
 from service.outbox import KEEP, Outbox
 from service.protocol import ALL, ProtocolError
-from service.quote import Quote
 
 
 class Recorder:

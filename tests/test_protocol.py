@@ -7,8 +7,7 @@ import json
 
 import orjson
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from service import protocol
 from service.limits import RateLimiter, TokenBucket

@@ -15,7 +15,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from service.quote import Quote, decode_payload
+from quote_client.quote import Quote, decode_payload
 from service.settings import Settings
 from tests.redis_server import CHANNELS, latest_in_redis, redis_url  # noqa: F401
 

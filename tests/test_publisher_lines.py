@@ -6,12 +6,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from publisher.lines import LineError, parse_stream, parse_text
-from service.quote import Quote
-from service.ticker_text import format_line
+from quote_client.quote import Quote
+from quote_client.ticker_text import format_line
 
 SEED = Path(__file__).resolve().parents[1] / "publisher" / "data" / "psx_ticker.txt"
 

@@ -14,7 +14,7 @@ from publisher.replay import ReplayResult, replay
 from publisher.seed import load_instruments
 from publisher.simulate import market_from_settings, run_simulation
 from publisher.sink import QuoteSink
-from service.quote import Quote
+from quote_client.quote import Quote
 from service.settings import Settings
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from publisher.market import BR30_MEMBERS, INDEX_MEMBERS, KSE30_MEMBERS, Market, band_ticks
 from publisher.seed import Instrument, load_instruments
-from service.quote import Quote
+from quote_client.quote import Quote
 
 INDICES = {"BR100", "BR30", "KSE100", "KSE30"}
 

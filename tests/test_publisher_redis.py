@@ -15,8 +15,8 @@ from redis.exceptions import ResponseError
 
 from publisher.redis_sink import MAX_BATCH, RedisSink, connect, wire_body
 from publisher.sink import QuoteSink
+from quote_client.quote import Quote, decode_payload
 from service.partitions import Layout
-from service.quote import Quote, decode_payload
 from service.settings import Settings
 from tests.redis_server import redis_url  # noqa: F401
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from service.client import QuoteClient
+from quote_client.client import QuoteClient
 from tests.nginx_server import Nginx, nginx
 from tests.redis_server import redis_server
 from tests.service_proc import PublisherProcess, ServiceProcess, http_get

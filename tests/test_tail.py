@@ -1,4 +1,4 @@
-"""`python -m service.client tail` as a subprocess against the real service: the seed's
+"""`python -m quote_client tail` as a subprocess against the real service: the seed's
 text form, JSON lines, no escape codes unless asked for or on a terminal, and a clean
 exit on Ctrl-C, SIGTERM and a closed pipe."""
 
@@ -20,9 +20,9 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from service.quote import Quote
-from service.tail import ENTER_SCREEN, LEAVE_SCREEN
-from service.ticker_text import TickerLine, parse_line
+from quote_client.quote import Quote
+from quote_client.tail import ENTER_SCREEN, LEAVE_SCREEN
+from quote_client.ticker_text import TickerLine, parse_line
 from tests.redis_server import free_port
 from tests.service_proc import ROOT, ServiceProcess, run_service
 
@@ -49,12 +49,12 @@ def service() -> Iterator[ServiceProcess]:
 
 
 def tail(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "service.client", "tail", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "quote_client", "tail", *args], cwd=ROOT,
                           env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 def spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "service.client", "tail", *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "quote_client", "tail", *args], cwd=ROOT,
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
 
@@ -163,7 +163,7 @@ def test_json_stream_and_a_closed_pipe(service: ServiceProcess) -> None:
 def test_on_a_terminal_the_board_is_drawn_in_place(service: ServiceProcess) -> None:
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 12, 80, 0, 0))
-    proc = subprocess.Popen([sys.executable, "-m", "service.client", "tail", service.ws_url],
+    proc = subprocess.Popen([sys.executable, "-m", "quote_client", "tail", service.ws_url],
                             cwd=ROOT, env={**ENV, "TERM": "xterm"}, stdin=slave, stdout=slave,
                             stderr=slave)
     os.close(slave)
@@ -220,6 +220,6 @@ def test_nothing_listening_exits_1_with_a_message() -> None:
 def test_usage_errors_exit_2() -> None:
     result = tail("--symbols", "OGDC,<b>")
     assert result.returncode == 2 and "invalid symbol" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "service.client"], cwd=ROOT, env=ENV,
+    result = subprocess.run([sys.executable, "-m", "quote_client"], cwd=ROOT, env=ENV,
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 2 and "tail" in result.stderr

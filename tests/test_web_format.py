@@ -2,8 +2,9 @@
 element, the page layout, and the widget's connection behaviour.
 
 No quote service is needed: web/ is served by a tiny static server started here (the same
-routes the service serves: / -> index.html, /widget.js, /static/<path> -> web/<path>), and
-the connection tests talk to a scripted websocket feed, also started here.
+routes the service serves: / -> index.html, /widget.js, /static/<path> -> web/<path>, and
+the modules /widget.js imports: /widget/<m>.js -> web/widget/, /js/<m>.js -> clients/js/src/),
+and the connection tests talk to a scripted websocket feed, also started here.
 
 Chromium is Debian's package driven by Playwright (FIELD-NOTES: never `playwright install`).
 """
@@ -25,19 +26,20 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from service.quote import Quote
-from service.ticker_text import format_line, parse_line
+from quote_client.quote import Quote
+from quote_client.ticker_text import format_line, parse_line
 from tests.browser import chromium
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB = ROOT / "web"
+JS_CLIENT = ROOT / "clients" / "js" / "src"
 SEED = ROOT / "publisher" / "data" / "psx_ticker.txt"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 TS = 1_719_216_000_000
 
 BLANK = (b"<!doctype html><html lang=en><head><meta charset=utf-8><title>blank</title></head>"
          b"<body></body></html>")
-CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "application/javascript; charset=utf-8",
+CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 
 
@@ -65,22 +67,31 @@ def line_of(q: dict[str, Any]) -> str:
 
 # --- servers ------------------------------------------------------------------------------
 
+def under(folder: Path, relative: str) -> Path | None:
+    target = (folder / relative).resolve()
+    return target if folder.resolve() in target.parents else None
+
+
 class WebHandler(BaseHTTPRequestHandler):
-    """The service's web routes, for this test only: / , /widget.js, /static/<path>."""
+    """The service's web routes, for this test only: / , /widget.js, /static/<path>, and the
+    ES modules /widget/<m>.js and /js/<m>.js."""
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
         if path == "/blank":
             return self._send(BLANK, CONTENT_TYPES[".html"])
+        target: Path | None = None
         if path == "/":
             target = WEB / "index.html"
         elif path == "/widget.js":
             target = WEB / "widget.js"
         elif path.startswith("/static/"):
-            target = (WEB / path[len("/static/"):]).resolve()
-            if WEB.resolve() not in target.parents:
-                return self._send(b"not found", "text/plain", HTTPStatus.NOT_FOUND)
-        else:
+            target = under(WEB, path[len("/static/"):])
+        elif path.startswith("/widget/") and path.endswith(".js"):
+            target = under(WEB / "widget", path[len("/widget/"):])
+        elif path.startswith("/js/") and path.endswith(".js"):
+            target = under(JS_CLIENT, path[len("/js/"):])
+        if target is None:
             return self._send(b"not found", "text/plain", HTTPStatus.NOT_FOUND)
         if not target.is_file():
             return self._send(b"not found", "text/plain", HTTPStatus.NOT_FOUND)

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from quote_client.quote import Quote, now_ms
+
 from ..hub import Hub
-from ..quote import Quote, now_ms
 from ..settings import Settings
 
 

@@ -27,9 +27,10 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from ..backoff import backoff
+from quote_client.backoff import backoff
+from quote_client.quote import Quote, decode_payload
+
 from ..hub import Hub
-from ..quote import Quote, decode_payload
 from ..settings import Settings
 
 log = logging.getLogger("service.redis_feed")

@@ -15,10 +15,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from quote_client.quote import Quote
+
 from .. import topology
 from ..hub import Hub
 from ..node import NODE_ID
-from ..quote import Quote
 from ..settings import Settings
 from .health import FeedHealth
 from .redis_edge import FAILURES, FeedLost, RedisEdge, close_quietly, first_failure

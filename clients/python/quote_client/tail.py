@@ -1,4 +1,4 @@
-"""`python -m service.client tail`: the live ticker in a terminal, built on QuoteClient.
+"""`quote-tail` (or `python -m quote_client tail`): the live ticker in a terminal, built on QuoteClient.
 
 On a terminal it draws the board in place (the alternate screen, as `top` does): one line
 per symbol in the seed's text form, green ▲ up and red ▼ down, and a status line with the
@@ -51,9 +51,9 @@ def _ordered(text: str) -> list[str]:
     return [p.upper() for p in re.split(r"[,\s]+", text.strip()) if p and p != ALL]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "quote-tail") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m service.client tail",
+        prog=prog,
         description="Print live quotes: an in-place board on a terminal, one line per "
         "update when piped. Reconnects by itself; Ctrl-C quits.",
     )
@@ -233,9 +233,9 @@ async def _main(args: argparse.Namespace) -> int:
         return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point (`quote-tail`) and `python -m service.client tail`."""
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, prog: str = "quote-tail") -> int:
+    """Console entry point (`quote-tail`) and `python -m quote_client tail`."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     args.raw_symbols = args.symbols
     try:

@@ -1,7 +1,8 @@
-"""The quote: the one model the publisher writes and the service fans out.
+"""The quote: the one model the publisher writes, the service fans out and clients read.
 
-Validation lives here, once, so that nothing invalid reaches Redis from our publisher and
-nothing invalid found on the channel reaches a client (PROTOCOL.md, "Quote").
+Validation lives here, once, so that nothing invalid reaches Redis from our publisher,
+nothing invalid found on the channel reaches a client, and a client checks what it is
+sent by the same rules (PROTOCOL.md, "Quote").
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ the connection drops it reconnects by itself with the project's jittered back-of
 resubscribes to its current set, and takes the new snapshot. It keeps the board by `seq`,
 so an iterator never sees an older quote after a newer one on the same connection.
 
-`python -m service.client tail ...` runs the terminal ticker (service/tail.py).
+`python -m quote_client tail ...` (or `quote-tail`) runs the terminal ticker (tail.py).
 """
 
 from __future__ import annotations
@@ -30,20 +30,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from .backoff import backoff
-from .protocol import (
-    ALL,
-    CLOSE_POLICY,
-    CLOSE_RATE_LIMITED,
-    CLOSE_TRY_AGAIN,
-    ProtocolError,
-    Symbols,
-    parse_query_symbols,
-)
+from .protocol import ALL, CLOSE_POLICY, CLOSE_RATE_LIMITED, CLOSE_TRY_AGAIN, Symbols, split_query_symbols
 from .quote import Quote, QuoteError, normalize_symbol
 
-__all__ = ["Ack", "Feed", "QuoteClient", "ServerError", "Welcome", "main", "retry_delay"]
+__all__ = ["DEFAULT_URL", "Ack", "Feed", "QuoteClient", "ServerError", "Welcome", "retry_delay"]
 
-log = logging.getLogger("service.client")
+log = logging.getLogger("quote_client")
 
 Feed = Literal["connecting", "live", "stale", "reconnecting"]
 
@@ -237,9 +229,10 @@ class QuoteClient:
         raw = [value for key, value in query if key == "symbols"]
         if not raw:
             return url, None
+        named = split_query_symbols(",".join(raw))
         try:
-            symbols = parse_query_symbols(",".join(raw), max_symbols=2**31)
-        except ProtocolError as exc:  # say so here, not after connecting
+            symbols = None if named is None else _symbols_arg(named)
+        except QuoteError as exc:  # say so here, not after connecting
             raise QuoteError(f"bad ?symbols= in {url!r}: {exc}") from None
         rest = urlencode([(k, v) for k, v in query if k != "symbols"])
         return urlunsplit(parts._replace(query=rest)), symbols
@@ -621,27 +614,3 @@ class QuoteClient:
             except Exception:
                 log.exception("on_status callback failed")
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m service.client tail [...]`: the subcommands of the client module. The
-    tail's own options are parsed by service.tail, so `tail --help` shows them."""
-    import argparse
-    import sys
-
-    args = sys.argv[1:] if argv is None else argv
-    if args and args[0] == "tail":
-        from .tail import main as tail_main
-
-        return tail_main(args[1:])
-    parser = argparse.ArgumentParser(
-        prog="python -m service.client",
-        description="Command-line tools built on the Python quote client.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("tail", help="a live, in-place ticker in the terminal (see tail --help)")
-    parser.parse_args(args)
-    return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

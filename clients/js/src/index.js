@@ -1,0 +1,5 @@
+// quote-stream: the JavaScript client of the PSX quote service.
+//   format.js  the seed's text form of a quote (tickerText, formatQuote, ...)
+//   stream.js  the stream client (connect: subscribe, board, status, reconnect)
+export * from './format.js';
+export * from './stream.js';

@@ -1,0 +1,134 @@
+// The stream client (stream.js): the quote service's websocket protocol as a small API.
+
+/** One quote as the service sends it (docs/PROTOCOL.md): the symbol's full latest state. */
+export interface Quote {
+  symbol: string;
+  kind: 'stock' | 'index';
+  price: number;
+  change: number;
+  change_pct: number;
+  prev_close: number;
+  /** The publisher's time, milliseconds since the Unix epoch. */
+  ts: number;
+  /** The symbol's version: rises by one with every update. */
+  seq: number;
+  open?: number;
+  high?: number;
+  low?: number;
+  volume?: number;
+  bid?: number;
+  ask?: number;
+  state?: 'trading' | 'halted' | 'closed' | 'upper_lock' | 'lower_lock';
+  /** Fields this version does not know are passed through. */
+  [field: string]: unknown;
+}
+
+/** `connecting` (never up yet), `live`, `stale` (the service cannot hear the feed), or
+ * `reconnecting` (the socket dropped; the board is kept and shown as it was). */
+export type Feed = 'connecting' | 'live' | 'stale' | 'reconnecting';
+
+/** `'*'` for every symbol the feed has, one symbol, or a list (lower case is upper-cased). */
+export type Symbols = '*' | string | Iterable<string>;
+
+export interface QuoteInfo {
+  /** True when the quote came in a snapshot (the board on subscribe or after reconnect). */
+  snapshot: boolean;
+}
+
+/** An `error` frame from the service (a request it refused). */
+export interface ServerError {
+  code: string;
+  message: string;
+  id?: number | string;
+}
+
+export interface StreamEvents {
+  /** Each accepted quote (newer `seq` than the one held), one call per quote. */
+  quote: (quote: Quote, info: QuoteInfo) => void;
+  /** The accepted quotes of one frame together (at most one per symbol). */
+  quotes: (quotes: Quote[], info: QuoteInfo) => void;
+  /** The feed state changed. */
+  status: (feed: Feed, previous: Feed) => void;
+  /** The service refused a request (without a listener: a console warning). */
+  error: (error: ServerError) => void;
+}
+
+/** The part of the WHATWG WebSocket the client uses (the browser's, Node 22's, or `ws`):
+ * it reads `event.data` (text) of a message and `event.code` of a close. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((event: any) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
+}
+
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+export interface ConnectOptions {
+  /** The WebSocket class, where there is no global one (Node 20: `import WebSocket from 'ws'`). */
+  WebSocket?: WebSocketConstructor;
+}
+
+export interface Stream {
+  /** The socket's URL (absolute, `ws:` or `wss:`). */
+  readonly url: string;
+  /** The feed state now. */
+  readonly feed: Feed;
+  /** The board: symbol -> latest accepted quote, for the symbols this stream wants. */
+  readonly board: ReadonlyMap<string, Quote>;
+  /** `'*'` or the symbols this stream wants. */
+  readonly symbols: '*' | string[];
+  readonly closed: boolean;
+  /** Add symbols (or `'*'`); what the shared socket already holds is delivered at once. */
+  subscribe(symbols: Symbols): this;
+  /** Remove symbols (or `'*'` for all); their quotes stop and leave the board. While
+   * subscribed to `'*'` only `unsubscribe('*')` is allowed (or use setSymbols). */
+  unsubscribe(symbols: Symbols): this;
+  /** Replace the subscription with exactly these symbols (or `'*'`). */
+  setSymbols(symbols: Symbols): this;
+  /** Listen; returns a function that removes the listener. */
+  on<E extends keyof StreamEvents>(event: E, listener: StreamEvents[E]): () => void;
+  off<E extends keyof StreamEvents>(event: E, listener: StreamEvents[E]): this;
+  /** Stop this stream; the last one on a URL closes the socket. */
+  close(): void;
+}
+
+/** A stream from the service at `url` (`ws:`, `wss:`, `http:`, `https:`, or relative in a
+ * browser). Streams to the same URL share one socket. */
+export declare function connect(url: string | URL, options?: ConnectOptions): Stream;
+
+/** The absolute websocket URL that connect() uses for `url`. */
+export declare function socketUrl(url: string | URL): string;
+
+export interface ConnectionInfo {
+  url: string;
+  feed: Feed;
+  /** How many streams share the socket. */
+  consumers: number;
+  /** What the socket is subscribed to. */
+  subscribed: '*' | string[];
+  /** The socket's readyState, or -1 between sockets. */
+  readyState: number;
+}
+
+/** Diagnostics: the shared sockets. */
+export declare function connections(): ConnectionInfo[];
+
+export declare const SYMBOL_RE: RegExp;
+export declare function isSymbol(value: unknown): value is string;
+
+export declare const RECONNECT: Readonly<{
+  baseMs: number;
+  capMs: number;
+  slowBaseMs: number;
+  slowCapMs: number;
+  healthyAfterMs: number;
+}>;
+/** The reconnect delay after `attempt` failures, closed with `code` (full jitter). */
+export declare function backoffDelay(attempt: number, code?: number, random?: () => number): number;
+/** Does `q` replace `held`? (seq above; or, first on a new socket, a later ts). */
+export declare function isNewer(q: Pick<Quote, 'seq' | 'ts'>, held?: Pick<Quote, 'seq' | 'ts'> | null,
+  fresh?: boolean): boolean;

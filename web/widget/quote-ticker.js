@@ -1,0 +1,574 @@
+// The <quote-ticker> element: a live market ticker in a shadow root, drawn from the
+// stream client (../js/stream.js) in the seed's text form (../js/format.js).
+//
+// Imported by /widget.js, the one-tag entry point. Importing this module defines the
+// element (unless a `quote-ticker` is already defined); nothing else happens until an
+// element is connected to a document. All feed data goes in as text.
+
+import { formatQuote } from '../js/format.js';
+import { connect, isNewer, isSymbol } from '../js/stream.js';
+import { styleFor } from './styles.js';
+
+// The widget's default socket is ./ws next to /widget.js, wherever that was loaded from.
+const WIDGET_URL = new URL('../widget.js', import.meta.url).href;
+
+/** The `symbols` attribute: '*' (absent, empty or "*") or a list of valid, unique symbols. */
+export function parseSymbols(value) {
+  if (value === null || value === undefined) return '*';
+  const raw = String(value).trim();
+  if (raw === '' || raw === '*') return '*';
+  const out = [];
+  for (const part of raw.split(/[\s,]+/)) {
+    const s = part.toUpperCase();
+    if (!s) continue;
+    if (!isSymbol(s)) {
+      console.warn('[quote-ticker] ignoring invalid symbol', JSON.stringify(part.slice(0, 20)));
+      continue;
+    }
+    if (!out.includes(s)) out.push(s);
+  }
+  return out;
+}
+
+/** The websocket URL for a `src` attribute; the default is ./ws next to widget.js. */
+export function resolveSocketUrl(src, base = WIDGET_URL) {
+  const url = new URL(src || './ws', src ? (globalThis.document ? document.baseURI : base) : base);
+  if (url.protocol === 'http:') url.protocol = 'ws:';
+  else if (url.protocol === 'https:') url.protocol = 'wss:';
+  url.hash = '';
+  return url.href;
+}
+
+function wants(consumer, symbol) {
+  return consumer.wants === '*' || consumer.wants.includes(symbol);
+}
+
+const FEED_TEXT = {
+  connecting: 'Connecting\u2026',
+  live: 'Live',
+  stale: 'Feed stale',
+  reconnecting: 'Reconnecting\u2026',
+};
+const FLASH_MIN_GAP_MS = 400; // at most 2.5 flashes a second per item (WCAG 2.3.1: < 3)
+const HISTORY_MAX = 240; // sparkline points kept per symbol (older ones are thinned)
+const SVG_NS = 'http://www.w3.org/2000/svg';
+
+function el(tag, attrs = {}, text) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+const reducedMotion = globalThis.matchMedia
+  ? globalThis.matchMedia('(prefers-reduced-motion: reduce)')
+  : { matches: false, addEventListener() {} };
+
+// Outside a browser (e.g. Node importing the formatters) there is no HTMLElement.
+const ElementBase = globalThis.HTMLElement || class {};
+
+export class QuoteTicker extends ElementBase {
+  static get observedAttributes() {
+    return ['symbols', 'src', 'layout', 'controls', 'paused', 'label', 'motion'];
+  }
+
+  constructor() {
+    super();
+    this.root = this.attachShadow({ mode: 'open' });
+    styleFor(this.root);
+    this.wants = '*'; // '*' or the array of symbols of the `symbols` attribute
+    this.quotes = new Map(); // latest state, tracked even while paused
+    this.history = new Map(); // symbol -> prices received this session
+    this.rows = new Map(); // symbol -> {row, item, parts, spark}
+    this.dirty = new Set();
+    this.flashedAt = new Map();
+    this.feed = 'connecting';
+    this.stream = null; // from connect(): shared with every element of the same src
+    this.frame = 0;
+    this.waiters = [];
+    this.pendingFlash = new Map();
+    this.pausedShown = false;
+    this.marquee = { shift: 0, count: -1 };
+    this.onMotion = () => this.updateMotion();
+    this.build();
+  }
+
+  // --- public API -------------------------------------------------------------------
+
+  get paused() {
+    return this.hasAttribute('paused');
+  }
+
+  set paused(value) {
+    this.toggleAttribute('paused', Boolean(value));
+  }
+
+  /** '*' or the list of symbols this element shows (from the `symbols` attribute). */
+  get symbols() {
+    return this.wants === '*' ? '*' : [...this.wants];
+  }
+
+  set symbols(value) {
+    this.setAttribute('symbols', Array.isArray(value) ? value.join(',') : String(value));
+  }
+
+  /** Hand quotes to this element exactly as the socket does (same seq rule, same
+   * renderer). Resolves once they are on screen (at once while paused). */
+  ingest(quotes, { snapshot = false } = {}) {
+    const latest = new Map();
+    for (const q of Array.isArray(quotes) ? quotes : [quotes]) {
+      if (!q || typeof q !== 'object' || typeof q.symbol !== 'string' || !wants(this, q.symbol)) continue;
+      if (isNewer(q, latest.get(q.symbol) || this.quotes.get(q.symbol))) latest.set(q.symbol, q);
+    }
+    this.receive([...latest.values()], snapshot);
+    return this.rendered();
+  }
+
+  /** Resolves after the next render (or at once if nothing is pending / paused). */
+  rendered() {
+    if (!this.frame || this.paused) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  /** The latest quote held for a symbol (also while paused), or undefined. */
+  quote(symbol) {
+    return this.quotes.get(symbol);
+  }
+
+  // --- lifecycle --------------------------------------------------------------------
+
+  connectedCallback() {
+    this.attach(); // sets data-feed from the (possibly shared, already live) socket
+    if (!this.stream) this.applyFeed('connecting');
+    reducedMotion.addEventListener?.('change', this.onMotion);
+    this.observeSize();
+    this.renderAll();
+  }
+
+  disconnectedCallback() {
+    this.detach();
+    reducedMotion.removeEventListener?.('change', this.onMotion);
+    this.resizeObserver?.disconnect();
+  }
+
+  attributeChangedCallback(name, oldValue, value) {
+    if (oldValue === value) return;
+    switch (name) {
+      case 'symbols': {
+        this.wants = parseSymbols(value);
+        for (const s of [...this.quotes.keys()]) {
+          if (!wants(this, s)) {
+            this.quotes.delete(s);
+            this.history.delete(s);
+            this.removeRow(s);
+          }
+        }
+        this.reorder();
+        this.stream?.setSymbols(this.wants); // resubscribe on the shared socket
+        break;
+      }
+      case 'src':
+        if (this.isConnected) {
+          this.detach();
+          this.quotes.clear();
+          this.history.clear();
+          for (const s of [...this.rows.keys()]) this.removeRow(s);
+          this.attach();
+        }
+        break;
+      case 'layout':
+        this.applyLayout();
+        break;
+      case 'controls':
+        this.controls.hidden = value === 'none';
+        break;
+      case 'label':
+        this.viewport.setAttribute('aria-label', this.label());
+        break;
+      case 'paused':
+        this.applyPaused();
+        break;
+      case 'motion':
+        this.updateMotion();
+        break;
+      default:
+        break;
+    }
+  }
+
+  // --- from the stream --------------------------------------------------------------
+
+  /** Quotes the stream accepted (or ingest() let through): track them, draw them. */
+  receive(quotes, snapshot) {
+    for (const q of quotes) {
+      const prev = this.quotes.get(q.symbol);
+      this.quotes.set(q.symbol, q);
+      const price = Number(q.price);
+      if (Number.isFinite(price)) {
+        let h = this.history.get(q.symbol);
+        if (!h) this.history.set(q.symbol, (h = []));
+        h.push(price);
+        if (h.length > HISTORY_MAX * 2) {
+          const last = h.length - 1;
+          this.history.set(q.symbol, h.filter((_, i) => (last - i) % 2 === 0));
+        }
+      }
+      const flash = !snapshot && prev && Number(prev.price) !== price;
+      if (flash) this.pendingFlash.set(q.symbol, price > Number(prev.price) ? 'up' : 'down');
+      this.dirty.add(q.symbol);
+    }
+    if (snapshot && !this.paused) {
+      // A snapshot is drawn at once, so the board is complete when data-feed turns live.
+      if (this.frame) cancelAnimationFrame(this.frame);
+      this.frame = 0;
+      this.flush();
+    } else {
+      this.schedule();
+    }
+  }
+
+  // --- internals --------------------------------------------------------------------
+
+  label() {
+    return this.getAttribute('label') || (this.layout() === 'panel' ? 'Market prices' : 'Market ticker');
+  }
+
+  layout() {
+    return this.getAttribute('layout') === 'panel' ? 'panel' : 'strip';
+  }
+
+  build() {
+    this.wrap = el('div', { class: 'wrap', part: 'container' });
+    this.controls = el('div', { class: 'controls', part: 'controls' });
+    const state = el('span', { class: 'state' });
+    state.append(el('span', { class: 'dot', 'aria-hidden': 'true' }));
+    // A status message (not the quotes): announced politely, and only when it changes.
+    this.statusText = el('span', { class: 'status', role: 'status', part: 'status' }, FEED_TEXT.connecting);
+    state.append(this.statusText);
+    this.pauseButton = el('button', { type: 'button', class: 'pause', part: 'pause', 'aria-pressed': 'false' });
+    this.pauseIcon = el('span', { class: 'icon', 'aria-hidden': 'true' }); // drawn by CSS
+    this.pauseButton.append(this.pauseIcon, document.createTextNode('Pause'));
+    this.pauseButton.title = 'Pause live updates';
+    this.pauseButton.addEventListener('click', () => {
+      this.paused = !this.paused;
+    });
+    this.controls.append(state, this.pauseButton);
+    // The quotes: a named region, deliberately NOT a live region (no announcement per tick).
+    this.viewport = el('div', { class: 'viewport', part: 'viewport', role: 'region', tabindex: '0' });
+    this.list = el('ul', { class: 'track', part: 'list', role: 'list' });
+    this.empty = el('div', { class: 'empty', part: 'empty' }, 'Waiting for prices\u2026');
+    this.viewport.append(this.list, this.empty);
+    this.wrap.append(this.controls, this.viewport);
+    this.root.append(this.wrap);
+    this.applyLayout();
+    this.applyPaused();
+  }
+
+  applyLayout() {
+    const layout = this.layout();
+    this.wrap.classList.toggle('strip', layout === 'strip');
+    this.wrap.classList.toggle('panel', layout === 'panel');
+    this.viewport.setAttribute('aria-label', this.label());
+    for (const s of [...this.rows.keys()]) this.removeRow(s);
+    this.renderAll();
+  }
+
+  applyFeed(feed) {
+    this.feed = feed;
+    if (this.getAttribute('data-feed') !== feed) {
+      this.setAttribute('data-feed', feed);
+      this.dispatchEvent(new CustomEvent('feedchange', { detail: { feed }, bubbles: true, composed: true }));
+    }
+    for (const f of Object.keys(FEED_TEXT)) this.wrap.classList.toggle(`feed-${f}`, f === feed);
+    this.showStatus();
+  }
+
+  showStatus() {
+    const text = (FEED_TEXT[this.feed] || this.feed) + (this.paused ? ' \u00B7 paused' : '');
+    if (this.statusText.textContent !== text) this.statusText.textContent = text;
+  }
+
+  applyPaused() {
+    const paused = this.paused;
+    this.pauseButton.setAttribute('aria-pressed', String(paused));
+    this.pauseButton.title = paused ? 'Resume live updates' : 'Pause live updates';
+    this.wrap.classList.toggle('paused', paused);
+    this.showStatus();
+    if (!paused) {
+      this.pendingFlash.clear(); // no burst of flashes on resume
+      for (const s of this.quotes.keys()) this.dirty.add(s);
+      this.schedule();
+    } else {
+      this.resolveWaiters();
+    }
+    this.updateMotion();
+    if (paused !== this.pausedShown) {
+      this.pausedShown = paused;
+      this.dispatchEvent(new CustomEvent('pausechange', { detail: { paused }, bubbles: true, composed: true }));
+    }
+  }
+
+  attach() {
+    if (this.stream) return;
+    let stream;
+    try {
+      stream = connect(resolveSocketUrl(this.getAttribute('src')));
+    } catch (err) {
+      console.warn('[quote-ticker] bad src', this.getAttribute('src'), err);
+      return;
+    }
+    this.stream = stream;
+    stream.on('status', (feed) => this.applyFeed(feed));
+    stream.on('quotes', (quotes, { snapshot }) => {
+      // The stream's board starts empty, so it hands over what the shared socket holds;
+      // skip what this element already shows (e.g. when it is moved in the document).
+      const fresh = quotes.filter((q) => isNewer(q, this.quotes.get(q.symbol), true));
+      if (fresh.length) this.receive(fresh, snapshot);
+    });
+    this.applyFeed(stream.feed);
+    stream.setSymbols(this.wants); // the socket's holdings arrive at once, as a snapshot
+  }
+
+  detach() {
+    if (!this.stream) return;
+    this.stream.close();
+    this.stream = null;
+  }
+
+  schedule() {
+    if (this.paused || this.frame || !this.dirty.size) return;
+    const run = () => {
+      this.frame = 0;
+      this.flush();
+    };
+    // rAF: at most one render per frame, none while the tab is hidden (the latest state
+    // is kept and drawn when it shows again).
+    this.frame = globalThis.requestAnimationFrame ? requestAnimationFrame(run) : setTimeout(run, 16);
+  }
+
+  resolveWaiters() {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w();
+  }
+
+  renderAll() {
+    for (const s of this.quotes.keys()) this.dirty.add(s);
+    this.schedule();
+  }
+
+  flush() {
+    if (this.paused) {
+      this.resolveWaiters();
+      return;
+    }
+    const now = performance.now();
+    const motionOk = !reducedMotion.matches;
+    let added = false;
+    for (const symbol of this.dirty) {
+      const q = this.quotes.get(symbol);
+      if (!q) continue;
+      let r = this.rows.get(symbol);
+      if (!r) {
+        r = this.makeRow(symbol);
+        added = true;
+      }
+      this.fill(r, q);
+      const tick = this.pendingFlash.get(symbol);
+      if (tick && motionOk) {
+        const last = this.flashedAt.get(symbol) || -Infinity;
+        if (now - last >= FLASH_MIN_GAP_MS) {
+          this.flashedAt.set(symbol, now);
+          const a = r.item.classList.contains('flash-a');
+          r.item.classList.remove('flash-a', 'flash-b', 'tick-up', 'tick-down');
+          r.item.classList.add(a ? 'flash-b' : 'flash-a', `tick-${tick}`);
+        }
+      }
+    }
+    this.dirty.clear();
+    this.pendingFlash.clear();
+    if (added) this.reorder();
+    this.empty.hidden = this.rows.size > 0;
+    this.setAttribute('data-count', String(this.rows.size));
+    this.updateMotion();
+    this.resolveWaiters();
+  }
+
+  sortKey(symbol) {
+    if (this.wants !== '*') return [this.wants.indexOf(symbol), ''];
+    const q = this.quotes.get(symbol);
+    return [q && q.kind === 'index' ? 0 : 1, symbol];
+  }
+
+  reorder() {
+    const keys = [...this.rows.keys()].sort((a, b) => {
+      const ka = this.sortKey(a);
+      const kb = this.sortKey(b);
+      return ka[0] - kb[0] || (ka[1] < kb[1] ? -1 : ka[1] > kb[1] ? 1 : 0);
+    });
+    let i = 0;
+    for (const s of keys) {
+      const row = this.rows.get(s).row;
+      if (this.list.children[i] !== row) this.list.insertBefore(row, this.list.children[i] || null);
+      i += 1;
+    }
+  }
+
+  makeRow(symbol) {
+    const row = el('li', { class: 'row', part: 'row' });
+    const item = el('span', { class: 'item', part: 'item' });
+    item.setAttribute('data-symbol', symbol);
+    row.append(item);
+    const r = { row, item, kind: null, parts: null, spark: null };
+    if (this.layout() === 'panel') {
+      const svg = document.createElementNS(SVG_NS, 'svg');
+      svg.setAttribute('class', 'spark');
+      svg.setAttribute('viewBox', '0 0 100 26');
+      svg.setAttribute('preserveAspectRatio', 'none');
+      svg.setAttribute('aria-hidden', 'true');
+      svg.setAttribute('focusable', 'false');
+      const base = document.createElementNS(SVG_NS, 'line');
+      base.setAttribute('class', 'base');
+      base.setAttribute('x1', '0');
+      base.setAttribute('x2', '100');
+      base.setAttribute('vector-effect', 'non-scaling-stroke');
+      const line = document.createElementNS(SVG_NS, 'polyline');
+      line.setAttribute('class', 'line');
+      line.setAttribute('vector-effect', 'non-scaling-stroke');
+      svg.append(base, line);
+      row.append(svg);
+      r.spark = { svg, base, line };
+    }
+    this.rows.set(symbol, r);
+    this.list.append(row);
+    return r;
+  }
+
+  removeRow(symbol) {
+    const r = this.rows.get(symbol);
+    if (!r) return;
+    r.row.remove();
+    this.rows.delete(symbol);
+    this.flashedAt.delete(symbol);
+    this.empty.hidden = this.rows.size > 0;
+    if (this.isConnected) this.setAttribute('data-count', String(this.rows.size));
+  }
+
+  /** Build (once per kind) and update the item's text nodes. Data only ever goes in
+   * through textContent: a symbol like `<img src=x>` shows as those characters. */
+  fill(r, q) {
+    const p = formatQuote(q);
+    const item = r.item;
+    if (r.kind !== p.kind) {
+      item.textContent = '';
+      const parts = {
+        sym: el('b', { class: 'sym' }),
+        px: el('span', { class: 'px' }),
+        vh: el('span', { class: 'vh' }),
+        br: el('span', { class: 'br', 'aria-hidden': 'true' }),
+        arw: el('span', { class: p.kind === 'index' ? 'tri' : 'arw', 'aria-hidden': 'true' }),
+        chg: el('span', { class: 'chg' }),
+        pct: el('span', { class: 'pct' }),
+      };
+      const space = () => document.createTextNode(' ');
+      // stock: SYM␠PRICE[␠words␠]▲␠CHANGE␠(PCT%)   index: SYM␠VALUE[␠words␠]◭CHANGE␠(PCT%)
+      // The spaces around the hidden words live inside it (white-space: pre), so no line
+      // start or end can swallow them; the visible gap before the arrow is a margin.
+      item.append(parts.sym, space(), parts.px, parts.vh, parts.br, parts.arw);
+      if (p.kind !== 'index') item.append(space());
+      item.append(parts.chg, space(), parts.pct);
+      r.parts = parts;
+      r.kind = p.kind;
+    }
+    const { parts } = r;
+    const set = (node, text) => {
+      if (node.textContent !== text) node.textContent = text;
+    };
+    set(parts.sym, p.symbol);
+    set(parts.px, p.price);
+    set(parts.vh, ` ${p.words} `);
+    if (p.kind !== 'index') set(parts.arw, p.arrow);
+    set(parts.chg, p.change);
+    set(parts.pct, p.pct);
+    for (const d of ['up', 'down', 'flat']) {
+      item.classList.toggle(d, d === p.direction);
+      r.row.classList.toggle(d, d === p.direction);
+    }
+    if (r.spark) this.drawSpark(r.spark, q);
+  }
+
+  drawSpark(spark, q) {
+    const h = this.history.get(q.symbol) || [];
+    const prev = Number(q.prev_close);
+    let lo = Math.min(...h);
+    let hi = Math.max(...h);
+    if (Number.isFinite(prev)) {
+      lo = Math.min(lo, prev);
+      hi = Math.max(hi, prev);
+    }
+    if (!Number.isFinite(lo) || !Number.isFinite(hi)) {
+      spark.line.setAttribute('points', '');
+      return;
+    }
+    const pad = 2;
+    const y = (v) => (hi === lo ? 13 : pad + (1 - (v - lo) / (hi - lo)) * (26 - 2 * pad));
+    const pts = h.length === 1 ? [h[0], h[0]] : h;
+    const step = 100 / Math.max(1, pts.length - 1);
+    spark.line.setAttribute('points', pts.map((v, i) => `${(i * step).toFixed(2)},${y(v).toFixed(2)}`).join(' '));
+    if (Number.isFinite(prev)) {
+      const yb = y(prev).toFixed(2);
+      spark.base.setAttribute('y1', yb);
+      spark.base.setAttribute('y2', yb);
+    }
+  }
+
+  observeSize() {
+    if (!globalThis.ResizeObserver) return;
+    if (!this.resizeObserver) this.resizeObserver = new ResizeObserver(() => this.updateMotion());
+    this.resizeObserver.observe(this.viewport);
+  }
+
+  /** The strip scrolls (back and forth, slowly) only when it overflows, is not paused,
+   * and the user has not asked for reduced motion; otherwise it is a scrollable row. */
+  updateMotion() {
+    if (!this.isConnected) return;
+    const strip = this.layout() === 'strip';
+    const overflow = strip ? this.list.scrollWidth - this.viewport.clientWidth : 0;
+    const moving = strip && overflow > 4 && !this.paused && !reducedMotion.matches
+      && this.getAttribute('motion') !== 'off';
+    if (moving) {
+      const m = this.marquee;
+      // Re-time only on real changes: a new duration restarts the animation.
+      if (m.count !== this.rows.size || Math.abs(overflow - m.shift) > m.shift * 0.15) {
+        m.count = this.rows.size;
+        m.shift = overflow;
+        const speed = parseFloat(getComputedStyle(this).getPropertyValue('--qt-speed')) || 40;
+        this.list.style.setProperty('--qt-shift', `${-overflow}px`);
+        this.list.style.setProperty('--qt-duration', `${Math.max(8, overflow / speed / 0.88).toFixed(1)}s`);
+      }
+    } else {
+      this.marquee.count = -1;
+    }
+    const wasMoving = this.wrap.classList.contains('moving');
+    if (wasMoving && !moving) {
+      // Stop where it is, and let the row be scrolled from there.
+      let x = 0;
+      try {
+        x = new DOMMatrixReadOnly(getComputedStyle(this.list).transform).m41;
+      } catch (_) { /* 'none' in an old engine */ }
+      this.wrap.classList.remove('moving');
+      this.wrap.classList.add('still');
+      this.viewport.scrollLeft = -x;
+    } else if (!wasMoving && moving) {
+      this.viewport.scrollLeft = 0;
+      this.wrap.classList.remove('still');
+      this.wrap.classList.add('moving');
+    } else if (!moving) {
+      this.wrap.classList.add('still');
+    }
+  }
+}
+
+if (globalThis.customElements && !customElements.get('quote-ticker')) {
+  customElements.define('quote-ticker', QuoteTicker);
+}
