@@ -33,7 +33,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from quote_client.quote import Quote
 from quote_client.ticker_text import format_line, parse_line
-from tests.browser import chromium
+from tests.browser import checked_page, chromium
 from tests.service_proc import ROOT, ServiceProcess, run_service
 
 JS = ROOT / "clients" / "js"
@@ -72,16 +72,8 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1100, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(WAIT_MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    try:
+    with checked_page(browser, 1100, 900, WAIT_MS) as page:
         yield page
-        assert not errors, f"uncaught errors in the page: {errors}"
-    finally:
-        context.close()
 
 
 class Lines:

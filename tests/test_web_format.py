@@ -28,7 +28,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from quote_client.quote import Quote
 from quote_client.ticker_text import format_line, parse_line
-from tests.browser import chromium
+from tests.browser import checked_page, chromium
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB = ROOT / "web"
@@ -276,15 +276,8 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    try:
+    with checked_page(browser, 1280, 900) as page:
         yield page
-        assert not errors, f"uncaught errors in the page: {errors}"
-    finally:
-        context.close()
 
 
 @pytest.fixture
