@@ -67,6 +67,9 @@ bench: install
 		(cd $(NODE_PEERS) && npm ci --no-audit --no-fund --loglevel=error) || \
 			echo "npm ci failed: the Node peers will be reported as not started"; \
 	fi
+	@command -v cc >/dev/null || { echo "cc not found: the floor program (bench/floor.c) needs a C compiler (apt-get install gcc)"; exit 1; }
+	@mkdir -p bench/results/tmp
+	cc -O2 -Wall -o bench/results/tmp/floor bench/floor.c
 	$(PY) -m bench $(BENCH_ARGS)
 	$(PY) -m bench.cluster $(filter --quick --no-pin,$(BENCH_ARGS))
 

@@ -1,0 +1,414 @@
+"""Viewers per core: the most viewers one service core holds at a given max_hz, against the floor.
+
+    python -m bench.viewers              # max_hz 50, 10, 4: a step search each (bounded)
+    python -m bench.viewers --quick      # seconds: one small point per rate
+    python -m bench.viewers --floor-only --conns 1000 --bytes 3000   # the floor alone
+
+The service runs pinned to the first CPU (`python -m service`, one process, uvloop,
+REDIS_PARTITIONS=1); Redis, the per-quote publisher (bench/publisher.py, 1,000 quotes/s
+on all symbols), and the load generator (bench/fastclient.py, spread over `--procs`
+processes) share the other CPU. Each point N: connect N viewers to
+`/ws?symbols=*&max_hz=H` (RSS before and after: idle KB per connection), start the
+publisher, warm up, measure a window (service CPU from /proc, frames and bytes from the
+generator, ages from its decoded sample), stop the publisher and check that every
+sampled board holds the final seq of every symbol (Redis `quotes:{P}:seq`). A point
+passes when the generator connected every viewer, p99 age <= 100 ms + 1000/H ms, and
+every board converged within 2 s. The search doubles N from `--start` while points pass,
+then bisects between the last pass and the first failure.
+
+The floor is bench/floor.c (built with `cc -O2`, as `make bench` does), run in the same
+run after each point: the same number of loopback connections, frames of the mean size
+the generator received, at the per-connection frame rate measured, the writer pinned to
+the service's CPU and the sink to the other. *Ratio to floor* = service CPU µs per
+client frame / the floor's CPU µs per write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis as redis_sync
+
+from bench import report
+from bench.procs import Child, Sampler, cpu_plan, port_open, raise_nofile, tree_rss_kb
+from service.partitions import Layout
+from tests.redis_server import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+FLOOR_SRC = ROOT / "bench" / "floor.c"
+FLOOR_BIN = ROOT / "bench" / "results" / "tmp" / "floor"
+LAYOUT = Layout(partitions=1)  # bench/publisher.py publishes on one partition
+MAX_PORTS_N = 26_000  # ephemeral ports 32768-60999 to one server address, with a margin
+
+
+# ---- the floor ------------------------------------------------------------------------------
+
+def build_floor(out: Path = FLOOR_BIN) -> Path:
+    """Compile bench/floor.c with the system compiler when the binary is missing or older."""
+    if out.exists() and out.stat().st_mtime >= FLOOR_SRC.stat().st_mtime:
+        return out
+    cc = shutil.which("cc")
+    if cc is None:
+        raise RuntimeError("cc not found: the floor program (bench/floor.c) needs a C compiler "
+                           "(apt-get install gcc)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([cc, "-O2", "-Wall", "-o", str(out), str(FLOOR_SRC)],
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"cc failed:\n{done.stderr}")
+    return out
+
+
+def run_floor(conns: int, frame_bytes: int, *, writes: int = 0, seconds: float = 5.0,
+              hz: float = 0.0, writer_cpu: int | None = None, sink_cpu: int | None = None,
+              binary: Path | None = None) -> dict[str, Any]:
+    """One run of the floor program: its JSON line, parsed."""
+    exe = binary or build_floor()
+    argv = [str(exe), "--conns", str(conns), "--bytes", str(frame_bytes),
+            "--writes", str(writes), "--seconds", str(seconds), "--hz", str(hz)]
+    if writer_cpu is not None:
+        argv += ["--writer-cpu", str(writer_cpu)]
+    if sink_cpu is not None:
+        argv += ["--sink-cpu", str(sink_cpu)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120,
+                          preexec_fn=raise_nofile)
+    if done.returncode != 0:
+        raise RuntimeError(f"floor failed ({done.returncode}): {done.stderr.strip()}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def ws_frame_bytes(payload: float) -> int:
+    """A server frame's size on the wire: the payload and its header (2, 4 or 10 bytes)."""
+    n = round(payload)
+    return n + (2 if n < 126 else 4 if n < 65536 else 10)
+
+
+# ---- one point ------------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    warmup_s: float
+    measure_s: float
+    procs: int
+    boards: int  # per generator process
+    decode_every: int
+    rate: float = 1000.0
+
+
+def service_env(redis_url: str, port: int, conns: int) -> dict[str, str]:
+    return {"REDIS_URL": redis_url, "PORT": str(port), "HOST": "127.0.0.1",
+            "REDIS_PARTITIONS": "1", "MAX_CONNECTS_PER_S": "100000",
+            "MAX_CONNECTIONS": str(max(20000, conns + 1000)), "LOOP": "auto", "WORKERS": "1"}
+
+
+def final_seqs(r: redis_sync.Redis, layout: Layout = LAYOUT) -> dict[str, int]:
+    """The publisher's final seq of every symbol, over every partition's seq hash."""
+    out: dict[str, int] = {}
+    for p in range(layout.partitions):
+        out.update({k.decode(): int(v) for k, v in r.hgetall(layout.seq(p)).items()})
+    return out
+
+
+def run_point(redis_url: str, r: redis_sync.Redis, n: int, max_hz: float, plan: Plan,
+              logs: Path, cpus: tuple[set[int] | None, set[int] | None],
+              say: Any = print) -> dict[str, Any]:
+    server_cpus, other_cpus = cpus
+    r.flushall()
+    port = free_port()
+    tag = f"{max_hz:g}hz-{n}"
+    server = Child(f"service-{tag}", [PY, "-m", "service"], env=service_env(redis_url, port, n),
+                   cwd=ROOT, log_dir=logs, cpus=server_cpus)
+    clients: list[Child] = []
+    publisher: Child | None = None
+    try:
+        deadline = time.monotonic() + 30
+        while not port_open(port):
+            if not server.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"service did not start: {server.log_tail(600)}")
+            time.sleep(0.1)
+        time.sleep(0.5)
+        rss0 = tree_rss_kb(server.pid)
+        per = [n // plan.procs + (i < n % plan.procs) for i in range(plan.procs)]
+        for i, k in enumerate(per):
+            if k == 0:
+                continue
+            argv = [PY, "-m", "bench.fastclient", "--url", f"ws://127.0.0.1:{port}/ws",
+                    "--conns", str(k), "--max-hz", f"{max_hz:g}",
+                    "--decode-every", str(plan.decode_every), "--boards", str(plan.boards)]
+            clients.append(Child(f"viewers-{tag}-{i}", argv, cwd=ROOT, log_dir=logs,
+                                 cpus=other_cpus, pipe=True))
+        infos = [c.recv(timeout=180 + n / 100) for c in clients]
+        connected = sum(i["ok"] for i in infos)
+        errors: dict[str, int] = {}
+        for i in infos:
+            for k, v in i["errors"].items():
+                errors[k] = errors.get(k, 0) + v
+        time.sleep(1.0)
+        rss1 = tree_rss_kb(server.pid)
+        publisher = Child(f"publisher-{tag}", [PY, "-m", "bench.publisher", "--rate",
+                                               str(plan.rate), "--seed", "1", "--redis", redis_url],
+                          env={"REDIS_URL": redis_url, "REDIS_PARTITIONS": "1"}, cwd=ROOT,
+                          log_dir=logs, cpus=other_cpus)
+        time.sleep(plan.warmup_s)
+        sampler = Sampler(server.pid, cpus=cpus)
+        for c in clients:
+            c.send({"cmd": "start"})
+        time.sleep(plan.measure_s)
+        for c in clients:
+            c.send({"cmd": "stop"})
+        srv = sampler.stop()
+        stats = [c.recv(timeout=60) for c in clients]
+        publisher.stop()
+        t_stop = time.time()
+        seqs = final_seqs(r)
+        for c in clients:
+            c.send({"cmd": "final", "seqs": seqs, "t_stop": t_stop, "deadline_s": 2.0})
+        conv = [c.recv(timeout=30) for c in clients]
+        alive = server.alive()
+    finally:
+        for c in clients:
+            with contextlib.suppress(Exception):
+                c.send({"cmd": "quit"})
+        for c in clients:
+            c.stop(timeout=15)
+        if publisher is not None:
+            publisher.stop()
+        server.stop()
+    wall = max(s["wall_s"] for s in stats) or 1.0
+    frames = sum(s["frames"] for s in stats)
+    nbytes = sum(s["bytes"] for s in stats)
+    ages = report.merge_hist(*(s["ages"] for s in stats))
+    gen_cpu = sum(s["cpu_s"] for s in stats)
+    srv_cpu_per_s = srv["cpu_s"] / srv["wall_s"] if srv["wall_s"] else 0.0
+    frames_per_s = frames / wall
+    boards = sum(c["boards"] for c in conv)
+    converged = sum(c["converged"] for c in conv)
+    p99 = report.percentile(ages, 99)
+    limit = 100 + 1000 / max_hz
+    ok = (connected == n and p99 is not None and p99 <= limit and converged == boards
+          and boards > 0 and alive)
+    out = {
+        "viewers": n,
+        "max_hz": max_hz,
+        "connected": connected,
+        "connect_errors": errors,
+        "connect_s": max(i["connect_s"] for i in infos),
+        "frames_per_s": round(frames_per_s),
+        "frames_per_viewer_s": round(frames_per_s / connected, 2) if connected else None,
+        "mean_frame_bytes": round(nbytes / frames, 1) if frames else None,
+        "age_p50_ms": report.percentile(ages, 50),
+        "age_p99_ms": p99,
+        "age_max_ms": max(s["max_age_ms"] for s in stats),
+        "age_limit_ms": round(limit, 1),
+        "aged_quotes": sum(s["aged"] for s in stats),
+        "boards": boards,
+        "boards_converged": converged,
+        "server_cpu_pct": srv["cpu_pct"],
+        "server_us_per_frame": round(1e6 * srv_cpu_per_s / frames_per_s, 2) if frames else None,
+        "generator_us_per_frame": round(1e6 * gen_cpu / frames, 2) if frames else None,
+        "generator_cpu_pct": round(100 * gen_cpu / wall, 1),
+        "generator_sys_share": round(sum(s["sys_s"] for s in stats) / gen_cpu, 2) if gen_cpu else None,
+        "load_core_busy_pct": srv["load_core_busy_pct"],
+        "server_core_busy_pct": srv["server_core_busy_pct"],
+        "idle_kb_per_conn": round((rss1 - rss0) / connected, 1) if connected else None,
+        "server_rss_mb": srv["rss_max_mb"],
+        "closes": {k: sum(s["closes"].get(k, 0) for s in stats)
+                   for k in {k for s in stats for k in s["closes"]}},
+        "server_alive": alive,
+        "pass": ok,
+    }
+    say(f"  N={n} max_hz={max_hz:g}: {out['frames_per_viewer_s']} frames/s/viewer, "
+        f"p99 {p99} ms (limit {limit:.0f}), boards {converged}/{boards}, "
+        f"service {out['server_cpu_pct']}% = {out['server_us_per_frame']} µs/frame, "
+        f"generator {out['generator_us_per_frame']} µs/frame -> {'pass' if ok else 'FAIL'}")
+    return out
+
+
+def floor_for(point: dict[str, Any], cpus: tuple[set[int] | None, set[int] | None],
+              seconds: float) -> dict[str, Any] | None:
+    """The floor at a point's shape: its connections, mean frame size and frame rate."""
+    if not point.get("mean_frame_bytes") or not point.get("connected"):
+        return None
+    server_cpus, other_cpus = cpus
+    hz = point["frames_per_viewer_s"] or 0.0
+    result = run_floor(point["connected"], ws_frame_bytes(point["mean_frame_bytes"]),
+                       seconds=seconds, hz=hz,
+                       writer_cpu=min(server_cpus) if server_cpus else None,
+                       sink_cpu=min(other_cpus) if other_cpus else None)
+    us = result["cpu_us_per_write"]["total"]
+    point["floor_us_per_write"] = us
+    point["floor"] = result
+    if point.get("server_us_per_frame") and us > 0:
+        point["ratio_to_floor"] = round(point["server_us_per_frame"] / us, 2)
+    return result
+
+
+# ---- the search -----------------------------------------------------------------------------
+
+def search(redis_url: str, r: redis_sync.Redis, max_hz: float, plan: Plan, logs: Path,
+           cpus: tuple[set[int] | None, set[int] | None], start: int, cap: int,
+           budget_s: float, floor_s: float, say: Any = print) -> dict[str, Any]:
+    """Double N from `start` while points pass (up to `cap`), then bisect to within 10%;
+    stops when `budget_s` is spent. The floor is measured at the best passing point."""
+    t0 = time.monotonic()
+    points: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    lo, hi = 0, 0  # last pass, first failure
+    n = start
+    while time.monotonic() - t0 < budget_s:
+        p = run_point(redis_url, r, n, max_hz, plan, logs, cpus, say)
+        points.append(p)
+        if p["pass"]:
+            lo, best = n, p
+        else:
+            hi = n
+        if hi == 0:
+            if n >= cap:
+                break
+            n = min(cap, n * 2)
+        else:
+            if hi - lo <= max(100, hi // 10):
+                break
+            n = (lo + hi) // 2 if lo else hi // 2
+            if n < 10:
+                break
+    if best is not None:
+        floor_for(best, cpus, floor_s)
+    return {"max_hz": max_hz, "best": best, "points": points,
+            "searched_s": round(time.monotonic() - t0), "capped": hi == 0 and lo >= cap}
+
+
+def markdown(data: dict[str, Any]) -> str:
+    lines = [
+        f"Run {data['started']}, {data['duration_s']} s, mode {data['mode']}; service pinned to "
+        f"CPU {data['server_cpus']}, Redis/publisher/generator ({data['procs']} processes) to "
+        f"{data['other_cpus']}; publisher {data['rate']:g} quotes/s on all symbols.",
+        "",
+        "| max_hz | most viewers passing | frames/s per viewer | mean frame B | p50 / p99 age ms "
+        "(limit) | boards | service CPU | service µs/frame | floor µs/write | ratio to floor "
+        "| generator µs/frame | idle KB/conn |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for res in data["rates"]:
+        b = res["best"]
+        if b is None:
+            first = res["points"][0] if res["points"] else {}
+            lines.append(f"| {res['max_hz']:g} | none passed (first point N={first.get('viewers')}: "
+                         f"p99 {first.get('age_p99_ms')} ms) | | | | | | | | | | |")
+            continue
+        cap = " (cap)" if res["capped"] else ""
+        lines.append(
+            f"| {res['max_hz']:g} | **{b['viewers']:,}**{cap} | {b['frames_per_viewer_s']} | "
+            f"{b['mean_frame_bytes']:,.0f} | {b['age_p50_ms']} / {b['age_p99_ms']} "
+            f"({b['age_limit_ms']:g}) | {b['boards_converged']}/{b['boards']} | "
+            f"{b['server_cpu_pct']}% | {b['server_us_per_frame']} | "
+            f"{b.get('floor_us_per_write', '–')} | {b.get('ratio_to_floor', '–')}× | "
+            f"{b['generator_us_per_frame']} | {b['idle_kb_per_conn']} |")
+    lines += ["", "Every point tried:", "",
+              "| max_hz | viewers | connected | frames/s | p99 ms | boards | service CPU | "
+              "service µs/frame | generator µs/frame | load core busy | pass |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for res in data["rates"]:
+        for p in res["points"]:
+            lines.append(
+                f"| {p['max_hz']:g} | {p['viewers']:,} | {p['connected']:,} | "
+                f"{p['frames_per_s']:,} | {p['age_p99_ms']} | {p['boards_converged']}/{p['boards']} "
+                f"| {p['server_cpu_pct']}% | {p['server_us_per_frame']} | "
+                f"{p['generator_us_per_frame']} | {p['load_core_busy_pct']}% | "
+                f"{'yes' if p['pass'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.viewers",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="seconds: one small point per rate")
+    parser.add_argument("--rates", default="50,10,4", help="max_hz values, comma-separated")
+    parser.add_argument("--start", type=int, default=1000, help="first N of each search")
+    parser.add_argument("--cap", type=int, default=MAX_PORTS_N, help="largest N tried")
+    parser.add_argument("--budget", type=float, default=600, help="seconds of search per rate")
+    parser.add_argument("--procs", type=int, default=3, help="generator processes")
+    parser.add_argument("--out", type=Path, help="default bench/results (quick: bench/results/tmp)")
+    parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument("--floor-only", action="store_true",
+                        help="only run the floor program (--conns, --bytes, --hz)")
+    parser.add_argument("--conns", type=int, default=1000)
+    parser.add_argument("--bytes", type=int, default=3000)
+    parser.add_argument("--hz", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    raise_nofile()
+    cpus = cpu_plan(not args.no_pin)
+    if args.floor_only:
+        s, o = cpus
+        print(json.dumps(run_floor(args.conns, args.bytes, hz=args.hz,
+                                   writer_cpu=min(s) if s else None,
+                                   sink_cpu=min(o) if o else None)))
+        return 0
+    build_floor()
+    if args.quick:
+        plan = Plan(warmup_s=0.5, measure_s=1.5, procs=2, boards=2, decode_every=5)
+        out = args.out or ROOT / "bench" / "results" / "tmp" / "viewers-quick"
+    else:
+        plan = Plan(warmup_s=3, measure_s=10, procs=args.procs, boards=4, decode_every=20)
+        out = args.out or ROOT / "bench" / "results"
+    rates = [float(x) for x in args.rates.split(",") if x.strip()]
+    started = time.time()
+    results = []
+    logs = out / "logs" if args.quick else ROOT / "bench" / "results" / "tmp" / "logs"
+    with tempfile.TemporaryDirectory(prefix="bench-viewers-") as workdir:
+        redis_server = RedisServer(Path(workdir))
+        if not redis_server.start():
+            raise SystemExit("redis-server did not start")
+        try:
+            if cpus[1] and redis_server.proc is not None:
+                os.sched_setaffinity(redis_server.proc.pid, cpus[1])
+            if cpus[1]:
+                os.sched_setaffinity(0, cpus[1])
+            r = redis_sync.Redis.from_url(redis_server.url)
+            for hz in rates:
+                print(f"max_hz {hz:g}:", flush=True)
+                if args.quick:
+                    p = run_point(redis_server.url, r, 100, hz, plan, logs, cpus)
+                    floor_for(p, cpus, 1.0)
+                    results.append({"max_hz": hz, "best": p if p["pass"] else None,
+                                    "points": [p], "searched_s": 0, "capped": False})
+                else:
+                    results.append(search(redis_server.url, r, hz, plan, logs, cpus, args.start,
+                                          args.cap, args.budget, 5.0))
+            r.close()
+        finally:
+            redis_server.stop()
+    data = {
+        "mode": "quick" if args.quick else "full",
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
+        "duration_s": round(time.time() - started),
+        "server_cpus": sorted(cpus[0]) if cpus[0] else "any",
+        "other_cpus": sorted(cpus[1]) if cpus[1] else "any",
+        "procs": plan.procs,
+        "rate": plan.rate,
+        "plan": plan.__dict__,
+        "rates": results,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "viewers.json").write_text(json.dumps(data, indent=1))
+    (out / "viewers.md").write_text(markdown(data))
+    print(markdown(data))
+    print(f"wrote {out}/viewers.md, viewers.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
