@@ -59,12 +59,18 @@ class ModuleFiles(StaticFiles):
         return response
 
 
+def default_hz(settings: Settings) -> float | None:
+    """The rate of a client that asks for none: the fan-out's, or None (no cap) at 0 ms."""
+    interval = settings.fanout_interval_ms
+    return 1000 / interval if interval > 0 else None
+
+
 class QuoteService:
     """What the routes share: the hub, the live connections, and the feed."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.hub = Hub(settings.max_symbols)
+        self.hub = Hub(settings.max_symbols, default_hz=default_hz(settings))
         self.connections: set[Connection] = set()
         self._all_closed = asyncio.Event()
         self.feed: Feed = self._make_feed()

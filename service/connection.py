@@ -125,14 +125,24 @@ class Connection:
             self.hub.remove(self)
 
     def _subscribe_from_query(self) -> None:
-        raw = self.websocket.query_params.get("symbols")
-        if raw is None:
+        """`?symbols=` subscribes as a subscribe without an id would; `?max_hz=` sets the
+        rate (alone, for the subscribes to come). Anything invalid gets an error frame and
+        changes nothing; the connection goes on."""
+        params = self.websocket.query_params
+        raw = params.get("symbols")
+        raw_hz = params.get("max_hz")
+        if raw is None and raw_hz is None:
             return
         try:
-            symbols = protocol.parse_query_symbols(raw, self.settings.max_symbols)
+            max_hz = None if raw_hz is None else protocol.parse_query_max_hz(raw_hz)
+            symbols = None if raw is None else protocol.parse_query_symbols(
+                raw, self.settings.max_symbols)
             if symbols is not None:
-                self.hub.subscribe(self, None, symbols)
+                self.hub.subscribe(self, None, symbols, max_hz)
+            elif max_hz is not None:
+                self.hub.set_rate(self, max_hz)
         except ProtocolError as exc:
+            self.hub.stats[f"error_{exc.code}"] += 1
             self.outbox.put_control(exc.frame())
 
     async def _read_loop(self) -> None:
@@ -170,7 +180,7 @@ class Connection:
         if isinstance(command, Ping):
             self._reply(protocol.pong(command.id, now_ms()))
         elif isinstance(command, Subscribe):
-            self.hub.subscribe(self, command.id, command.symbols)
+            self.hub.subscribe(self, command.id, command.symbols, command.max_hz)
         else:
             self.hub.unsubscribe(self, command.id, command.symbols)
 

@@ -9,11 +9,12 @@ before any update it has not seen.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from quote_client.quote import Quote, now_ms
 
@@ -44,14 +45,40 @@ class Subscriber(Protocol):
         """The subscriber is not reading: close it as a slow consumer."""
 
 
+# A group's key: the subscription and the rate (None: the default, FANOUT_INTERVAL_MS).
+GroupKey = tuple[Symbols, float | None]
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _loop_call_later(delay: float, callback: Callable[[], None]) -> Any:
+    return asyncio.get_running_loop().call_later(delay, callback)
+
+
 class Hub:
-    def __init__(self, max_symbols: int) -> None:
+    def __init__(self, max_symbols: int, *, default_hz: float | None = None,
+                 clock: Callable[[], float] = _loop_time,
+                 call_later: Callable[[float, Callable[[], None]], Any] = _loop_call_later,
+                 ) -> None:
         self.max_symbols = max_symbols
+        # The rate of a client that asks for none: the fan-out's own (1000 /
+        # FANOUT_INTERVAL_MS), or None when that has no cap. A client asking at least this
+        # much is in the default groups; one asking less gets groups of its own rate.
+        self.default_hz = default_hz
+        # Rated groups seal on the event loop's clock and timers (injectable for tests).
+        self.clock = clock
+        self.call_later = call_later
         # symbol -> (seq, quote JSON)
         self.board: dict[str, tuple[int, str]] = {}
-        # Clients with the same subscription share a group (see outbox.py).
-        self.groups: dict[Symbols, Group] = {}
+        # Clients with the same subscription and rate share a group (see outbox.py).
+        self.groups: dict[GroupKey, Group] = {}
+        # Clients that asked for a rate below the default: their max_hz.
+        self.rates: dict[Subscriber, float] = {}
         self.by_symbol: dict[str, set[Group]] = {}
+        # The groups of "*" (one per rate in use).
+        self.everyone: list[Group] = []
         self.members: dict[Subscriber, Group | None] = {}
         self.feed: Feed = "stale"
         self.stats: Counter[str] = Counter()
@@ -68,6 +95,7 @@ class Hub:
             return
         self._move(sub, None, keep=())
         del self.members[sub]
+        self.rates.pop(sub, None)
         self.stats["retired_frames_sent"] += sub.outbox.frames_taken
         self.stats["retired_quotes_sent"] += sub.outbox.quotes_taken
 
@@ -75,9 +103,21 @@ class Hub:
         group = self.members.get(sub)
         return frozenset() if group is None else group.key
 
+    def max_hz(self, sub: Subscriber) -> float | None:
+        """The rate in force for this client (what its acks say); None: no cap."""
+        return self.rates.get(sub, self.default_hz)
+
+    def _rate(self, max_hz: float) -> float | None:
+        """A requested rate as a group's: None (the default groups) when it is no lower."""
+        if self.default_hz is not None and max_hz >= self.default_hz:
+            return None
+        return max_hz
+
     def _move(self, sub: Subscriber, key: Symbols | None, keep: Iterable[str]) -> None:
+        """Put the client in the group of `key` at its rate (None: in none)."""
         old = self.members[sub]
-        new = None if key is None or key == frozenset() else self._group(key)
+        new = (None if key is None or key == frozenset()
+               else self._group(key, self.rates.get(sub)))
         if new is old:
             return
         if old is not None:
@@ -92,33 +132,43 @@ class Hub:
         except OutboxFull as exc:
             sub.overflow(str(exc))
 
-    def _group(self, key: Symbols) -> Group:
-        group = self.groups.get(key)
+    def _group(self, key: Symbols, hz: float | None) -> Group:
+        group = self.groups.get((key, hz))
         if group is None:
-            group = self.groups[key] = Group(key, self.board)
-            if key != ALL:
+            group = self.groups[key, hz] = Group(key, self.board, hz)
+            if key == ALL:
+                self.everyone.append(group)
+            else:
                 for symbol in key:
                     self.by_symbol.setdefault(symbol, set()).add(group)
         return group
 
     def _drop_group(self, group: Group) -> None:
-        del self.groups[group.key]
+        del self.groups[group.key, group.hz]
+        if group.timer is not None:
+            group.timer.cancel()
+            group.timer = None
         self.stats["retired_quotes_conflated"] += group.conflated
-        if group.key != ALL:
+        if group.key == ALL:
+            self.everyone.remove(group)
+        else:
             for symbol in group.key:
                 groups = self.by_symbol[symbol]
                 groups.discard(group)
                 if not groups:
                     del self.by_symbol[symbol]
 
-    def subscribe(self, sub: Subscriber, id: Id, symbols: Symbols) -> None:
-        """Add symbols, then queue the ack and the snapshot of what was added."""
+    def subscribe(self, sub: Subscriber, id: Id, symbols: Symbols,
+                  max_hz: float | None = None) -> None:
+        """Add symbols, then queue the ack and the snapshot of what was added. A `max_hz`
+        sets the client's rate for all its symbols (None: it stays as it is)."""
         mine = self.subscriptions(sub)
         if mine == ALL:
             added: Iterable[str] = ()
+            after: Symbols = mine
         elif symbols == ALL:
             added = self.board.keys() - mine
-            self._move(sub, ALL, keep=mine)
+            after = ALL
         else:
             added = symbols - mine
             if len(mine) + len(added) > self.max_symbols:
@@ -128,13 +178,24 @@ class Hub:
                     f"{len(mine)} held, {len(added)} more asked",
                     id,
                 )
-            if added:
-                self._move(sub, mine | added, keep=mine)
+            after = mine | added
+        if max_hz is not None:
+            self.set_rate(sub, max_hz)
+        # A new rate alone moves the client to the group of its symbols at that rate.
+        self._move(sub, after, keep=self.board.keys() if mine == ALL else mine)
         requested = self.board.keys() if symbols == ALL else symbols
         unknown = [s for s in requested if s not in self.board]
         self._ack(sub, id, "subscribe", unknown)
         if added:
             self._snapshot(sub, added)
+
+    def set_rate(self, sub: Subscriber, max_hz: float) -> None:
+        """The client's rate from now on; it takes effect at its next move (subscribe)."""
+        rate = self._rate(max_hz)
+        if rate is None:
+            self.rates.pop(sub, None)
+        else:
+            self.rates[sub] = rate
 
     def unsubscribe(self, sub: Subscriber, id: Id, symbols: Symbols) -> None:
         mine = self.subscriptions(sub)
@@ -151,7 +212,8 @@ class Hub:
         mine = self.subscriptions(sub)
         everything = mine == ALL
         symbols = self.board.keys() if everything else mine
-        self.queue_frame(sub, ack(id, op, symbols, unknown, all=everything))
+        self.queue_frame(sub, ack(id, op, symbols, unknown, all=everything,
+                                  max_hz=self.max_hz(sub)))
 
     def _snapshot(self, sub: Subscriber, symbols: Iterable[str]) -> None:
         board = self.board
@@ -177,7 +239,7 @@ class Hub:
         started = time.perf_counter()
         board = self.board
         by_symbol = self.by_symbol
-        everyone = self.groups.get(ALL)
+        everyone = self.everyone
         touched: set[Group] = set()
         sent = 0
         for quote in quotes:
@@ -193,17 +255,42 @@ class Hub:
             for group in by_symbol.get(symbol, ()):
                 group.put(symbol, text)
                 touched.add(group)
-            if everyone is not None:
-                everyone.put(symbol, text)
-                touched.add(everyone)
+            for group in everyone:
+                group.put(symbol, text)
+        if sent:
+            touched.update(everyone)
         for group in touched:
-            if group.seal():
+            if group.interval:
+                self._seal_when_due(group)
+            elif group.seal():
                 for sub in group.members:
                     sub.wake()
         self.stats["quotes_in"] += sent
         if self.observer is not None:
             self.observer(quotes, time.perf_counter() - started)
         return sent
+
+    def _seal_when_due(self, group: Group) -> None:
+        """Seal a rated group now if its interval since the last seal is over, else once it
+        is: quotes conflate in it meanwhile, and none waits longer than the interval."""
+        if group.timer is not None:
+            return
+        wait = group.last_seal + group.interval - self.clock()
+        if wait <= 0:
+            self._seal_rated(group)
+        else:
+            group.timer = self.call_later(wait, lambda: self._timer_due(group))
+
+    def _timer_due(self, group: Group) -> None:
+        group.timer = None
+        if self.groups.get((group.key, group.hz)) is group:
+            self._seal_rated(group)
+
+    def _seal_rated(self, group: Group) -> None:
+        if group.seal():
+            group.last_seal = self.clock()
+            for sub in group.members:
+                sub.wake()
 
     def load(self, quotes: Iterable[Quote]) -> None:
         """Take the broker's full latest state (at start and after every reconnect).

@@ -7,6 +7,12 @@ behind merges the generations it missed, latest per symbol, or past `KEEP` gener
 gets its symbols' latest state: a slow reader costs at most one entry per symbol, never a
 growing queue (FIELD-NOTES: the one-slow-client freeze), and a fast one costs no work per
 quote at all.
+
+A group may have a rate (`max_hz`, the members' most `quotes` frames a second): it then
+seals at most once per `interval`. Quotes keep conflating in `dirty` meanwhile, and the hub
+seals the group when its interval since the last seal is over (at once after a quiet
+spell), so no quote waits longer than the interval. All the sharing above is kept: the
+members of a 4 Hz group get one shared frame per 250 ms.
 """
 
 from __future__ import annotations
@@ -22,11 +28,19 @@ KEEP = 32
 
 
 class Group:
-    __slots__ = ("board", "conflated", "dirty", "gen", "generations", "key", "members")
+    __slots__ = ("board", "conflated", "dirty", "gen", "generations", "hz", "interval", "key",
+                 "last_seal", "members", "timer")
 
-    def __init__(self, key: Symbols, board: Mapping[str, tuple[int, str]]) -> None:
+    def __init__(self, key: Symbols, board: Mapping[str, tuple[int, str]],
+                 hz: float | None = None) -> None:
         self.key = key
         self.board = board
+        # None: seal with every batch (the fan-out's own pace, FANOUT_INTERVAL_MS).
+        self.hz = hz
+        self.interval = 0.0 if hz is None else 1.0 / hz
+        self.last_seal = -float("inf")
+        # The hub's pending seal of a rated group (a timer handle), if one is due.
+        self.timer: Any = None
         self.members: set[Any] = set()
         self.dirty: dict[str, str] = {}
         self.generations: deque[tuple[dict[str, str], Prepared]] = deque(maxlen=KEEP)
@@ -53,29 +67,37 @@ class Group:
     def since(self, pos: int, within: Iterable[str] | None = None
               ) -> tuple[str | Prepared | None, int]:
         """The frame for a member that has seen generations up to `pos`, and how many
-        quotes it holds. `within` limits it to those symbols (a member leaving)."""
+        quotes it holds. `within` limits it to those symbols (a member leaving), and then
+        also gives what the group holds unsealed: the member will not see that seal."""
         behind = self.gen - pos
-        if behind <= 0:
+        held = self.dirty if within is not None else None
+        if behind <= 0 and not held:
             return None, 0
         if behind == 1 and within is None:
             quotes, frame = self.generations[-1]
             return frame, len(quotes)
-        if behind <= len(self.generations):
-            missed = list(self.generations)[-behind:]
-            merged: dict[str, str] = {}
-            for quotes, _ in missed:
-                merged.update(quotes)
-            self.conflated += sum(len(quotes) for quotes, _ in missed) - len(merged)
-        else:
-            # Too far behind to merge: the latest state of every symbol is what it needs.
-            symbols = self.board.keys() if self.key == ALL else self.key
-            merged = {s: self.board[s][1] for s in symbols if s in self.board}
+        merged = self._missed(behind) if behind > 0 else {}
+        if held:
+            merged.update(held)
         if within is not None:
             keep = set(within)
             merged = {s: q for s, q in merged.items() if s in keep}
         if not merged:
             return None, 0
         return quotes_frame("quotes", merged.values()), len(merged)
+
+    def _missed(self, behind: int) -> dict[str, str]:
+        """The latest of each symbol in the last `behind` generations."""
+        if behind <= len(self.generations):
+            missed = list(self.generations)[-behind:]
+            merged: dict[str, str] = {}
+            for quotes, _ in missed:
+                merged.update(quotes)
+            self.conflated += sum(len(quotes) for quotes, _ in missed) - len(merged)
+            return merged
+        # Too far behind to merge: the latest state of every symbol is what it needs.
+        symbols = self.board.keys() if self.key == ALL else self.key
+        return {s: self.board[s][1] for s in symbols if s in self.board}
 
 
 class OutboxFull(Exception):

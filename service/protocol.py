@@ -6,6 +6,8 @@ connection handler stays a thin loop around it.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,6 +30,8 @@ from quote_client.protocol import (
     CLOSE_TRY_AGAIN as CLOSE_TRY_AGAIN,
     FRAME_TOO_LARGE as FRAME_TOO_LARGE,
     INTERNAL as INTERNAL,
+    MAX_HZ as MAX_HZ,
+    MIN_HZ as MIN_HZ,
     PROTOCOL_VERSION as PROTOCOL_VERSION,
     RATE_LIMITED as RATE_LIMITED,
     TOO_MANY_SYMBOLS as TOO_MANY_SYMBOLS,
@@ -46,6 +50,8 @@ Id = int | str | None
 class Subscribe:
     id: Id
     symbols: Symbols
+    # The most `quotes` frames a second the client wants; None: leave the rate as it is.
+    max_hz: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +103,29 @@ def parse_query_symbols(raw: str, max_symbols: int) -> Symbols | None:
     return None if parts is None else parse_symbols(parts, max_symbols)
 
 
+def parse_max_hz(value: object, id: Id = None) -> float:
+    """A `max_hz` (subscribe's field or the URL's `?max_hz=`): a number from MIN_HZ to MAX_HZ."""
+    if isinstance(value, str):  # the URL's form; JSON must send a number
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ProtocolError(BAD_REQUEST, f"max_hz must be a number, got {value[:32]!r}",
+                                id) from None
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise ProtocolError(BAD_REQUEST, f"max_hz must be a number, got {type(value).__name__}", id)
+    if not (math.isfinite(number) and MIN_HZ <= number <= MAX_HZ):
+        raise ProtocolError(BAD_REQUEST, f"max_hz must be from {MIN_HZ:g} to {MAX_HZ:g}, "
+                            f"got {number:g}", id)
+    return number
+
+
+def parse_query_max_hz(raw: str) -> float | None:
+    """The `?max_hz=4` of the websocket URL; None when it is empty."""
+    return None if not raw.strip() else parse_max_hz(raw)
+
+
 def _parse_id(message: dict[str, Any]) -> Id:
     id = message.get("id")
     if id is None:
@@ -110,11 +139,32 @@ def _parse_id(message: dict[str, Any]) -> Id:
     return id
 
 
+def _refuse_constants(text: str | bytes) -> None:
+    """JSON has no NaN or Infinity, yet some encoders write them (Python's json does): such a
+    frame is well formed but its value is not a number, so it is a bad request (bad_request
+    with its id), not unreadable JSON. Only on the error path."""
+    def constant(name: str) -> object:
+        raise ValueError(name)
+
+    try:
+        message = json.loads(text, parse_constant=constant)
+    except ValueError as exc:
+        if exc.args and exc.args[0] in ("NaN", "Infinity", "-Infinity"):
+            try:
+                message = json.loads(text)
+            except ValueError:
+                return
+            id = _parse_id(message) if isinstance(message, dict) else None
+            raise ProtocolError(BAD_REQUEST, f"{exc.args[0]} is not a JSON number", id) from None
+        return
+
+
 def parse_command(text: str | bytes, *, max_symbols: int) -> Command:
     """Decode one client frame into a command, or raise ProtocolError saying what is wrong."""
     try:
         message = orjson.loads(text)
     except orjson.JSONDecodeError:
+        _refuse_constants(text)
         raise ProtocolError(BAD_JSON, "frame is not valid JSON") from None
     if not isinstance(message, dict):
         raise ProtocolError(BAD_REQUEST, "a message must be a JSON object")
@@ -128,7 +178,14 @@ def parse_command(text: str | bytes, *, max_symbols: int) -> Command:
         if "symbols" not in message:
             raise ProtocolError(BAD_REQUEST, 'missing "symbols"', id)
         symbols = parse_symbols(message["symbols"], max_symbols, id)
-        return Subscribe(id, symbols) if op == "subscribe" else Unsubscribe(id, symbols)
+        if op == "unsubscribe":
+            return Unsubscribe(id, symbols)
+        raw_hz = message.get("max_hz")
+        if raw_hz is None:
+            return Subscribe(id, symbols)
+        if isinstance(raw_hz, str):
+            raise ProtocolError(BAD_REQUEST, "max_hz must be a number, got str", id)
+        return Subscribe(id, symbols, parse_max_hz(raw_hz, id))
     shown = op if isinstance(op, str) and len(op) <= 32 else type(op).__name__
     raise ProtocolError(UNKNOWN_OP, f"unknown op {shown!r}; use subscribe, unsubscribe or ping", id)
 
@@ -156,14 +213,23 @@ def welcome(*, node: str, heartbeat_s: float, max_symbols: int, max_client_msgs_
     })
 
 
-def ack(id: Id, op: str, symbols: Iterable[str], unknown: Iterable[str], *, all: bool) -> str:
+def ack(id: Id, op: str, symbols: Iterable[str], unknown: Iterable[str], *, all: bool,
+        max_hz: float | None = None) -> str:
     """`symbols` is the whole set after the operation. With a `*` subscription it lists every
-    symbol the feed has now, and `all: true` says that later ones will come too."""
+    symbol the feed has now, and `all: true` says that later ones will come too. `max_hz`
+    is the rate in force: the most `quotes` frames a second (left out when there is no cap,
+    FANOUT_INTERVAL_MS=0 and no max_hz asked)."""
     frame: dict[str, Any] = {"type": "ack", "id": id, "op": op, "symbols": sorted(symbols),
                              "unknown": sorted(unknown)}
     if all:
         frame["all"] = True
+    if max_hz is not None:
+        frame["max_hz"] = _number(max_hz)
     return _dumps(frame)
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
 
 
 def quotes_frame(kind: Literal["snapshot", "quotes"], quote_jsons: Iterable[str]) -> str:

@@ -102,6 +102,7 @@ def test_document_is_asyncapi_3_shaped() -> None:
     (channel,) = DOC["channels"].values()
     assert channel["address"] == "/ws"
     assert channel["bindings"]["ws"]["query"]["properties"]["symbols"]["type"] == "string"
+    assert channel["bindings"]["ws"]["query"]["properties"]["max_hz"]["type"] == "string"
     assert set(channel["messages"]) == SERVER_TYPES | CLIENT_OPS
     assert set(DOC["components"]["messages"]) == SERVER_TYPES | CLIENT_OPS
     for name, operation in DOC["operations"].items():
@@ -244,6 +245,13 @@ async def test_every_frame_of_the_embedded_service_matches(service: ServiceProce
         assert "all" not in await seen.until(ws, "ack")
         await send(ws, {"op": "unsubscribe", "id": 4, "symbols": "*"})
         await seen.until(ws, "ack")
+        await send(ws, {"op": "subscribe", "id": 7, "symbols": ["OGDC"], "max_hz": 4})
+        assert (await seen.until(ws, "ack"))["max_hz"] == 4
+        await seen.until(ws, "quotes")
+        await send(ws, {"op": "subscribe", "id": 8, "symbols": [], "max_hz": 2.5})
+        assert (await seen.until(ws, "ack"))["max_hz"] == 2.5
+        await send(ws, {"op": "unsubscribe", "id": 9, "symbols": "*"})
+        await seen.until(ws, "ack")
         bad: list[str | bytes] = [
             "{not json", "[1]", '{"op":"teleport","id":5}',
             orjson.dumps({"op": "subscribe", "id": 6,
@@ -267,6 +275,9 @@ async def test_every_frame_of_the_embedded_service_matches(service: ServiceProce
         await seen.until(ws, "snapshot")
     async with connect(service.ws_url + "?symbols=OGDC,%3Cb%3E") as ws:
         assert "id" not in await seen.until(ws, "error")
+    async with connect(service.ws_url + "?symbols=OGDC&max_hz=0.5") as ws:
+        assert (await seen.until(ws, "ack"))["max_hz"] == 0.5
+        await seen.until(ws, "snapshot")
     assert set(seen.by_type) == SERVER_TYPES - {"status"}
 
 

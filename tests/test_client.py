@@ -286,3 +286,24 @@ async def test_iterators_end_when_the_client_closes(service: ServiceProcess) -> 
         await task
     with pytest.raises(RuntimeError):
         await client.ping()
+
+
+async def test_max_hz_is_asked_on_connect_and_can_change(service: ServiceProcess) -> None:
+    with pytest.raises(ValueError, match="max_hz"):
+        QuoteClient(service.ws_url, max_hz=0.4)
+    with pytest.raises(ValueError, match="max_hz"):
+        QuoteClient(service.ws_url, max_hz=float("nan"))
+    async with QuoteClient(service.ws_url, symbols=["OGDC", "PPL"], max_hz=2) as client:
+        assert client.rate == 2 and client.max_hz == 2
+        assert set(client.board) == {"OGDC", "PPL"}
+        ack = await client.set_max_hz(10)
+        assert ack.max_hz == 10 and client.rate == 10 and ack.symbols == ("OGDC", "PPL")
+        ack = await client.subscribe("KSE100")
+        assert ack.max_hz == 10, "a later subscribe keeps the rate"
+        with pytest.raises(ValueError):
+            await client.set_max_hz(51)
+    async with QuoteClient(service.ws_url, max_hz=4) as client:
+        assert client.rate == 4, "asked even with nothing to subscribe"
+        assert (await client.subscribe("OGDC")).max_hz == 4
+    async with QuoteClient(service.ws_url, symbols="OGDC") as client:
+        assert client.rate == 50 and client.max_hz is None

@@ -70,6 +70,34 @@ class Watcher:
         return None
 
 
+class ReadyWatcher:
+    """/readyz polled every 20 ms from the start of a fault, so a short outage (a failover
+    can be over in a tenth of a second) is still seen answering 503."""
+
+    def __init__(self, service: ServiceProcess) -> None:
+        self.url = service.url + "/readyz"
+        self.answers: list[tuple[int, dict[str, Any]]] = []
+        self.task = asyncio.create_task(self._poll())
+
+    async def _poll(self) -> None:
+        while True:
+            status, body = await asyncio.to_thread(http_get, self.url, 1.0)
+            self.answers.append((status, orjson.loads(body)))
+            await asyncio.sleep(0.02)
+
+    def not_ready(self) -> list[dict[str, Any]]:
+        return [body for status, body in self.answers if status == 503]
+
+    def saw(self, outage_s: float, check: Callable[[dict[str, Any]], bool]) -> bool:
+        """Whether a 503 answer passed `check`. An outage shorter than a few polls (a
+        failover the service followed within milliseconds of noticing it) may fall between
+        two polls: then the clients' stale status is the evidence, and this says True."""
+        return outage_s < 0.2 or any(check(body) for body in self.not_ready())
+
+    def stop(self) -> None:
+        self.task.cancel()
+
+
 async def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

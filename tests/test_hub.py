@@ -93,7 +93,7 @@ def test_a_slow_reader_gets_the_latest_per_symbol_not_a_queue() -> None:
         hub.publish([q("OGDC", 100 + seq / 100, seq), q("PPL", 50 + seq / 100, seq)])
     (frame,) = sub.frames()
     assert [(x["symbol"], x["seq"]) for x in frame["quotes"]] == [("OGDC", 1000), ("PPL", 1000)]
-    assert len(hub.groups[ALL].generations) <= KEEP, "bounded however far it falls behind"
+    assert len(hub.groups[ALL, None].generations) <= KEEP, "bounded however far it falls behind"
 
 
 def test_members_of_a_group_share_one_frame_and_a_laggard_gets_a_merge() -> None:
@@ -108,7 +108,7 @@ def test_members_of_a_group_share_one_frame_and_a_laggard_gets_a_merge() -> None
     hub.publish([q("PPL", 50.0, 1)])
     (_second,) = fast.outbox.take()
     (merged,) = slow.frames()
-    assert a is hub.groups[frozenset({"OGDC", "PPL"})].generations[0][1], "the frame is shared"
+    assert a is hub.groups[frozenset({"OGDC", "PPL"}), None].generations[0][1], "the frame is shared"
     assert [(x["symbol"], x["seq"]) for x in merged["quotes"]] == [("OGDC", 2), ("PPL", 1)]
     assert len(hub.groups) == 1
 
@@ -216,3 +216,147 @@ def test_a_reload_never_takes_a_symbol_backwards() -> None:
     assert {s: seq for s, (seq, _) in hub.board.items()} == {"OGDC": 7, "PPL": 4, "HBL": 1}
     assert hub.publish([q("OGDC", 102.0, 6)]) == 0
     assert hub.publish([q("OGDC", 103.0, 8)]) == 1
+
+
+# Rated groups (max_hz)
+
+
+class FakeTimers:
+    """A clock and call_later the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.due: list[tuple[float, Any, list[bool]]] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, callback: Any) -> Any:
+        cancelled = [False]
+        self.due.append((self.now + delay, callback, cancelled))
+
+        class Handle:
+            def cancel(self) -> None:
+                cancelled[0] = True
+
+        return Handle()
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        ready = [d for d in self.due if d[0] <= self.now]
+        self.due = [d for d in self.due if d[0] > self.now]
+        for _, callback, cancelled in ready:
+            if not cancelled[0]:
+                callback()
+
+
+def rated_hub(timers: FakeTimers, default_hz: float | None = 50.0) -> Hub:
+    return Hub(max_symbols=3, default_hz=default_hz, clock=timers.clock,
+               call_later=timers.call_later)
+
+
+def quotes_of(frames: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    return [(x["symbol"], x["seq"]) for f in frames if f["type"] == "quotes" for x in f["quotes"]]
+
+
+def test_a_rated_group_seals_at_most_once_per_interval_and_never_later() -> None:
+    timers = FakeTimers()
+    hub = rated_hub(timers)
+    slow, fast = Recorder(), Recorder()
+    for sub, hz in ((slow, 2.0), (fast, None)):
+        hub.add(sub)
+        hub.subscribe(sub, 1, frozenset({"OGDC"}), hz)
+    assert orjson.loads(slow.outbox.take()[0])["max_hz"] == 2
+    assert orjson.loads(fast.outbox.take()[0])["max_hz"] == 50
+    hub.publish([q("OGDC", 101.0, 1)])  # after a quiet spell: at once
+    assert quotes_of(slow.frames()) == [("OGDC", 1)]
+    assert quotes_of(fast.frames()) == [("OGDC", 1)]
+    for seq in range(2, 6):  # within the 0.5 s: conflated, held back
+        timers.advance(0.1)
+        hub.publish([q("OGDC", 100.0 + seq, seq)])
+        assert quotes_of(fast.frames()) == [("OGDC", seq)], "the default is not held back"
+        assert slow.frames() == []
+    timers.advance(0.1)  # 0.5 s since the last seal: the timer seals the latest
+    assert quotes_of(slow.frames()) == [("OGDC", 5)]
+    assert timers.due == []
+    timers.advance(0.3)
+    hub.publish([q("OGDC", 106.0, 6)])
+    assert slow.frames() == []
+    timers.advance(0.2)
+    assert quotes_of(slow.frames()) == [("OGDC", 6)]
+
+
+def test_members_of_a_rated_group_share_its_frame_and_other_frames_are_not_held() -> None:
+    timers = FakeTimers()
+    hub = rated_hub(timers)
+    a, b = Recorder(), Recorder()
+    for sub in (a, b):
+        hub.add(sub)
+        hub.subscribe(sub, None, ALL, 4.0)
+        sub.frames()
+    assert len(hub.groups) == 1
+    hub.publish([q("OGDC", 101.0, 1)])
+    (fa,) = a.outbox.take()
+    (fb,) = b.outbox.take()
+    assert fa is fb, "one prepared frame for every member"
+    hub.publish([q("OGDC", 102.0, 2)])  # held for 250 ms
+    hub.subscribe(a, 5, frozenset({"PPL"}))  # under "*": an ack, never held back
+    assert [f["type"] for f in a.frames()] == ["ack"]
+    hub.set_feed("live")
+    assert [f["type"] for f in b.frames()] == ["status", "snapshot"]
+    timers.advance(0.25)
+    assert quotes_of(a.frames()) == [("OGDC", 2)]
+
+
+def test_a_rate_alone_moves_the_member_and_loses_nothing_held() -> None:
+    timers = FakeTimers()
+    hub = rated_hub(timers)
+    sub = Recorder()
+    hub.add(sub)
+    hub.subscribe(sub, 1, frozenset({"OGDC", "PPL"}), 1.0)
+    sub.frames()
+    hub.publish([q("OGDC", 101.0, 1)])
+    hub.publish([q("OGDC", 102.0, 2), q("PPL", 50.0, 1)])  # held in the 1 Hz group
+    assert quotes_of(sub.frames()) == [("OGDC", 1)]
+    hub.subscribe(sub, 2, frozenset(), 10.0)  # only a new rate
+    held, ack = sub.frames()
+    assert ack["type"] == "ack" and ack["max_hz"] == 10 and ack["symbols"] == ["OGDC", "PPL"]
+    assert quotes_of([held]) == [("OGDC", 2), ("PPL", 1)], "what was held goes first"
+    assert [key for key in hub.groups] == [(frozenset({"OGDC", "PPL"}), 10.0)]
+    assert timers.due and all(c[2][0] for c in timers.due), "the old group's timer is cancelled"
+    hub.subscribe(sub, 3, frozenset({"OGDC"}))  # no max_hz: the rate stays
+    assert sub.frames()[0]["max_hz"] == 10
+    hub.subscribe(sub, 4, frozenset(), 50.0)  # the default's rate: back in the default group
+    assert sub.frames()[0]["max_hz"] == 50
+    assert [key for key in hub.groups] == [(frozenset({"OGDC", "PPL"}), None)]
+    hub.remove(sub)
+    assert hub.groups == {} and hub.rates == {} and hub.everyone == []
+
+
+def test_leaving_a_rated_star_keeps_what_it_held_for_the_rest() -> None:
+    timers = FakeTimers()
+    hub = rated_hub(timers)
+    sub = Recorder()
+    hub.add(sub)
+    hub.publish([q("OGDC", 101.0, 1), q("PPL", 50.0, 1)])
+    hub.subscribe(sub, 1, ALL, 2.0)
+    sub.frames()
+    hub.publish([q("OGDC", 102.0, 2), q("PPL", 51.0, 2)])
+    assert quotes_of(sub.frames()) == [("OGDC", 2), ("PPL", 2)]
+    hub.publish([q("OGDC", 103.0, 3), q("PPL", 52.0, 3)])  # held
+    hub.unsubscribe(sub, 2, frozenset({"PPL"}))
+    assert quotes_of(sub.frames()) == [("OGDC", 3)]
+    timers.advance(1)
+    assert sub.frames() == []
+
+
+def test_without_a_cap_every_rate_is_its_own_group() -> None:
+    timers = FakeTimers()
+    hub = rated_hub(timers, default_hz=None)
+    sub = Recorder()
+    hub.add(sub)
+    hub.subscribe(sub, 1, frozenset({"OGDC"}))
+    assert "max_hz" not in sub.frames()[0]
+    hub.subscribe(sub, 2, frozenset(), 50.0)
+    assert sub.frames()[0]["max_hz"] == 50
+    assert list(hub.groups) == [(frozenset({"OGDC"}), 50.0)]

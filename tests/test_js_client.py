@@ -415,6 +415,20 @@ def test_widget_embedded_from_another_origin(service: ServiceProcess, page: Page
     conns = page.evaluate("async (src) => (await import(src)).connections()", widget)
     assert [c["url"] for c in conns] == [service.ws_url]
     assert conns[0]["subscribed"] == ["KSE100", "OGDC"]
+    # A human rate: 4 quotes frames a second unless `max-hz` says otherwise.
+    assert conns[0]["maxHz"] == 4 and conns[0]["grantedHz"] == 4
+    granted = "async (src) => (await import(src)).connections()[0].grantedHz"
+    ticker.evaluate("(t) => t.setAttribute('max-hz', '2')")
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while page.evaluate(granted, widget) != 2:
+        assert time.monotonic() < deadline, "max-hz=2 not granted"
+        page.wait_for_timeout(50)
+    ticker.evaluate("(t) => t.setAttribute('max-hz', 'fast')")  # invalid: the default
+    while page.evaluate(granted, widget) != 4:
+        assert time.monotonic() < deadline, "an invalid max-hz is not back to 4"
+        page.wait_for_timeout(50)
+    assert ticker.evaluate("(t) => t.maxHz") == 4
+    expect(ticker).to_have_attribute("data-feed", "live")
 
 
 # --- the example page -----------------------------------------------------------------------
@@ -514,3 +528,69 @@ def test_readme_build_your_own_ui_example_runs(service: ServiceProcess, tmp_path
             assert seen == {"OGDC", "KSE100"}
         finally:
             stop(proc)
+
+
+# --- max_hz ---------------------------------------------------------------------------------
+
+MAX_HZ_SCRIPT = r"""
+import WebSocket from 'ws';
+import { connect, connections, checkMaxHz } from 'quote-stream';
+
+const url = process.argv[1];
+const sent = [];
+let frames = [];
+class Spy extends WebSocket {
+  send(data) { sent.push(JSON.parse(data)); super.send(data); }
+}
+const wait = (ms) => new Promise((r) => setTimeout(r, ms));
+async function until(predicate, ms, what) {
+  const deadline = Date.now() + ms;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await wait(20);
+  }
+}
+const bad = [];
+for (const v of [0.4, 51, 'x', true, NaN]) {
+  try { checkMaxHz(v); } catch (err) { if (err instanceof RangeError) bad.push(String(v)); }
+}
+try { connect(url, { WebSocket: Spy, maxHz: 0 }); } catch (err) { bad.push('connect 0'); }
+const slow = connect(url, { WebSocket: Spy, maxHz: 2 });
+slow.on('quotes', (_q, info) => { if (!info.snapshot) frames.push(Date.now()); });
+slow.subscribe('*');
+await until(() => slow.feed === 'live', 10000, 'live');
+await until(() => connections()[0].grantedHz === 2, 10000, 'the 2 Hz ack');
+const firstRates = sent.filter((m) => 'max_hz' in m).map((m) => [m.symbols, m.max_hz]);
+await wait(500);
+frames = [];
+await wait(3000);
+const slowFrames = frames.length;
+const faster = connect(url, { maxHz: 10 }).subscribe(['OGDC']);
+await until(() => connections()[0].grantedHz === 10, 5000, 'the socket at the fastest rate');
+faster.close();
+await until(() => connections()[0].grantedHz === 2, 5000, 'back at 2 Hz');
+const plain = connect(url).subscribe(['PPL']);
+await until(() => connections()[0].grantedHz === 50, 5000, 'a stream without a rate: the default');
+plain.close();
+await until(() => connections()[0].grantedHz === 2, 5000, 'back at 2 Hz again');
+slow.setMaxHz(4);
+await until(() => connections()[0].grantedHz === 4, 5000, 'setMaxHz');
+const rates = sent.filter((m) => 'max_hz' in m).map((m) => m.max_hz);
+slow.close();
+console.log(JSON.stringify({ bad, firstRates, slowFrames, rates, board: slow.board.size }));
+"""
+
+
+def test_stream_client_max_hz_in_node(service: ServiceProcess) -> None:
+    """connect(url, {maxHz}): the first subscribe carries the rate, the socket runs at the
+    highest rate of its streams (the default if one asks for none), setMaxHz changes it,
+    and at 2 Hz the stream gets at most 2 quotes frames a second."""
+    node = require_node()
+    result = subprocess.run([node, "--input-type=module", "-e", MAX_HZ_SCRIPT, service.ws_url],
+                            cwd=JS, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["bad"] == ["0.4", "51", "x", "true", "NaN", "connect 0"]
+    assert report["firstRates"] == [["*", 2]], "the rate goes with the first subscribe"
+    assert 4 <= report["slowFrames"] <= 7, report
+    assert report["rates"] == [2, 10, 2, 50, 2, 4]

@@ -163,3 +163,50 @@ def test_the_parser_only_ever_raises_protocol_errors(data: str | bytes) -> None:
 def test_structured_messages_parse_or_fail_cleanly(message: dict[str, object]) -> None:
     with contextlib.suppress(ProtocolError):
         parse(json.dumps(message))
+
+
+# max_hz: the most quotes frames a second a client wants.
+
+
+@pytest.mark.parametrize("value", [0.5, 50, 4, 2.5, 1])
+def test_max_hz_from_half_to_fifty_is_taken(value: float) -> None:
+    command = parse(json.dumps({"op": "subscribe", "id": 1, "symbols": ["OGDC"], "max_hz": value}))
+    assert command == Subscribe(1, frozenset({"OGDC"}), float(value))
+    assert protocol.parse_query_max_hz(str(value)) == float(value)
+
+
+def test_a_subscribe_without_max_hz_leaves_the_rate_alone() -> None:
+    assert parse('{"op":"subscribe","symbols":["OGDC"]}') == Subscribe(None, frozenset({"OGDC"}))
+    assert parse('{"op":"subscribe","symbols":["OGDC"],"max_hz":null}').max_hz is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("raw", ["0.4", "51", '"x"', '"4"', "true", "false", "0", "-1", "[4]",
+                                 "{}", "NaN", "Infinity", "-Infinity", "50.0001"])
+def test_a_bad_max_hz_is_a_bad_request_with_the_id(raw: str) -> None:
+    exc = error_of('{"op":"subscribe","id":9,"symbols":["OGDC"],"max_hz":' + raw + "}")
+    assert exc.code == "bad_request" and exc.id == 9
+    assert "max_hz" in exc.message or raw.lstrip("-") in exc.message
+
+
+@pytest.mark.parametrize("raw", ["0.4", "51", "x", "true", "NaN", "inf", "-2", "4hz"])
+def test_a_bad_query_max_hz_is_a_bad_request(raw: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.parse_query_max_hz(raw)
+    assert info.value.code == "bad_request"
+
+
+def test_an_empty_query_max_hz_says_nothing() -> None:
+    assert protocol.parse_query_max_hz("") is None
+
+
+def test_nan_elsewhere_is_a_bad_request_too_and_plain_junk_stays_bad_json() -> None:
+    assert error_of('{"op":"ping","id":3,"x":NaN}').code == "bad_request"
+    assert error_of('{"op":"ping","id":3,"x":NaN').code == "bad_json"
+    assert error_of("{nope").code == "bad_json"
+
+
+def test_the_ack_says_the_rate_in_force() -> None:
+    frame = orjson.loads(protocol.ack(1, "subscribe", ["OGDC"], [], all=False, max_hz=4.0))
+    assert frame["max_hz"] == 4 and isinstance(frame["max_hz"], int)
+    assert orjson.loads(protocol.ack(1, "subscribe", [], [], all=False, max_hz=2.5))["max_hz"] == 2.5
+    assert "max_hz" not in orjson.loads(protocol.ack(1, "subscribe", [], [], all=False))

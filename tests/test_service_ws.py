@@ -48,7 +48,8 @@ async def test_subscribe_ack_snapshot_then_only_subscribed_updates(service: Serv
                                     "symbols": ["ogdc", "KSE100", "NOPE"]}).decode())
         ack = await recv(ws)
         assert ack == {"type": "ack", "id": 1, "op": "subscribe",
-                       "symbols": ["KSE100", "NOPE", "OGDC"], "unknown": ["NOPE"]}
+                       "symbols": ["KSE100", "NOPE", "OGDC"], "unknown": ["NOPE"],
+                       "max_hz": 50}
         snapshot = await recv(ws)
         assert snapshot["type"] == "snapshot"
         held = {q["symbol"]: Quote.from_dict(q, require_seq=True) for q in snapshot["quotes"]}
@@ -92,7 +93,7 @@ async def test_unsubscribe_acks_the_remaining_set(service: ServiceProcess) -> No
         await ws.send('{"op":"unsubscribe","id":"u","symbols":["PPL"]}')
         ack = await recv_type(ws, "ack")
         assert ack == {"type": "ack", "id": "u", "op": "unsubscribe", "symbols": ["OGDC"],
-                       "unknown": []}
+                       "unknown": [], "max_hz": 50}
         for _ in range(3):
             frame = await recv_type(ws, "quotes")
             assert {q["symbol"] for q in frame["quotes"]} <= {"OGDC"}

@@ -602,6 +602,8 @@ def test_widgets_share_one_socket_and_follow_the_feed(blank: Page, feed: FakeFee
     conn = feed.conns[0]
     assert subscribed(conn) == {"OGDC", "PPL", "KSE100"}
     assert all(isinstance(m.get("id"), int) for m in conn["received"])
+    # A human rate by default (max-hz), sent with the first subscribe.
+    assert conn["received"][0]["max_hz"] == 4
     seed = {quote_from_line(line)["symbol"]: line for line in seed_lines()}
     assert texts(blank, "#a") == {"OGDC": seed["OGDC"], "PPL": seed["PPL"]}
     assert texts(blank, "#b") == {"KSE100": seed["KSE100"], "OGDC": seed["OGDC"]}

@@ -16,4 +16,6 @@
 
 export * from './js/format.js';
 export * from './js/stream.js';
-export { QuoteTicker, parseSymbols, resolveSocketUrl } from './widget/quote-ticker.js';
+export {
+  DEFAULT_MAX_HZ, QuoteTicker, parseMaxHz, parseSymbols, resolveSocketUrl,
+} from './widget/quote-ticker.js';

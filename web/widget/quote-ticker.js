@@ -6,7 +6,7 @@
 // element is connected to a document. All feed data goes in as text.
 
 import { formatQuote } from '../js/format.js';
-import { connect, isNewer, isSymbol } from '../js/stream.js';
+import { MAX_HZ, MIN_HZ, connect, isNewer, isSymbol } from '../js/stream.js';
 import { styleFor } from './styles.js';
 
 // The widget's default socket is ./ws next to /widget.js, wherever that was loaded from.
@@ -28,6 +28,16 @@ export function parseSymbols(value) {
     if (!out.includes(s)) out.push(s);
   }
   return out;
+}
+
+/** A person reads a few changes a second: the widget asks for 4 quotes frames a second
+ * unless its `max-hz` attribute says otherwise (0.5 to 50; anything else: the default). */
+export const DEFAULT_MAX_HZ = 4;
+
+export function parseMaxHz(value) {
+  if (value === null || value === undefined || String(value).trim() === '') return DEFAULT_MAX_HZ;
+  const hz = Number(value);
+  return Number.isFinite(hz) && hz >= MIN_HZ && hz <= MAX_HZ ? hz : DEFAULT_MAX_HZ;
 }
 
 /** The websocket URL for a `src` attribute; the default is ./ws next to widget.js. */
@@ -69,7 +79,7 @@ const ElementBase = globalThis.HTMLElement || class {};
 
 export class QuoteTicker extends ElementBase {
   static get observedAttributes() {
-    return ['symbols', 'src', 'layout', 'controls', 'paused', 'label', 'motion'];
+    return ['symbols', 'src', 'layout', 'controls', 'paused', 'label', 'motion', 'max-hz'];
   }
 
   constructor() {
@@ -97,6 +107,16 @@ export class QuoteTicker extends ElementBase {
 
   get paused() {
     return this.hasAttribute('paused');
+  }
+
+  /** The most quotes frames a second this element asks for (the `max-hz` attribute, 4
+   * by default). Elements of one `src` share a socket, which runs at the highest rate. */
+  get maxHz() {
+    return parseMaxHz(this.getAttribute('max-hz'));
+  }
+
+  set maxHz(value) {
+    this.setAttribute('max-hz', String(value));
   }
 
   set paused(value) {
@@ -190,6 +210,9 @@ export class QuoteTicker extends ElementBase {
         break;
       case 'motion':
         this.updateMotion();
+        break;
+      case 'max-hz':
+        this.stream?.setMaxHz(this.maxHz);
         break;
       default:
         break;
@@ -312,7 +335,7 @@ export class QuoteTicker extends ElementBase {
     if (this.stream) return;
     let stream;
     try {
-      stream = connect(resolveSocketUrl(this.getAttribute('src')));
+      stream = connect(resolveSocketUrl(this.getAttribute('src')), { maxHz: this.maxHz });
     } catch (err) {
       console.warn('[quote-ticker] bad src', this.getAttribute('src'), err);
       return;

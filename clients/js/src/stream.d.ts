@@ -70,6 +70,11 @@ export type WebSocketConstructor = new (url: string) => WebSocketLike;
 export interface ConnectOptions {
   /** The WebSocket class, where there is no global one (Node 20: `import WebSocket from 'ws'`). */
   WebSocket?: WebSocketConstructor;
+  /** At most this many `quotes` frames a second for this stream, 0.5 to 50 (default: the
+   * service's, 50 as shipped). Quotes stay conflated, so the board is never more than
+   * 1/maxHz behind. The shared socket runs at the highest rate of its streams, or at the
+   * service's default if any stream asks for none. RangeError when out of range. */
+  maxHz?: number | null;
 }
 
 export interface Stream {
@@ -82,6 +87,11 @@ export interface Stream {
   /** `'*'` or the symbols this stream wants. */
   readonly symbols: '*' | string[];
   readonly closed: boolean;
+  /** The rate this stream asked for (null: the service's default). */
+  readonly maxHz: number | null;
+  /** Ask for at most this many `quotes` frames a second (null: the service's default);
+   * see ConnectOptions.maxHz. */
+  setMaxHz(maxHz: number | null): this;
   /** Add symbols (or `'*'`); what the shared socket already holds is delivered at once. */
   subscribe(symbols: Symbols): this;
   /** Remove symbols (or `'*'` for all); their quotes stop and leave the board. While
@@ -110,6 +120,10 @@ export interface ConnectionInfo {
   consumers: number;
   /** What the socket is subscribed to. */
   subscribed: '*' | string[];
+  /** The rate the socket asks for: the highest of its streams' (null: the default). */
+  maxHz: number | null;
+  /** The rate in force, from the service's latest ack (null before one). */
+  grantedHz: number | null;
   /** The socket's readyState, or -1 between sockets. */
   readyState: number;
 }
@@ -118,6 +132,10 @@ export interface ConnectionInfo {
 export declare function connections(): ConnectionInfo[];
 
 export declare const SYMBOL_RE: RegExp;
+export declare const MIN_HZ: number;
+export declare const MAX_HZ: number;
+/** A maxHz option as the client takes it: null, or a number from MIN_HZ to MAX_HZ (else RangeError). */
+export declare function checkMaxHz(value: unknown): number | null;
 export declare function isSymbol(value: unknown): value is string;
 
 export declare const RECONNECT: Readonly<{

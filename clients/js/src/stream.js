@@ -14,6 +14,12 @@
 // the streams on it want); closing the last stream closes it. The socket reconnects by
 // itself with exponential back-off and full jitter, resubscribes and takes the new
 // snapshot; a quote whose `seq` is not above the one held is dropped. Types: stream.d.ts.
+//
+// A rate: connect(url, { maxHz: 4 }) or stream.setMaxHz(4) asks for at most 4 `quotes`
+// frames a second (0.5 to 50; quotes stay conflated, so the board is never more than
+// 1/maxHz behind). The shared socket runs at the highest rate its streams ask for, and at
+// the service's default as soon as one stream asks for none: a stream may get quotes more
+// often than it asked, never less often.
 
 export const SYMBOL_RE = /^[A-Z0-9.\-]{1,16}$/;
 
@@ -60,16 +66,30 @@ export function socketUrl(url) {
   return u.href;
 }
 
+export const MIN_HZ = 0.5;
+export const MAX_HZ = 50;
+
+/** A `maxHz` option: null/undefined (the service's default) or a number from 0.5 to 50. */
+export function checkMaxHz(value) {
+  if (value === undefined || value === null) return null;
+  if (typeof value !== 'number' || !(value >= MIN_HZ && value <= MAX_HZ)) {
+    throw new RangeError(`maxHz must be a number from ${MIN_HZ} to ${MAX_HZ}, got ${String(value)}`);
+  }
+  return value;
+}
+
 const registry = new Map(); // url -> Connection
 const EVENTS = ['quote', 'quotes', 'status', 'error'];
 
 /**
  * A stream of quotes from the service at `url`. Streams to the same URL share one socket.
  * `options.WebSocket`: the WebSocket class to use where there is no global one (Node 20:
- * the `ws` package); used when this call opens the URL's socket.
+ * the `ws` package); used when this call opens the URL's socket. `options.maxHz`: at most
+ * this many `quotes` frames a second for this stream (see above; default: the service's).
  */
 export function connect(url, options = {}) {
   const href = socketUrl(url);
+  const maxHz = checkMaxHz(options.maxHz);
   let conn = registry.get(href);
   if (!conn) {
     const WebSocketImpl = options.WebSocket || globalThis.WebSocket;
@@ -80,7 +100,7 @@ export function connect(url, options = {}) {
     conn = new Connection(href, WebSocketImpl);
     registry.set(href, conn);
   }
-  const stream = new Stream(conn);
+  const stream = new Stream(conn, maxHz);
   conn.add(stream);
   return stream;
 }
@@ -92,6 +112,8 @@ export function connections() {
     feed: c.feed,
     consumers: c.consumers.size,
     subscribed: c.sent === '*' ? '*' : [...(c.sent || [])].sort(),
+    maxHz: c.rate(),
+    grantedHz: c.grantedHz,
     readyState: c.ws ? c.ws.readyState : -1,
   }));
 }
@@ -121,8 +143,9 @@ function report(err) {
 
 /** One consumer's view of a shared connection: its symbols, its board, its listeners. */
 class Stream {
-  constructor(conn) {
+  constructor(conn, maxHz = null) {
     this.conn = conn;
+    this.hz = maxHz; // null: the service's default
     this.wants = new Set(); // '*' or Set of symbols
     this.quotes = new Map(); // the board: symbol -> latest accepted quote
     this.listeners = new Map(EVENTS.map((e) => [e, new Set()]));
@@ -148,6 +171,21 @@ class Stream {
 
   get closed() {
     return this.isClosed;
+  }
+
+  get maxHz() {
+    return this.hz;
+  }
+
+  /** At most this many `quotes` frames a second (null: the service's default). */
+  setMaxHz(maxHz) {
+    this.ensureOpen();
+    const hz = checkMaxHz(maxHz);
+    if (hz !== this.hz) {
+      this.hz = hz;
+      this.conn.queueSync();
+    }
+    return this;
   }
 
   subscribe(symbols) {
@@ -254,6 +292,10 @@ class Connection {
     this.everUp = false;
     this.ws = null;
     this.sent = null; // what we asked the server for on this socket: '*' or Set
+    this.sentHz = null; // the rate asked on this socket (null: none, the service's default)
+    this.pendingHz = undefined; // a rate to send with the next subscribe
+    this.rateOnly = new Set(); // ids of subscribes that only set the rate
+    this.grantedHz = null; // the rate the latest ack says is in force
     this.nextId = 1;
     this.attempt = 0;
     this.retryTimer = null;
@@ -321,9 +363,28 @@ class Connection {
     return all;
   }
 
+  /** The socket's rate: the highest its streams ask for; null (the service's default)
+   * if any asks for none. */
+  rate() {
+    let hz = 0;
+    for (const c of this.consumers) {
+      if (c.hz === null) return null;
+      hz = Math.max(hz, c.hz);
+    }
+    return this.consumers.size ? hz : null;
+  }
+
   send(message) {
     if (!this.ws || this.ws.readyState !== 1) return;
-    this.ws.send(JSON.stringify({ ...message, id: this.nextId++ }));
+    const id = this.nextId++;
+    if (message.op === 'subscribe' && this.pendingHz !== undefined) {
+      // Back to the default: the highest rate a client may ask, which the service's
+      // default (50 as shipped) serves.
+      message = { ...message, max_hz: this.pendingHz === null ? MAX_HZ : this.pendingHz };
+      this.pendingHz = undefined;
+    }
+    this.ws.send(JSON.stringify({ ...message, id }));
+    return id;
   }
 
   /** Lists split so that no frame exceeds the server's max_frame_bytes. */
@@ -348,6 +409,18 @@ class Connection {
       return;
     }
     if (!this.ws || this.ws.readyState !== 1) return; // sync runs again on open
+    const hz = this.rate();
+    if (hz !== this.sentHz) {
+      this.pendingHz = hz; // goes with the first subscribe below, or alone at the end
+      this.sentHz = hz;
+    }
+    this.syncSymbols();
+    if (this.pendingHz !== undefined) {
+      this.rateOnly.add(this.send({ op: 'subscribe', symbols: [] }));
+    }
+  }
+
+  syncSymbols() {
     const want = this.union();
     if (want === '*') {
       if (this.sent !== '*') {
@@ -408,6 +481,9 @@ class Connection {
     }
     this.ws = ws;
     this.sent = new Set();
+    this.sentHz = null;
+    this.pendingHz = undefined;
+    this.rateOnly = new Set();
     this.seenOnSocket = new Set();
     this.serverFeed = 'live';
     this.pendingSnapshot = false;
@@ -465,6 +541,8 @@ class Connection {
         this.liveTimer = setTimeout(() => this.goLive(), 2000);
         break;
       case 'ack':
+        if (typeof msg.max_hz === 'number') this.grantedHz = msg.max_hz;
+        if (this.rateOnly.delete(msg.id)) break; // a rate change: says nothing of the board
         if (msg.op === 'subscribe') {
           const unknown = new Set(Array.isArray(msg.unknown) ? msg.unknown : []);
           const listed = Array.isArray(msg.symbols) ? msg.symbols : [];
@@ -525,6 +603,7 @@ class Connection {
     this.liveTimer = null;
     this.ws = null;
     this.sent = null;
+    this.grantedHz = null;
     if (this.consumers.size === 0) {
       this.shutdown();
       return;

@@ -30,7 +30,16 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from .backoff import backoff
-from .protocol import ALL, CLOSE_POLICY, CLOSE_RATE_LIMITED, CLOSE_TRY_AGAIN, Symbols, split_query_symbols
+from .protocol import (
+    ALL,
+    CLOSE_POLICY,
+    CLOSE_RATE_LIMITED,
+    CLOSE_TRY_AGAIN,
+    MAX_HZ,
+    MIN_HZ,
+    Symbols,
+    split_query_symbols,
+)
 from .quote import Quote, QuoteError, normalize_symbol
 
 __all__ = ["DEFAULT_URL", "Ack", "Feed", "QuoteClient", "ServerError", "Welcome", "retry_delay"]
@@ -85,11 +94,17 @@ class Ack:
     symbols: tuple[str, ...]
     unknown: tuple[str, ...]
     all: bool
+    # The rate in force: at most this many `quotes` frames a second (None: no cap, or an
+    # older service that does not say).
+    max_hz: float | None = None
 
     @classmethod
     def from_frame(cls, frame: Mapping[str, Any]) -> Ack:
+        max_hz = frame.get("max_hz")
         return cls(tuple(frame.get("symbols") or ()), tuple(frame.get("unknown") or ()),
-                   bool(frame.get("all", False)))
+                   bool(frame.get("all", False)),
+                   float(max_hz) if isinstance(max_hz, (int, float))
+                   and not isinstance(max_hz, bool) else None)
 
     @property
     def subscribed(self) -> Symbols:
@@ -113,6 +128,15 @@ def _fatal(exc: BaseException) -> bool:
         status = exc.response.status_code
         return 400 <= status < 500 and status not in (408, 429)
     return False
+
+
+def _check_max_hz(max_hz: float | None) -> float | None:
+    if max_hz is None:
+        return None
+    if (isinstance(max_hz, bool) or not isinstance(max_hz, (int, float))
+            or not MIN_HZ <= max_hz <= MAX_HZ):  # also refuses NaN
+        raise ValueError(f"max_hz must be a number from {MIN_HZ:g} to {MAX_HZ:g}, got {max_hz!r}")
+    return float(max_hz)
 
 
 def _union(a: Symbols, b: Symbols) -> Symbols:
@@ -176,6 +200,11 @@ class QuoteClient:
     URL, so that every (re)connection subscribes the same way, with a request we can
     match to its ack.
 
+    `max_hz` (0.5 to 50) asks for at most that many `quotes` frames a second: quotes stay
+    conflated, so the board is never more than 1/max_hz behind, and a person reading it
+    needs no more than a few (None: the service's default, 50 as shipped). It holds on
+    every reconnection; `set_max_hz` changes it, and `rate` is what the service granted.
+
     Also readable: `welcome` (the service's limits and node, from the latest connection),
     `reconnects` (how many times the connection was lost and brought back in sync),
     `last_close_code` (the close code that ended the latest connection, 1006 if none
@@ -190,7 +219,10 @@ class QuoteClient:
         max_backoff_s: float = 15.0,
         open_timeout: float | None = 10.0,
         on_status: Callable[[Feed], object] | None = None,
+        max_hz: float | None = None,
     ) -> None:
+        self.max_hz = _check_max_hz(max_hz)
+        self.rate: float | None = None
         self.url, from_query = self._split_query(url)
         wanted: Symbols = frozenset() if symbols is None else _symbols_arg(symbols)
         if from_query is not None:
@@ -372,6 +404,15 @@ class QuoteClient:
         """Remove symbols (or `"*"` for all); their entries leave `board`."""
         return await self._change("unsubscribe", _symbols_arg(symbols), timeout)
 
+    async def set_max_hz(self, max_hz: float, *, timeout: float | None = 10.0) -> Ack:
+        """Ask for at most `max_hz` quotes frames a second from now on (and after every
+        reconnection); returns the ack, whose `max_hz` is the rate in force."""
+        self.max_hz = _check_max_hz(max_hz)
+        async with self._ops:
+            frame = await self._request({"op": "subscribe", "symbols": [], "max_hz": max_hz},
+                                        timeout)
+        return Ack.from_frame(frame)
+
     async def ping(self, *, timeout: float | None = 10.0) -> float:
         """Round trip to the service and back, in seconds."""
         started = time.perf_counter()
@@ -488,9 +529,12 @@ class QuoteClient:
         there is none, so its reply marks the moment the board is in sync."""
         id = next(self._ids)
         self._opening_id = id
-        if self._wanted == ALL or self._wanted:
+        if self._wanted == ALL or self._wanted or self.max_hz is not None:
             wire = ALL if self._wanted == ALL else sorted(self._wanted)
-            await ws.send(orjson.dumps({"op": "subscribe", "id": id, "symbols": wire}).decode())
+            message: dict[str, Any] = {"op": "subscribe", "id": id, "symbols": wire}
+            if self.max_hz is not None:
+                message["max_hz"] = self.max_hz
+            await ws.send(orjson.dumps(message).decode())
         else:
             await ws.send(orjson.dumps({"op": "ping", "id": id}).decode())
 
@@ -546,6 +590,7 @@ class QuoteClient:
     def _take_ack(self, frame: dict[str, Any]) -> None:
         ack = Ack.from_frame(frame)
         self._wanted = ack.subscribed
+        self.rate = ack.max_hz
         if frame.get("id") == self._opening_id:
             # A fresh connection: the service's record replaces ours. Symbols it has no
             # quote for leave the board, or their old seq would shadow the new ones.

@@ -32,6 +32,10 @@ CLOSE_RATE_LIMITED = 4029
 
 ALL: Literal["*"] = "*"
 
+# The range of `max_hz`, the most `quotes` frames a second a client asks for.
+MIN_HZ = 0.5
+MAX_HZ = 50.0
+
 # A subscription: every symbol, or these.
 Symbols = frozenset[str] | Literal["*"]
 
