@@ -34,7 +34,6 @@ import contextlib
 import os
 import random
 import resource
-import sys
 import time
 from collections import Counter
 from typing import Any
@@ -42,6 +41,7 @@ from typing import Any
 import orjson
 from picows import WSListener, WSMsgType, ws_connect
 
+from bench.loadclient import converged_at, serve_driver, sparse
 from bench.procs import raise_nofile
 
 HIST_MAX_MS = 120_000
@@ -227,7 +227,7 @@ def stats_report(conns: list[Viewer]) -> dict[str, Any]:
         "decoded": S.decoded,
         "aged": S.aged,
         "max_age_ms": S.max_age,
-        "ages": {str(i): c for i, c in enumerate(S.ages) if c},
+        "ages": sparse(S.ages),
         "closes": dict(S.closes),
         "open": sum(not c.closed for c in conns),
         "conns": len(conns),
@@ -236,20 +236,9 @@ def stats_report(conns: list[Viewer]) -> dict[str, Any]:
 
 async def convergence(conns: list[Viewer], final: dict[str, int], t_stop: float,
                       deadline_s: float) -> dict[str, Any]:
-    """Seconds after the publisher stopped at which each board connection held every
-    symbol's final seq (negative: before the driver saw the publisher stop)."""
+    """When each board connection held every symbol's final seq."""
     boards = [c for c in conns if isinstance(c, BoardViewer)]
-    when: dict[int, float] = {}
-    items = list(final.items())
-    end = t_stop + deadline_s
-    while True:
-        for i, c in enumerate(boards):
-            if i not in when and all(c.board.get(s, 0) >= v for s, v in items):
-                when[i] = c.last_advance - t_stop
-        if len(when) == len(boards) or time.time() >= end:
-            break
-        await asyncio.sleep(0.05)
-    times = sorted(when.values())
+    times = await converged_at(boards, final, t_stop, deadline_s)
     return {
         "event": "converged",
         "boards": len(boards),
@@ -259,32 +248,11 @@ async def convergence(conns: list[Viewer], final: dict[str, int], t_stop: float,
     }
 
 
-def emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(orjson.dumps(obj).decode() + "\n")
-    sys.stdout.flush()
-
-
 async def main_async(args: argparse.Namespace) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     conns, info = await connect_all(args.url, args.conns, args.boards, args.concurrency,
                                     args.connect_timeout)
-    emit(info)
-    while True:
-        line = await reader.readline()
-        if not line:
-            break
-        cmd = orjson.loads(line)
-        op = cmd["cmd"]
-        if op == "start":
-            S.reset()
-        elif op == "stop":
-            emit(stats_report(conns))
-        elif op == "final":
-            emit(await convergence(conns, cmd["seqs"], cmd["t_stop"], cmd.get("deadline_s", 5.0)))
-        elif op == "quit":
-            break
+    await serve_driver(info, S.reset, lambda: stats_report(conns),
+                       lambda seqs, t_stop, deadline: convergence(conns, seqs, t_stop, deadline))
 
 
 def viewer_url(base: str, max_hz: float | None) -> str:

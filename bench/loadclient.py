@@ -47,6 +47,7 @@ import sys
 import time
 import zlib
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -461,26 +462,29 @@ def stats_report(conns: list[Conn]) -> dict[str, Any]:
     }
 
 
-async def convergence(conns: list[Conn], final: dict[str, int], t_stop: float,
-                      deadline_s: float) -> dict[str, Any]:
-    """When did each healthy client hold the publisher's final state? Times are seconds
-    after the publisher stopped (wall clock, shared with the harness; negative: the
-    client held it before the harness saw the publisher exit)."""
-    healthy = [c for c in conns if not c.stalled]
+async def converged_at(boards: Sequence[Any], final: dict[str, int], t_stop: float,
+                       deadline_s: float) -> list[float]:
+    """Sorted: for each connection whose `board` came to hold every final seq by the
+    deadline, its `last_advance` in seconds after the publisher stopped (wall clock, shared
+    with the harness; negative: held before the harness saw the publisher exit)."""
     when: dict[int, float] = {}
     items = list(final.items())
     end = t_stop + deadline_s
     while True:
-        for i, c in enumerate(healthy):
-            if i in when:
-                continue
-            board = c.board
-            if all(board.get(s, 0) >= v for s, v in items):
+        for i, c in enumerate(boards):
+            if i not in when and all(c.board.get(s, 0) >= v for s, v in items):
                 when[i] = c.last_advance - t_stop
-        if len(when) == len(healthy) or time.time() >= end:
+        if len(when) == len(boards) or time.time() >= end:
             break
         await asyncio.sleep(0.05)
-    times = sorted(when.values())
+    return sorted(when.values())
+
+
+async def convergence(conns: list[Conn], final: dict[str, int], t_stop: float,
+                      deadline_s: float) -> dict[str, Any]:
+    """When did each healthy client hold the publisher's final state?"""
+    healthy = [c for c in conns if not c.stalled]
+    times = await converged_at(healthy, final, t_stop, deadline_s)
     return {
         "event": "converged",
         "clients": len(healthy),
@@ -497,12 +501,15 @@ def emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-async def main_async(args: argparse.Namespace) -> None:
+async def serve_driver(info: dict[str, Any], start: Callable[[], None],
+                       stop: Callable[[], dict[str, Any]],
+                       final: Callable[[dict[str, int], float, float], Awaitable[dict[str, Any]]]
+                       ) -> None:
+    """The driver protocol: `info` once, then one answer per command line on stdin
+    (`start`, `stop`, `final`, `quit`). Shared with bench/fastclient.py."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    conns, info = await connect_all(args.url, args.conns, args.stall, args.sio,
-                                    args.concurrency, args.connect_timeout, args.stall_rcvbuf)
     emit(info)
     while True:
         line = await reader.readline()
@@ -511,18 +518,31 @@ async def main_async(args: argparse.Namespace) -> None:
         cmd = orjson.loads(line)
         op = cmd["cmd"]
         if op == "start":
-            STATS.reset()
-            for c in conns:
-                c.quote_frames = 0
-            STATS.measuring = True
+            start()
         elif op == "stop":
-            STATS.measuring = False
-            emit(stats_report(conns))
+            emit(stop())
         elif op == "final":
-            emit(await convergence(conns, cmd["seqs"], cmd["t_stop"],
-                                   cmd.get("deadline_s", 5.0)))
+            emit(await final(cmd["seqs"], cmd["t_stop"], cmd.get("deadline_s", 5.0)))
         elif op == "quit":
             break
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    conns, info = await connect_all(args.url, args.conns, args.stall, args.sio,
+                                    args.concurrency, args.connect_timeout, args.stall_rcvbuf)
+
+    def start() -> None:
+        STATS.reset()
+        for c in conns:
+            c.quote_frames = 0
+        STATS.measuring = True
+
+    def stop() -> dict[str, Any]:
+        STATS.measuring = False
+        return stats_report(conns)
+
+    await serve_driver(info, start, stop,
+                       lambda seqs, t_stop, deadline: convergence(conns, seqs, t_stop, deadline))
     # Abrupt: the kernel closes every socket at exit; a polite close of 10k connections
     # would only measure the server's close path.
 

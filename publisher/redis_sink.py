@@ -169,20 +169,18 @@ class RedisSink:
                           for p in range(self._layout.partitions)])
 
     async def _each(self, commands: Sequence[tuple[str | bytes, ...]]) -> list[Any]:
-        """Commands on different partitions: one pipelined round trip on one server; one
-        after another in a cluster, where each goes to its slot's node."""
+        """Commands on different partitions in one pipeline: one round trip on one server;
+        in a cluster each node's commands in one round trip, the nodes at once. Every
+        command is tried; the first failure is raised after."""
         if self._cluster:
-            out: list[Any] = []
-            async with self._cluster_lock:
-                for command in commands:  # all tried, as _publish does; the first failure raised
-                    try:
-                        out.append(await self._redis.execute_command(*command))
-                    except (RedisError, OSError) as exc:
-                        out.append(exc)
-            for reply in out:
+            async with self._cluster_lock, self._redis.pipeline() as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                replies = await pipe.execute(raise_on_error=False)
+            for reply in replies:
                 if isinstance(reply, BaseException):
                     raise reply
-            return out
+            return list(replies)
         async with self._redis.pipeline(transaction=False) as pipe:
             for command in commands:
                 pipe.execute_command(*command)

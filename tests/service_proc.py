@@ -143,6 +143,13 @@ class PublisherProcess(ChildProcess):
         self.spawn()
 
 
+def run_module(*argv: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -m ARGV` to its end, without a developer's REDIS_URL; the caller checks it."""
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    return subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
 def replay_file(redis_url: str, path: Path) -> subprocess.CompletedProcess[str]:
     """`python -m publisher replay FILE` into that Redis; the caller checks the result."""
     return subprocess.run(

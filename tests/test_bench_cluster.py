@@ -9,15 +9,13 @@ are sane is asserted: that every message and quote count is there, never how fas
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.service_proc import run_module
+
 # About 10 s on an idle 2-core machine.
 RUN_TIMEOUT_S = 55
 pytestmark = pytest.mark.timeout(90)
@@ -26,11 +24,7 @@ pytestmark = pytest.mark.timeout(90)
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp("bench-cluster-quick")
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.cluster", "--quick", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
-    )
+    done = run_module("bench.cluster", "--quick", "--out", str(out), timeout=RUN_TIMEOUT_S)
     assert done.returncode == 0, (f"bench.cluster --quick failed:\n{done.stdout[-3000:]}\n"
                                   f"{done.stderr[-3000:]}")
     return out, json.loads((out / "cluster.json").read_text())

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench.fastclient import viewer_url
 from bench.viewers import build_floor, run_floor, ws_frame_bytes
+from tests.service_proc import run_module
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -73,13 +71,9 @@ def test_frame_sizes_and_urls() -> None:
     assert viewer_url("ws://127.0.0.1:1/ws", None) == "ws://127.0.0.1:1/ws?symbols=*"
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 def test_viewers_quick(tmp_path: Path) -> None:
-    pytest.importorskip("picows")
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    done = subprocess.run([sys.executable, "-m", "bench.viewers", "--quick", "--rates", "4",
-                           "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=100)
+    done = run_module("bench.viewers", "--quick", "--rates", "4", "--out", str(tmp_path),
+                      timeout=100)
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     data = json.loads((tmp_path / "viewers.json").read_text())
     [res] = data["rates"]

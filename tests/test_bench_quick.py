@@ -11,15 +11,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.service_proc import run_module
+
 STREAM_SCENARIOS = ("firehose", "ticker", "stalled")
 HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
 HAVE_BROADCASTER = importlib.util.find_spec("broadcaster") is not None
@@ -30,11 +28,7 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp("bench-quick")
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=150,
-    )
+    done = run_module("bench", "--quick", "--out", str(out), timeout=150)
     assert done.returncode == 0, f"bench --quick failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     data = json.loads((out / "latest.json").read_text())
     return out, data

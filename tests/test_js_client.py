@@ -33,7 +33,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from quote_client.quote import Quote
 from quote_client.ticker_text import format_line, parse_line
-from tests.browser import checked_page, chromium
+from tests.browser import checked_page
 from tests.service_proc import ROOT, ServiceProcess, run_service
 
 JS = ROOT / "clients" / "js"
@@ -62,12 +62,6 @@ def require_node() -> str:
 @pytest.fixture(scope="module")
 def service() -> Iterator[ServiceProcess]:
     yield from run_service(SERVICE_ENV, ready="/readyz")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as browser:
-        yield browser
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ from playwright.sync_api import Browser, Page, expect
 
 from quote_client.quote import Quote
 from quote_client.ticker_text import format_line, parse_line
-from tests.browser import chromium
 from tests.redis_server import latest_in_redis, start_redis_server
 from tests.service_proc import ROOT, ServiceProcess, http_get, replay_file
 
@@ -109,12 +108,6 @@ def seeded(stack: Stack) -> Stack:
     """The 34 seed lines published (again), before any page loads."""
     stack.seed()
     return stack
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as browser:
-        yield browser
 
 
 class PageLog:

@@ -28,7 +28,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from quote_client.quote import Quote
 from quote_client.ticker_text import format_line, parse_line
-from tests.browser import checked_page, chromium
+from tests.browser import checked_page
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB = ROOT / "web"
@@ -266,12 +266,6 @@ def web_url() -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as browser:
-        yield browser
 
 
 @pytest.fixture
