@@ -1,9 +1,14 @@
-"""One websocket client: a reader loop for commands and a sender task for the outbox.
+"""One websocket client: a reader loop for commands, and writes of what its outbox holds.
 
-Starlette locks nothing, so each connection has exactly one reader and one writer
-(FIELD-NOTES). The reader must always run: it is what reads pongs and notices a peer
-that left. The writer only ever sends what the outbox coalesced, under a timeout, so one
-stalled peer cannot hold anything but its own task.
+Starlette locks nothing, so each connection has exactly one reader and one writer at a time
+(FIELD-NOTES). The reader must always run: it is what reads pongs and notices a peer that
+left. Writes take one of two paths. Whenever the socket takes data and nothing is in
+flight, what is due is written straight to uvicorn's transport by whoever made it due (the
+fan-out, a command's reply): no task, no wake-up, no await per frame, which is most of a
+frame's cost otherwise (bench/viewers.py). Otherwise (the peer is behind and the transport
+paused, a close is due, or the server is not uvicorn) a sender task sends it through ASGI
+under the send timeout, so one stalled peer holds nothing but its own task, and exits once
+the direct path is open again.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ import asyncio
 import logging
 from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from quote_client.quote import now_ms
@@ -31,33 +35,19 @@ from .protocol import (
     Subscribe,
 )
 from .settings import Settings
-from .wire import Prepared
+from .wire import Prepared, text_frame
 
 log = logging.getLogger("service.connection")
 
-# Scope key under which KeepServerSend leaves the server's own `send` callable.
+# Scope key under which the app (app.py, QuoteApp) leaves the server's own `send` callable.
 SERVER_SEND = "quotes.server_send"
 
 
-class KeepServerSend:
-    """Pure ASGI middleware: Starlette wraps `send` on the way to a route, which hides the
-    server's protocol object; this keeps the server's own `send` in the scope, so a
-    connection can reach uvicorn's transport (see _raw_writer and Connection._abort)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            scope[SERVER_SEND] = send
-        await self.app(scope, receive, send)
-
-
 class Connection:
-    # Slots and a bare future instead of Events: memory per connection is what decides how
-    # many idle clients a process holds.
-    __slots__ = ("_raw", "_sender", "_waiter", "closing", "hub", "last_sent", "limiter",
-                 "outbox", "sending_since", "settings", "websocket")
+    # Slots, a bare future instead of Events, and a sender task only while one is needed:
+    # memory per connection is what decides how many idle clients a process holds.
+    __slots__ = ("_raw", "_sender", "_taken", "_waiter", "closing", "hub", "last_sent",
+                 "limiter", "outbox", "sending_since", "settings", "websocket")
 
     def __init__(self, websocket: WebSocket, hub: Hub, settings: Settings) -> None:
         self.websocket = websocket
@@ -71,6 +61,8 @@ class Connection:
         self._raw = _raw_writer(websocket)
         self.sending_since: float | None = None
         self.last_sent = asyncio.get_running_loop().time()
+        # outbox.frames_taken when the sweeper last looked: it dates the last write.
+        self._taken = 0
 
     @property
     def peer(self) -> str:
@@ -80,9 +72,32 @@ class Connection:
     # Subscriber
 
     def wake(self) -> None:
+        """Something is due: write it now if the socket takes it, else leave it to the
+        sender task (started if none runs). Frames stay in order: nothing is written here
+        while the sender holds any."""
+        if self._sender is None:
+            if self.closing is None and self._write_now():
+                return
+            self._sender = asyncio.get_running_loop().create_task(self._send_loop())
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _write_now(self) -> bool:
+        """Write everything due to uvicorn's transport as wire bytes; False, with nothing
+        taken, when the transport would not take it now (paused, closing) or is not
+        uvicorn's."""
+        if not self._direct_open():
+            return False
+        write = self._raw.transport.write
+        shared = self.outbox.take_shared()
+        if shared is not None:
+            write(shared.wire)
+            return True
+        for frame in self.outbox.take():
+            write(frame.wire if isinstance(frame, Prepared) else text_frame(frame.encode()))
+        return True
 
     def overflow(self, reason: str) -> None:
         self.close(protocol.CLOSE_SLOW_CONSUMER, "slow consumer")
@@ -110,17 +125,18 @@ class Connection:
             ))
             self.hub.greet(self)
             self._subscribe_from_query()
-            # The reader runs in this task and the sender in one more: two tasks per
-            # connection, not three, counts at ten thousand connections. Whatever ends the
-            # connection (peer gone, close sent, transport aborted) ends the reader too,
-            # since uvicorn then delivers websocket.disconnect.
-            sender = self._sender = asyncio.create_task(self._send_loop())
+            self.wake()
+            # The reader runs in this task, the only one a connection keeps. Whatever ends
+            # the connection (peer gone, close sent, transport aborted) ends the reader
+            # too, since uvicorn then delivers websocket.disconnect.
             try:
                 await self._read_loop()
             finally:
-                if self.closing is None:
-                    sender.cancel()
-                await asyncio.gather(sender, return_exceptions=True)
+                sender = self._sender
+                if sender is not None:
+                    if self.closing is None:
+                        sender.cancel()
+                    await asyncio.gather(sender, return_exceptions=True)
         finally:
             self.hub.remove(self)
 
@@ -188,15 +204,18 @@ class Connection:
         self.hub.queue_frame(self, frame)
 
     async def _send_loop(self) -> None:
-        """Send whatever the outbox coalesced. No timer per send or per wait: at a hundred
-        thousand frames a second those cost a third of the process (bench/), so heartbeats
-        and send timeouts are the sweeper's job (`check`)."""
+        """Send through ASGI what could not be written at once, then the close if one is
+        due; ends when the direct path can take over. No timer per send or per wait: at a
+        hundred thousand frames a second those cost a third of the process (bench/), so
+        heartbeats and send timeouts are the sweeper's job (`check`)."""
         websocket = self.websocket
         outbox = self.outbox
         loop = asyncio.get_running_loop()
         try:
             while True:
                 if not outbox and self.closing is None:
+                    if self._direct_open():
+                        return
                     self._waiter = loop.create_future()
                     try:
                         await self._waiter
@@ -205,17 +224,10 @@ class Connection:
                 frames = outbox.take()
                 if frames:
                     self.sending_since = loop.time()
-                    raw = self._raw
                     for frame in frames:
-                        if isinstance(frame, Prepared):
-                            if (raw is not None and raw.writable.is_set()
-                                    and not raw.close_sent and not raw.transport.is_closing()):
-                                raw.transport.write(frame.wire)
-                                continue
-                            frame = frame.text
-                        await websocket.send_text(frame)
+                        await websocket.send_text(
+                            frame.text if isinstance(frame, Prepared) else frame)
                     self.sending_since = None
-                    self.last_sent = loop.time()
                 if self.closing is not None and not outbox:
                     await self._close_or_abort(*self.closing)
                     return
@@ -226,6 +238,14 @@ class Connection:
             raise
         except (WebSocketDisconnect, RuntimeError, OSError):
             return
+        finally:
+            if self._sender is asyncio.current_task():
+                self._sender = None
+
+    def _direct_open(self) -> bool:
+        raw = self._raw
+        return (raw is not None and not raw.close_sent and raw.writable.is_set()
+                and not raw.transport.is_closing())
 
     def check(self, now: float) -> None:
         """Called about every second by the service's sweeper: a heartbeat after
@@ -233,6 +253,10 @@ class Connection:
         if self.closing is not None:
             return
         settings = self.settings
+        taken = self.outbox.frames_taken
+        if taken != self._taken:  # something was written since the last look
+            self._taken = taken
+            self.last_sent = now
         since = self.sending_since
         if since is not None:
             if now - since > settings.send_timeout_s and self._sender is not None:

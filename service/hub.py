@@ -39,14 +39,21 @@ class Subscriber(Protocol):
     outbox: Outbox
 
     def wake(self) -> None:
-        """Tell the sender task there is something to send."""
+        """Something is due in the outbox: send it (at once, when the socket takes it)."""
 
     def overflow(self, reason: str) -> None:
         """The subscriber is not reading: close it as a slow consumer."""
 
 
-# A group's key: the subscription and the rate (None: the default, FANOUT_INTERVAL_MS).
-GroupKey = tuple[Symbols, float | None]
+# A group's key: the subscription, the rate (None: the default, FANOUT_INTERVAL_MS), and
+# the phase of a rated group.
+GroupKey = tuple[Symbols, float | None, int]
+
+# A seal writes the group's frame to every member in one pass, so a 4 Hz group of 20,000
+# viewers would spend ~100 ms per seal, past the rate's own latency budget. A rated group
+# therefore grows phases: past PHASE_MEMBERS members in each, a new phase of the same
+# subscription and rate seals at its own offset within the interval (bench/viewers.py).
+PHASE_MEMBERS = 1000
 
 
 def _loop_time() -> float:
@@ -114,12 +121,12 @@ class Hub:
         return max_hz
 
     def _move(self, sub: Subscriber, key: Symbols | None, keep: Iterable[str]) -> None:
-        """Put the client in the group of `key` at its rate (None: in none)."""
+        """Put the client in a group of `key` at its rate (None: in none)."""
         old = self.members[sub]
-        new = (None if key is None or key == frozenset()
-               else self._group(key, self.rates.get(sub)))
-        if new is old:
+        rate = self.rates.get(sub)
+        if old is not None and old.key == key and old.hz == rate:
             return
+        new = None if key is None or key == frozenset() else self._group(key, rate)
         if old is not None:
             old.members.discard(sub)
             if not old.members:
@@ -133,18 +140,25 @@ class Hub:
             sub.overflow(str(exc))
 
     def _group(self, key: Symbols, hz: float | None) -> Group:
-        group = self.groups.get((key, hz))
-        if group is None:
-            group = self.groups[key, hz] = Group(key, self.board, hz)
-            if key == ALL:
-                self.everyone.append(group)
-            else:
-                for symbol in key:
-                    self.by_symbol.setdefault(symbol, set()).add(group)
+        """The group a client joins: the least full phase, or a new one when all are full."""
+        phase = 0
+        best: Group | None = None
+        while (group := self.groups.get((key, hz, phase))) is not None:
+            if best is None or len(group.members) < len(best.members):
+                best = group
+            phase += 1
+        if best is not None and (hz is None or len(best.members) < PHASE_MEMBERS):
+            return best
+        group = self.groups[key, hz, phase] = Group(key, self.board, hz, phase)
+        if key == ALL:
+            self.everyone.append(group)
+        else:
+            for symbol in key:
+                self.by_symbol.setdefault(symbol, set()).add(group)
         return group
 
     def _drop_group(self, group: Group) -> None:
-        del self.groups[group.key, group.hz]
+        del self.groups[group.key, group.hz, group.phase]
         if group.timer is not None:
             group.timer.cancel()
             group.timer = None
@@ -271,24 +285,25 @@ class Hub:
         return sent
 
     def _seal_when_due(self, group: Group) -> None:
-        """Seal a rated group now if its interval since the last seal is over, else once it
-        is: quotes conflate in it meanwhile, and none waits longer than the interval."""
+        """Seal a rated group at its next slot: quotes conflate in it meanwhile, and none
+        waits longer than the interval."""
         if group.timer is not None:
             return
-        wait = group.last_seal + group.interval - self.clock()
-        if wait <= 0:
-            self._seal_rated(group)
+        now = self.clock()
+        slot = group.next_slot(now)
+        if slot <= now:
+            self._seal_rated(group, slot)
         else:
-            group.timer = self.call_later(wait, lambda: self._timer_due(group))
+            group.timer = self.call_later(slot - now, lambda: self._timer_due(group, slot))
 
-    def _timer_due(self, group: Group) -> None:
+    def _timer_due(self, group: Group, slot: float) -> None:
         group.timer = None
-        if self.groups.get((group.key, group.hz)) is group:
-            self._seal_rated(group)
+        if self.groups.get((group.key, group.hz, group.phase)) is group:
+            self._seal_rated(group, slot)
 
-    def _seal_rated(self, group: Group) -> None:
+    def _seal_rated(self, group: Group, slot: float) -> None:
         if group.seal():
-            group.last_seal = self.clock()
+            group.last_seal = slot
             for sub in group.members:
                 sub.wake()
 

@@ -34,7 +34,8 @@ SYNC_INTERVAL_S = 1.0
 _GAUGES = {
     "connections": ("Open websocket connections.", "livesum"),
     "subscriptions": ("Symbols subscribed, summed over connections ('*' counts once).", "livesum"),
-    "groups": ("Distinct subscriptions; members of one share every frame.", "livesum"),
+    "groups": ("Groups (a subscription at a rate, large rated ones in phases); members of one "
+               "share every frame.", "livesum"),
     "symbols": ("Symbols on the board (the most any worker holds).", "livemax"),
     "feed_live": ("1 while the feed is live on every worker, 0 while stale on any.", "livemin"),
     "workers": ("Worker processes serving.", "livesum"),

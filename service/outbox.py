@@ -9,14 +9,16 @@ growing queue (FIELD-NOTES: the one-slow-client freeze), and a fast one costs no
 quote at all.
 
 A group may have a rate (`max_hz`, the members' most `quotes` frames a second): it then
-seals at most once per `interval`. Quotes keep conflating in `dirty` meanwhile, and the hub
-seals the group when its interval since the last seal is over (at once after a quiet
-spell), so no quote waits longer than the interval. All the sharing above is kept: the
-members of a 4 Hz group get one shared frame per 250 ms.
+seals at most once per `interval`, on slots `interval` apart. Quotes keep conflating in
+`dirty` meanwhile, and the hub seals the group at its next slot, so no quote waits longer
+than the interval. All the sharing above is kept: the members of a 4 Hz group get one
+shared frame per 250 ms. A large rated group is split into phases (hub.py), whose slots are
+spread over the interval so that their seals, each a burst of writes, do not coincide.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
@@ -29,16 +31,18 @@ KEEP = 32
 
 class Group:
     __slots__ = ("board", "conflated", "dirty", "gen", "generations", "hz", "interval", "key",
-                 "last_seal", "members", "timer")
+                 "last_seal", "members", "offset", "phase", "timer")
 
     def __init__(self, key: Symbols, board: Mapping[str, tuple[int, str]],
-                 hz: float | None = None) -> None:
+                 hz: float | None = None, phase: int = 0) -> None:
         self.key = key
         self.board = board
         # None: seal with every batch (the fan-out's own pace, FANOUT_INTERVAL_MS).
         self.hz = hz
         self.interval = 0.0 if hz is None else 1.0 / hz
-        self.last_seal = -float("inf")
+        self.phase = phase
+        self.offset = spread(phase) * self.interval
+        self.last_seal = -math.inf
         # The hub's pending seal of a rated group (a timer handle), if one is due.
         self.timer: Any = None
         self.members: set[Any] = set()
@@ -46,6 +50,14 @@ class Group:
         self.generations: deque[tuple[dict[str, str], Prepared]] = deque(maxlen=KEEP)
         self.gen = 0
         self.conflated = 0
+
+    def next_slot(self, now: float) -> float:
+        """When a rated group may seal next: its first slot at or after `now` and at least
+        one interval after the last seal (slots are `offset` plus whole intervals)."""
+        earliest = max(now, self.last_seal + self.interval)
+        # The tolerance keeps a slot computed from a slot on the same slot.
+        slots = math.ceil((earliest - self.offset) / self.interval - 1e-6)
+        return self.offset + slots * self.interval
 
     def put(self, symbol: str, quote_json: str) -> None:
         dirty = self.dirty
@@ -100,6 +112,18 @@ class Group:
         return {s: self.board[s][1] for s in symbols if s in self.board}
 
 
+def spread(phase: int) -> float:
+    """Phase n's offset as a fraction of the interval: 0, 1/2, 1/4, 3/4, 1/8... (bits of n
+    reversed), so however many phases there are, their slots stay evenly spread."""
+    fraction, scale = 0.0, 0.5
+    while phase:
+        if phase & 1:
+            fraction += scale
+        phase >>= 1
+        scale /= 2
+    return fraction
+
+
 class OutboxFull(Exception):
     """The client let too many control frames pile up: it is not reading."""
 
@@ -137,6 +161,18 @@ class Outbox:
                 self.quotes_taken += count
         self.group = group
         self.pos = group.gen if group is not None else 0
+
+    def take_shared(self) -> Prepared | None:
+        """The group's newest frame when it is all that is due, as it is for a member that
+        keeps up: the fan-out's common case, without the list `take` builds."""
+        group = self.group
+        if self.control or group is None or self.pos != group.gen - 1:
+            return None
+        quotes, frame = group.generations[-1]
+        self.pos = group.gen
+        self.frames_taken += 1
+        self.quotes_taken += len(quotes)
+        return frame
 
     def take(self) -> list[str | Prepared]:
         """Everything due, in order: control frames first, then one frame of quotes."""

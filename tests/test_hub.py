@@ -8,8 +8,9 @@ import orjson
 import pytest
 
 from quote_client.quote import Quote
+from service import hub as hub_module
 from service.hub import Hub
-from service.outbox import KEEP, Outbox
+from service.outbox import KEEP, Group, Outbox, spread
 from service.protocol import ALL, ProtocolError
 
 
@@ -93,7 +94,7 @@ def test_a_slow_reader_gets_the_latest_per_symbol_not_a_queue() -> None:
         hub.publish([q("OGDC", 100 + seq / 100, seq), q("PPL", 50 + seq / 100, seq)])
     (frame,) = sub.frames()
     assert [(x["symbol"], x["seq"]) for x in frame["quotes"]] == [("OGDC", 1000), ("PPL", 1000)]
-    assert len(hub.groups[ALL, None].generations) <= KEEP, "bounded however far it falls behind"
+    assert len(hub.groups[ALL, None, 0].generations) <= KEEP, "bounded however far it falls behind"
 
 
 def test_members_of_a_group_share_one_frame_and_a_laggard_gets_a_merge() -> None:
@@ -108,7 +109,7 @@ def test_members_of_a_group_share_one_frame_and_a_laggard_gets_a_merge() -> None
     hub.publish([q("PPL", 50.0, 1)])
     (_second,) = fast.outbox.take()
     (merged,) = slow.frames()
-    assert a is hub.groups[frozenset({"OGDC", "PPL"}), None].generations[0][1], "the frame is shared"
+    assert a is hub.groups[frozenset({"OGDC", "PPL"}), None, 0].generations[0][1], "the frame is shared"
     assert [(x["symbol"], x["seq"]) for x in merged["quotes"]] == [("OGDC", 2), ("PPL", 1)]
     assert len(hub.groups) == 1
 
@@ -322,13 +323,13 @@ def test_a_rate_alone_moves_the_member_and_loses_nothing_held() -> None:
     held, ack = sub.frames()
     assert ack["type"] == "ack" and ack["max_hz"] == 10 and ack["symbols"] == ["OGDC", "PPL"]
     assert quotes_of([held]) == [("OGDC", 2), ("PPL", 1)], "what was held goes first"
-    assert [key for key in hub.groups] == [(frozenset({"OGDC", "PPL"}), 10.0)]
+    assert [key for key in hub.groups] == [(frozenset({"OGDC", "PPL"}), 10.0, 0)]
     assert timers.due and all(c[2][0] for c in timers.due), "the old group's timer is cancelled"
     hub.subscribe(sub, 3, frozenset({"OGDC"}))  # no max_hz: the rate stays
     assert sub.frames()[0]["max_hz"] == 10
     hub.subscribe(sub, 4, frozenset(), 50.0)  # the default's rate: back in the default group
     assert sub.frames()[0]["max_hz"] == 50
-    assert [key for key in hub.groups] == [(frozenset({"OGDC", "PPL"}), None)]
+    assert [key for key in hub.groups] == [(frozenset({"OGDC", "PPL"}), None, 0)]
     hub.remove(sub)
     assert hub.groups == {} and hub.rates == {} and hub.everyone == []
 
@@ -359,4 +360,47 @@ def test_without_a_cap_every_rate_is_its_own_group() -> None:
     assert "max_hz" not in sub.frames()[0]
     hub.subscribe(sub, 2, frozenset(), 50.0)
     assert sub.frames()[0]["max_hz"] == 50
-    assert list(hub.groups) == [(frozenset({"OGDC"}), 50.0)]
+    assert list(hub.groups) == [(frozenset({"OGDC"}), 50.0, 0)]
+
+
+def test_phase_offsets_stay_evenly_spread_however_many_there_are() -> None:
+    assert [spread(n) for n in range(8)] == [0, 0.5, 0.25, 0.75, 0.125, 0.625, 0.375, 0.875]
+    for count in (2, 3, 5, 8, 13):
+        offsets = sorted(spread(n) for n in range(count))
+        gaps = [b - a for a, b in zip(offsets, [*offsets[1:], 1.0], strict=True)]
+        assert max(gaps) <= 2 * min(gaps) + 1e-9, (count, offsets)
+
+
+def test_a_rated_group_seals_on_its_slots_one_interval_apart() -> None:
+    group = Group(ALL, {}, 4.0, phase=1)  # slots at 0.125 s past each quarter second
+    assert group.next_slot(100.0) == pytest.approx(100.125)
+    assert group.next_slot(100.125) == pytest.approx(100.125)
+    group.last_seal = 100.125
+    assert group.next_slot(100.13) == pytest.approx(100.375), "one interval after the last"
+    assert group.next_slot(101.0) == pytest.approx(101.125), "after a quiet spell: its next slot"
+
+
+def test_a_large_rated_group_grows_phases_that_seal_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_module, "PHASE_MEMBERS", 2)
+    timers = FakeTimers()
+    hub = rated_hub(timers)
+    subs = [Recorder() for _ in range(5)]
+    for sub in subs:
+        hub.add(sub)
+        hub.subscribe(sub, None, ALL, 4.0)
+        sub.frames()
+    phases = {key[2]: len(g.members) for key, g in hub.groups.items()}
+    assert phases == {0: 2, 1: 2, 2: 1}, "a new phase only when every phase is full"
+    hub.subscribe(subs[0], 9, ALL, 4.0)  # the same subscription and rate: it stays put
+    assert subs[0] in hub.groups[ALL, 4.0, 0].members
+    subs[0].frames()
+    hub.publish([q("OGDC", 101.0, 1)])  # at 1000.0: phase 0's slot, the others later
+    got = {i for i, sub in enumerate(subs) if sub.frames()}
+    assert got == {i for i, sub in enumerate(subs) if sub in hub.groups[ALL, 4.0, 0].members}
+    timers.advance(0.0625)  # phase 2's slot (a quarter of the interval)
+    timers.advance(0.0625)  # phase 1's (half of it)
+    assert all(quotes_of(sub.frames()) == [("OGDC", 1)] for i, sub in enumerate(subs)
+               if i not in got), "every phase carries the same quotes"
+    for sub in subs:
+        hub.remove(sub)
+    assert hub.groups == {} and hub.everyone == []

@@ -56,3 +56,7 @@ def test_shared_frames_reach_uvicorns_transport(running: tuple[QuoteService, int
         from service.connection import SERVER_SEND
 
         assert getattr(connection.websocket.scope[SERVER_SEND], "__self__", None) is raw
+        # A client that keeps up is written to by the fan-out itself: no sender task.
+        for _ in range(3):
+            ws.recv(timeout=5)
+        assert connection._sender is None, "frames went through a sender task"
