@@ -76,28 +76,22 @@ class Connection:
         sender task (started if none runs). Frames stay in order: nothing is written here
         while the sender holds any."""
         if self._sender is None:
-            if self.closing is None and self._write_now():
+            if self.closing is None and self._direct_open():
+                # uvicorn's transport takes it now: write what is due as wire bytes.
+                write = self._raw.transport.write
+                shared = self.outbox.take_shared()
+                if shared is not None:
+                    write(shared.wire)
+                    return
+                for frame in self.outbox.take():
+                    write(frame.wire if isinstance(frame, Prepared)
+                          else text_frame(frame.encode()))
                 return
             self._sender = asyncio.get_running_loop().create_task(self._send_loop())
             return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-    def _write_now(self) -> bool:
-        """Write everything due to uvicorn's transport as wire bytes; False, with nothing
-        taken, when the transport would not take it now (paused, closing) or is not
-        uvicorn's."""
-        if not self._direct_open():
-            return False
-        write = self._raw.transport.write
-        shared = self.outbox.take_shared()
-        if shared is not None:
-            write(shared.wire)
-            return True
-        for frame in self.outbox.take():
-            write(frame.wire if isinstance(frame, Prepared) else text_frame(frame.encode()))
-        return True
 
     def overflow(self, reason: str) -> None:
         self.close(protocol.CLOSE_SLOW_CONSUMER, "slow consumer")
@@ -243,6 +237,7 @@ class Connection:
                 self._sender = None
 
     def _direct_open(self) -> bool:
+        """Whether uvicorn's transport takes a write now (not paused, not closing)."""
         raw = self._raw
         return (raw is not None and not raw.close_sent and raw.writable.is_set()
                 and not raw.transport.is_closing())
