@@ -2,6 +2,7 @@
 
     python -m bench.viewers              # max_hz 50, 10, 4: a step search each (bounded)
     python -m bench.viewers --quick      # seconds: one small point per rate
+    python -m bench.viewers --peers service,uws      # the same search against uWebSockets.js
     python -m bench.viewers --floor-only --conns 1000 --bytes 3000   # the floor alone
 
 The service runs pinned to the first CPU (`python -m service`, one process, uvloop,
@@ -15,6 +16,14 @@ sampled board holds the final seq of every symbol (Redis `quotes:{P}:seq`). A po
 passes when the generator connected every viewer, p99 age <= 100 ms + 1000/H ms, and
 every board converged within 2 s. The search doubles N from `--start` while points pass,
 then bisects between the last pass and the first failure.
+
+`--peers service,uws` runs the same search, point for point, against
+bench/peers/node/uws_viewers_peer.js too: uWebSockets.js serving the viewers the way the
+service does (a board, a snapshot on open, per max_hz one topic and one timer publishing
+the changed symbols' latest quotes as one shared frame), started with `node`, pinned and
+measured exactly as the service is. A peer that cannot start (no node, its npm packages
+missing, the native binary not loading) is reported as not run, with the reason; the
+other peers' rows are unaffected.
 
 The floor is bench/floor.c (built with `cc -O2`, as `make bench` does), run in the same
 run after each point: the same number of loopback connections, frames of the mean size
@@ -34,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +51,8 @@ from typing import Any
 import redis as redis_sync
 
 from bench import report
+from bench.harness import StartFailed
+from bench.peers import NODE_DIR
 from bench.procs import Child, Sampler, cpu_plan, port_open, raise_nofile, tree_rss_kb
 from service.partitions import Layout
 from tests.redis_server import RedisServer, free_port
@@ -51,6 +63,7 @@ FLOOR_SRC = ROOT / "bench" / "floor.c"
 FLOOR_BIN = ROOT / "bench" / "results" / "tmp" / "floor"
 LAYOUT = Layout(partitions=1)  # bench/publisher.py publishes on one partition
 MAX_PORTS_N = 26_000  # ephemeral ports 32768-60999 to one server address, with a margin
+START_TIMEOUT_S = 30.0
 
 
 # ---- the floor ------------------------------------------------------------------------------
@@ -96,6 +109,74 @@ def ws_frame_bytes(payload: float) -> int:
     return n + (2 if n < 126 else 4 if n < 65536 else 10)
 
 
+# ---- the servers searched -------------------------------------------------------------------
+
+def service_env(redis_url: str, port: int, conns: int) -> dict[str, str]:
+    return {"REDIS_URL": redis_url, "PORT": str(port), "HOST": "127.0.0.1",
+            "REDIS_PARTITIONS": "1", "MAX_CONNECTS_PER_S": "100000",
+            "MAX_CONNECTIONS": str(max(20000, conns + 1000)), "LOOP": "auto", "WORKERS": "1"}
+
+
+def uws_env(redis_url: str, port: int, conns: int) -> dict[str, str]:
+    return {"REDIS_URL": redis_url, "PORT": str(port), "REDIS_CHANNEL": LAYOUT.channel(0)}
+
+
+UWS_PACKAGES = ("@trufflesuite/uws-js-unofficial", "redis")
+
+
+def node_unavailable() -> str | None:
+    """Why a Node peer cannot start here, or None (the native binary is checked by the
+    peer itself when it starts: it exits naming what did not load)."""
+    if shutil.which("node") is None:
+        return "node is not on PATH (Node.js 20+; bash .ci/system-packages installs it)"
+    for package in UWS_PACKAGES:
+        if not (NODE_DIR / "node_modules" / package / "package.json").exists():
+            return (f"bench/peers/node/node_modules/{package} is missing "
+                    "(cd bench/peers/node && npm ci)")
+    return None
+
+
+@dataclass(frozen=True)
+class Server:
+    """A server the search runs against: how it is started, and what it needs."""
+    key: str
+    label: str
+    argv: tuple[str, ...]
+    env: Callable[[str, int, int], dict[str, str]]  # (redis URL, port, viewers) -> environment
+    unavailable: Callable[[], str | None] = lambda: None
+
+
+SERVERS: dict[str, Server] = {s.key: s for s in [
+    Server("service", "this service (python -m service, one process, uvloop)",
+           (PY, "-m", "service"), service_env),
+    Server("uws", "uWebSockets.js (bench/peers/node/uws_viewers_peer.js: a board, per max_hz "
+           "one topic and timer, app.publish)",
+           ("node", str(NODE_DIR / "uws_viewers_peer.js")), uws_env, node_unavailable),
+]}
+
+
+def start_server(peer: Server, redis_url: str, r: redis_sync.Redis, n: int, tag: str,
+                 logs: Path, cpus: set[int] | None) -> tuple[Child, int]:
+    """The server pinned to `cpus`, once it listens and holds its Redis subscription;
+    StartFailed (with its log's tail) otherwise."""
+    port = free_port()
+    child = Child(f"{peer.key}-{tag}", peer.argv, env=peer.env(redis_url, port, n),
+                  cwd=ROOT, log_dir=logs, cpus=cpus)
+    channel = LAYOUT.channel(0)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not (port_open(port) and r.pubsub_numsub(channel)[0][1] >= 1):
+        if not child.alive():
+            child.stop()
+            raise StartFailed(f"{peer.key} exited with code {child.proc.returncode}: "
+                              f"{child.log_tail(600).strip()}")
+        if time.monotonic() > deadline:
+            child.stop()
+            raise StartFailed(f"{peer.key} not listening and subscribed to {channel!r} within "
+                              f"{START_TIMEOUT_S:.0f} s: {child.log_tail(600).strip()}")
+        time.sleep(0.1)
+    return child, port
+
+
 # ---- one point ------------------------------------------------------------------------------
 
 @dataclass
@@ -108,37 +189,25 @@ class Plan:
     rate: float = 1000.0
 
 
-def service_env(redis_url: str, port: int, conns: int) -> dict[str, str]:
-    return {"REDIS_URL": redis_url, "PORT": str(port), "HOST": "127.0.0.1",
-            "REDIS_PARTITIONS": "1", "MAX_CONNECTS_PER_S": "100000",
-            "MAX_CONNECTIONS": str(max(20000, conns + 1000)), "LOOP": "auto", "WORKERS": "1"}
-
-
 def final_seqs(r: redis_sync.Redis, layout: Layout = LAYOUT) -> dict[str, int]:
     """The publisher's final seq of every symbol, over every partition's seq hash."""
     out: dict[str, int] = {}
     for p in range(layout.partitions):
-        out.update({k.decode(): int(v) for k, v in r.hgetall(layout.seq(p)).items()})
+        for k, v in r.hgetall(layout.seq(p)).items():
+            out[k.decode() if isinstance(k, bytes) else str(k)] = int(v)
     return out
 
 
-def run_point(redis_url: str, r: redis_sync.Redis, n: int, max_hz: float, plan: Plan,
-              logs: Path, cpus: tuple[set[int] | None, set[int] | None],
+def run_point(peer: Server, redis_url: str, r: redis_sync.Redis, n: int, max_hz: float,
+              plan: Plan, logs: Path, cpus: tuple[set[int] | None, set[int] | None],
               say: Any = print) -> dict[str, Any]:
     server_cpus, other_cpus = cpus
     r.flushall()
-    port = free_port()
     tag = f"{max_hz:g}hz-{n}"
-    server = Child(f"service-{tag}", [PY, "-m", "service"], env=service_env(redis_url, port, n),
-                   cwd=ROOT, log_dir=logs, cpus=server_cpus)
+    server, port = start_server(peer, redis_url, r, n, tag, logs, server_cpus)
     clients: list[Child] = []
     publisher: Child | None = None
     try:
-        deadline = time.monotonic() + 30
-        while not port_open(port):
-            if not server.alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"service did not start: {server.log_tail(600)}")
-            time.sleep(0.1)
         time.sleep(0.5)
         rss0 = tree_rss_kb(server.pid)
         per = [n // plan.procs + (i < n % plan.procs) for i in range(plan.procs)]
@@ -151,11 +220,11 @@ def run_point(redis_url: str, r: redis_sync.Redis, n: int, max_hz: float, plan: 
             clients.append(Child(f"viewers-{tag}-{i}", argv, cwd=ROOT, log_dir=logs,
                                  cpus=other_cpus, pipe=True))
         infos = [c.recv(timeout=180 + n / 100) for c in clients]
-        connected = sum(i["ok"] for i in infos)
+        connected = sum(info["ok"] for info in infos)
         errors: dict[str, int] = {}
-        for i in infos:
-            for k, v in i["errors"].items():
-                errors[k] = errors.get(k, 0) + v
+        for info in infos:
+            for kind, count in info["errors"].items():
+                errors[kind] = errors.get(kind, 0) + count
         time.sleep(1.0)
         rss1 = tree_rss_kb(server.pid)
         publisher = Child(f"publisher-{tag}", [PY, "-m", "bench.publisher", "--rate",
@@ -201,6 +270,7 @@ def run_point(redis_url: str, r: redis_sync.Redis, n: int, max_hz: float, plan: 
     ok = (connected == n and p99 is not None and p99 <= limit and converged == boards
           and boards > 0 and alive)
     out = {
+        "peer": peer.key,
         "viewers": n,
         "max_hz": max_hz,
         "connected": connected,
@@ -230,9 +300,9 @@ def run_point(redis_url: str, r: redis_sync.Redis, n: int, max_hz: float, plan: 
         "server_alive": alive,
         "pass": ok,
     }
-    say(f"  N={n} max_hz={max_hz:g}: {out['frames_per_viewer_s']} frames/s/viewer, "
+    say(f"  {peer.key} N={n} max_hz={max_hz:g}: {out['frames_per_viewer_s']} frames/s/viewer, "
         f"p99 {p99} ms (limit {limit:.0f}), boards {converged}/{boards}, "
-        f"service {out['server_cpu_pct']}% = {out['server_us_per_frame']} µs/frame, "
+        f"server {out['server_cpu_pct']}% = {out['server_us_per_frame']} µs/frame, "
         f"generator {out['generator_us_per_frame']} µs/frame -> {'pass' if ok else 'FAIL'}")
     return out
 
@@ -258,18 +328,27 @@ def floor_for(point: dict[str, Any], cpus: tuple[set[int] | None, set[int] | Non
 
 # ---- the search -----------------------------------------------------------------------------
 
-def search(redis_url: str, r: redis_sync.Redis, max_hz: float, plan: Plan, logs: Path,
-           cpus: tuple[set[int] | None, set[int] | None], start: int, cap: int,
-           budget_s: float, floor_s: float, say: Any = print) -> dict[str, Any]:
+def search(peer: Server, redis_url: str, r: redis_sync.Redis, max_hz: float, plan: Plan,
+           logs: Path, cpus: tuple[set[int] | None, set[int] | None], start: int, cap: int,
+           budget_s: float, floor_s: float, max_points: int = 0,
+           say: Any = print) -> dict[str, Any]:
     """Double N from `start` while points pass (up to `cap`), then bisect to within 10%;
-    stops when `budget_s` is spent. The floor is measured at the best passing point."""
+    stops when `budget_s` is spent, or after `max_points` points (0: no limit). The floor
+    is measured at the best passing point. A server that does not start ends the search:
+    the reason is its `error`."""
     t0 = time.monotonic()
     points: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
+    error: str | None = None
     lo, hi = 0, 0  # last pass, first failure
     n = start
-    while time.monotonic() - t0 < budget_s:
-        p = run_point(redis_url, r, n, max_hz, plan, logs, cpus, say)
+    while time.monotonic() - t0 < budget_s and not (max_points and len(points) >= max_points):
+        try:
+            p = run_point(peer, redis_url, r, n, max_hz, plan, logs, cpus, say)
+        except StartFailed as exc:
+            error = str(exc)
+            say(f"  {peer.key} N={n} max_hz={max_hz:g}: did not start: {error}")
+            break
         points.append(p)
         if p["pass"]:
             lo, best = n, p
@@ -287,44 +366,80 @@ def search(redis_url: str, r: redis_sync.Redis, max_hz: float, plan: Plan, logs:
                 break
     if best is not None:
         floor_for(best, cpus, floor_s)
-    return {"max_hz": max_hz, "best": best, "points": points,
-            "searched_s": round(time.monotonic() - t0), "capped": hi == 0 and lo >= cap}
+    return {"peer": peer.key, "max_hz": max_hz, "best": best, "points": points,
+            "searched_s": round(time.monotonic() - t0), "capped": hi == 0 and lo >= cap,
+            "error": error}
+
+
+def not_run(peer: Server, max_hz: float, reason: str) -> dict[str, Any]:
+    """The result of a rate a peer could not be run at."""
+    return {"peer": peer.key, "max_hz": max_hz, "best": None, "points": [], "searched_s": 0,
+            "capped": False, "error": reason}
+
+
+def service_first(keys: list[str]) -> list[str]:
+    return sorted(keys, key=lambda k: k != "service")
+
+
+def cell(text: str) -> str:
+    """Text (a log's tail) as one Markdown table cell: one line, no column breaks."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def in_table_order(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Results by rate (as given), then by peer: the service first."""
+    rates = list(dict.fromkeys(res["max_hz"] for res in data["rates"]))
+    peers = service_first(list(data["peers"]))
+    order = {(hz, k): i for i, (hz, k) in enumerate((hz, k) for hz in rates for k in peers)}
+    return sorted(data["rates"], key=lambda res: order[(res["max_hz"], res["peer"])])
 
 
 def markdown(data: dict[str, Any]) -> str:
+    results = in_table_order(data)
     lines = [
-        f"Run {data['started']}, {data['duration_s']} s, mode {data['mode']}; service pinned to "
-        f"CPU {data['server_cpus']}, Redis/publisher/generator ({data['procs']} processes) to "
-        f"{data['other_cpus']}; publisher {data['rate']:g} quotes/s on all symbols.",
+        f"Run {data['started']}, {data['duration_s']} s, mode {data['mode']}; the server under "
+        f"test pinned to CPU {data['server_cpus']}, Redis/publisher/generator ({data['procs']} "
+        f"processes) to {data['other_cpus']}; publisher {data['rate']:g} quotes/s on all symbols.",
         "",
-        "| max_hz | most viewers passing | frames/s per viewer | mean frame B | p50 / p99 age ms "
-        "(limit) | boards | service CPU | service µs/frame | floor µs/write | ratio to floor "
+        *(f"- `{k}`: {data['peers'][k]['label']}"
+          + (f"; **not run**: {cell(reason)}" if (reason := data["peers"][k].get("skipped")) else "")
+          for k in service_first(list(data["peers"]))),
+        "",
+        "| max_hz | peer | most viewers passing | frames/s per viewer | mean frame B | p50 / p99 age "
+        "ms (limit) | boards | server CPU | server µs/frame | floor µs/write | ratio to floor "
         "| generator µs/frame | idle KB/conn |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for res in data["rates"]:
+    for res in results:
         b = res["best"]
+        head = f"| {res['max_hz']:g} | {res['peer']} |"
+        error = cell(res.get("error") or "")
+        stopped = f" (stopped: {error})" if error and res["points"] else ""
         if b is None:
-            first = res["points"][0] if res["points"] else {}
-            lines.append(f"| {res['max_hz']:g} | none passed (first point N={first.get('viewers')}: "
-                         f"p99 {first.get('age_p99_ms')} ms) | | | | | | | | | | |")
+            if not res["points"]:
+                lines.append(f"{head} not run: {error or 'no point in the budget'} "
+                             "| | | | | | | | | | |")
+                continue
+            first = res["points"][0]
+            lines.append(f"{head} none passed (first point N={first.get('viewers')}: "
+                         f"p99 {first.get('age_p99_ms')} ms){stopped} | | | | | | | | | | |")
             continue
         cap = " (cap)" if res["capped"] else ""
         lines.append(
-            f"| {res['max_hz']:g} | **{b['viewers']:,}**{cap} | {b['frames_per_viewer_s']} | "
+            f"{head} **{b['viewers']:,}**{cap}{stopped} | {b['frames_per_viewer_s']} | "
             f"{b['mean_frame_bytes']:,.0f} | {b['age_p50_ms']} / {b['age_p99_ms']} "
             f"({b['age_limit_ms']:g}) | {b['boards_converged']}/{b['boards']} | "
             f"{b['server_cpu_pct']}% | {b['server_us_per_frame']} | "
             f"{b.get('floor_us_per_write', '–')} | {b.get('ratio_to_floor', '–')}× | "
             f"{b['generator_us_per_frame']} | {b['idle_kb_per_conn']} |")
     lines += ["", "Every point tried:", "",
-              "| max_hz | viewers | connected | frames/s | p99 ms | boards | service CPU | "
-              "service µs/frame | generator µs/frame | load core busy | pass |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for res in data["rates"]:
+              "| max_hz | peer | viewers | connected | frames/s | p99 ms | boards | server CPU | "
+              "server µs/frame | generator µs/frame | load core busy | pass |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for res in results:
         for p in res["points"]:
             lines.append(
-                f"| {p['max_hz']:g} | {p['viewers']:,} | {p['connected']:,} | "
+                f"| {p['max_hz']:g} | {p['peer']} | {p['viewers']:,} | {p['connected']:,} | "
                 f"{p['frames_per_s']:,} | {p['age_p99_ms']} | {p['boards_converged']}/{p['boards']} "
                 f"| {p['server_cpu_pct']}% | {p['server_us_per_frame']} | "
                 f"{p['generator_us_per_frame']} | {p['load_core_busy_pct']}% | "
@@ -332,14 +447,26 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parse_peers(text: str) -> list[Server]:
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in SERVERS]
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(f"peers are {', '.join(SERVERS)}; got {text!r}")
+    return [SERVERS[k] for k in dict.fromkeys(keys)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.viewers",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="seconds: one small point per rate")
     parser.add_argument("--rates", default="50,10,4", help="max_hz values, comma-separated")
+    parser.add_argument("--peers", type=parse_peers, default=[SERVERS["service"]],
+                        help=f"servers searched, comma-separated, of {','.join(SERVERS)} "
+                             "(default service)")
     parser.add_argument("--start", type=int, default=1000, help="first N of each search")
     parser.add_argument("--cap", type=int, default=MAX_PORTS_N, help="largest N tried")
-    parser.add_argument("--budget", type=float, default=600, help="seconds of search per rate")
+    parser.add_argument("--budget", type=float, default=600,
+                        help="seconds of search per rate and peer")
     parser.add_argument("--procs", type=int, default=3, help="generator processes")
     parser.add_argument("--out", type=Path, help="default bench/results (quick: bench/results/tmp)")
     parser.add_argument("--no-pin", action="store_true")
@@ -365,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
         plan = Plan(warmup_s=3, measure_s=10, procs=args.procs, boards=4, decode_every=20)
         out = args.out or ROOT / "bench" / "results"
     rates = [float(x) for x in args.rates.split(",") if x.strip()]
+    peers: list[Server] = args.peers
+    # Why a peer is not run: missing here, or it did not start at its first point.
+    skipped = {peer.key: peer.unavailable() for peer in peers}
     started = time.time()
     results = []
     logs = out / "logs" if args.quick else ROOT / "bench" / "results" / "tmp" / "logs"
@@ -379,15 +509,23 @@ def main(argv: list[str] | None = None) -> int:
                 os.sched_setaffinity(0, cpus[1])
             r = redis_sync.Redis.from_url(redis_server.url)
             for hz in rates:
-                print(f"max_hz {hz:g}:", flush=True)
-                if args.quick:
-                    p = run_point(redis_server.url, r, 100, hz, plan, logs, cpus)
-                    floor_for(p, cpus, 1.0)
-                    results.append({"max_hz": hz, "best": p if p["pass"] else None,
-                                    "points": [p], "searched_s": 0, "capped": False})
-                else:
-                    results.append(search(redis_server.url, r, hz, plan, logs, cpus, args.start,
-                                          args.cap, args.budget, 5.0))
+                for peer in peers:
+                    reason = skipped[peer.key]
+                    if reason is not None:
+                        print(f"max_hz {hz:g}, {peer.key}: not run: {reason}", flush=True)
+                        results.append(not_run(peer, hz, reason))
+                        continue
+                    print(f"max_hz {hz:g}, {peer.key}:", flush=True)
+                    if args.quick:
+                        res = search(peer, redis_server.url, r, hz, plan, logs, cpus, 100,
+                                     args.cap, float("inf"), 1.0, max_points=1)
+                    else:
+                        res = search(peer, redis_server.url, r, hz, plan, logs, cpus, args.start,
+                                     args.cap, args.budget, 5.0)
+                    ran = any(x["points"] for x in results if x["peer"] == peer.key)
+                    if res["error"] and not res["points"] and not ran:
+                        skipped[peer.key] = res["error"]  # never started: not again
+                    results.append(res)
             r.close()
         finally:
             redis_server.stop()
@@ -400,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
         "procs": plan.procs,
         "rate": plan.rate,
         "plan": plan.__dict__,
+        "peers": {peer.key: {"label": peer.label, "argv": list(peer.argv),
+                             "skipped": skipped[peer.key]} for peer in peers},
         "rates": results,
     }
     out.mkdir(parents=True, exist_ok=True)
