@@ -38,6 +38,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -50,7 +51,7 @@ from typing import Any
 
 import redis as redis_sync
 
-from bench import report
+from bench import native, report
 from bench.harness import StartFailed
 from bench.peers import NODE_DIR
 from bench.procs import Child, Sampler, cpu_plan, port_open, raise_nofile, tree_rss_kb
@@ -64,24 +65,14 @@ FLOOR_BIN = ROOT / "bench" / "results" / "tmp" / "floor"
 LAYOUT = Layout(partitions=1)  # bench/publisher.py publishes on one partition
 MAX_PORTS_N = 26_000  # ephemeral ports 32768-60999 to one server address, with a margin
 START_TIMEOUT_S = 30.0
+FD_MARGIN = 200
 
 
 # ---- the floor ------------------------------------------------------------------------------
 
 def build_floor(out: Path = FLOOR_BIN) -> Path:
-    """Compile bench/floor.c with the system compiler when the binary is missing or older."""
-    if out.exists() and out.stat().st_mtime >= FLOOR_SRC.stat().st_mtime:
-        return out
-    cc = shutil.which("cc")
-    if cc is None:
-        raise RuntimeError("cc not found: the floor program (bench/floor.c) needs a C compiler "
-                           "(apt-get install gcc)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([cc, "-O2", "-Wall", "-o", str(out), str(FLOOR_SRC)],
-                          capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
-        raise RuntimeError(f"cc failed:\n{done.stderr}")
-    return out
+    """bench/floor.c, compiled with the system compiler when the binary is missing or older."""
+    return native.build(FLOOR_SRC, out)
 
 
 def run_floor(conns: int, frame_bytes: int, *, writes: int = 0, seconds: float = 5.0,
@@ -111,10 +102,20 @@ def ws_frame_bytes(payload: float) -> int:
 
 # ---- the servers searched -------------------------------------------------------------------
 
+def fds_per_process() -> int:
+    """Connections one process may hold: the hard open-file limit (20,000 on the machine
+    this was written on, and not raisable there) less a margin for its other files."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1] - FD_MARGIN
+
+
 def service_env(redis_url: str, port: int, conns: int) -> dict[str, str]:
+    """One process, or as many as the open-file limit makes it need (SO_REUSEPORT workers,
+    all pinned to the same core: still one core's viewers)."""
+    workers = -(-conns // fds_per_process())
     return {"REDIS_URL": redis_url, "PORT": str(port), "HOST": "127.0.0.1",
             "REDIS_PARTITIONS": "1", "MAX_CONNECTS_PER_S": "100000",
-            "MAX_CONNECTIONS": str(max(20000, conns + 1000)), "LOOP": "auto", "WORKERS": "1"}
+            "MAX_CONNECTIONS": str(max(20000, conns + 1000)), "LOOP": "auto",
+            "WORKERS": str(max(1, workers))}
 
 
 def uws_env(redis_url: str, port: int, conns: int) -> dict[str, str]:
@@ -187,6 +188,8 @@ class Plan:
     boards: int  # per generator process
     decode_every: int
     rate: float = 1000.0
+    # bench/viewers_load.c ("native", ~2 µs a frame) or bench/fastclient.py ("picows", ~8).
+    generator: str = "native"
 
 
 def final_seqs(r: redis_sync.Redis, layout: Layout = LAYOUT) -> dict[str, int]:
@@ -214,9 +217,13 @@ def run_point(peer: Server, redis_url: str, r: redis_sync.Redis, n: int, max_hz:
         for i, k in enumerate(per):
             if k == 0:
                 continue
-            argv = [PY, "-m", "bench.fastclient", "--url", f"ws://127.0.0.1:{port}/ws",
-                    "--conns", str(k), "--max-hz", f"{max_hz:g}",
-                    "--decode-every", str(plan.decode_every), "--boards", str(plan.boards)]
+            url = f"ws://127.0.0.1:{port}/ws"
+            if plan.generator == "native":
+                argv = native.generator_argv(url, k, max_hz, plan.decode_every, plan.boards)
+            else:
+                argv = [PY, "-m", "bench.fastclient", "--url", url, "--conns", str(k),
+                        "--max-hz", f"{max_hz:g}", "--decode-every", str(plan.decode_every),
+                        "--boards", str(plan.boards)]
             clients.append(Child(f"viewers-{tag}-{i}", argv, cwd=ROOT, log_dir=logs,
                                  cpus=other_cpus, pipe=True))
         infos = [c.recv(timeout=180 + n / 100) for c in clients]
@@ -309,12 +316,15 @@ def run_point(peer: Server, redis_url: str, r: redis_sync.Redis, n: int, max_hz:
 
 def floor_for(point: dict[str, Any], cpus: tuple[set[int] | None, set[int] | None],
               seconds: float) -> dict[str, Any] | None:
-    """The floor at a point's shape: its connections, mean frame size and frame rate."""
+    """The floor at a point's shape: its connections (at most what one process may hold:
+    the floor is one writer process), mean frame size and frame rate."""
     if not point.get("mean_frame_bytes") or not point.get("connected"):
         return None
     server_cpus, other_cpus = cpus
     hz = point["frames_per_viewer_s"] or 0.0
-    result = run_floor(point["connected"], ws_frame_bytes(point["mean_frame_bytes"]),
+    conns = min(point["connected"], fds_per_process())
+    point["floor_conns"] = conns
+    result = run_floor(conns, ws_frame_bytes(point["mean_frame_bytes"]),
                        seconds=seconds, hz=hz,
                        writer_cpu=min(server_cpus) if server_cpus else None,
                        sink_cpu=min(other_cpus) if other_cpus else None)
@@ -467,7 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cap", type=int, default=MAX_PORTS_N, help="largest N tried")
     parser.add_argument("--budget", type=float, default=600,
                         help="seconds of search per rate and peer")
-    parser.add_argument("--procs", type=int, default=3, help="generator processes")
+    parser.add_argument("--procs", type=int, default=2, help="generator processes")
+    parser.add_argument("--generator", choices=("native", "picows"), default="native",
+                        help="bench/viewers_load.c (default) or bench/fastclient.py")
     parser.add_argument("--out", type=Path, help="default bench/results (quick: bench/results/tmp)")
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument("--floor-only", action="store_true",
@@ -486,10 +498,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     build_floor()
     if args.quick:
-        plan = Plan(warmup_s=0.5, measure_s=1.5, procs=2, boards=2, decode_every=5)
+        plan = Plan(warmup_s=0.5, measure_s=1.5, procs=2, boards=2, decode_every=5,
+                    generator=args.generator)
         out = args.out or ROOT / "bench" / "results" / "tmp" / "viewers-quick"
     else:
-        plan = Plan(warmup_s=3, measure_s=10, procs=args.procs, boards=4, decode_every=20)
+        plan = Plan(warmup_s=3, measure_s=10, procs=args.procs, boards=4, decode_every=20,
+                    generator=args.generator)
         out = args.out or ROOT / "bench" / "results"
     rates = [float(x) for x in args.rates.split(",") if x.strip()]
     peers: list[Server] = args.peers

@@ -1,0 +1,52 @@
+"""Build and run glue for the benchmark's C programs (bench/viewers_load.c, bench/floor.c).
+
+They are compiled with the system compiler on first use, and again whenever the source
+is newer than the binary, into bench/results/tmp/ (not committed), so a checkout never
+runs a binary older than its source.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GENERATOR_SRC = ROOT / "bench" / "viewers_load.c"
+GENERATOR_BIN = ROOT / "bench" / "results" / "tmp" / "viewers_load"
+CFLAGS = ("-O2", "-Wall")
+
+
+def build(src: Path, out: Path) -> Path:
+    """`cc -O2 -Wall -o out src` unless `out` is already at least as new as `src`."""
+    if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
+        return out
+    cc = shutil.which("cc")
+    if cc is None:
+        raise RuntimeError(f"cc not found: {src.name} needs a C compiler (apt-get install gcc)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Built under another name, then renamed: a process starting it meanwhile never runs
+    # a half-written file.
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        done = subprocess.run([cc, *CFLAGS, "-o", str(tmp), str(src)], capture_output=True,
+                              text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"cc failed on {src} ({done.returncode}):\n{done.stderr.strip()}")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def generator_argv(url: str, conns: int, max_hz: float | None, decode_every: int, boards: int,
+                   *, binary: Path | None = None) -> list[str]:
+    """The argv of the native generator (bench/fastclient.py's flags; built if stale), for
+    `url` = ws://127.0.0.1:PORT/ws; `binary` runs another build of it instead."""
+    exe = binary or build(GENERATOR_SRC, GENERATOR_BIN)
+    argv = [str(exe), "--url", url, "--conns", str(conns), "--decode-every", str(decode_every),
+            "--boards", str(boards)]
+    if max_hz is not None:
+        argv += ["--max-hz", f"{max_hz:g}"]
+    return argv
