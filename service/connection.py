@@ -25,7 +25,7 @@ from . import protocol
 from .hub import Hub
 from .limits import RateLimiter
 from .node import NODE_ID
-from .outbox import Outbox
+from .outbox import Outbox, Writer
 from .protocol import (
     BAD_REQUEST,
     FRAME_TOO_LARGE,
@@ -46,8 +46,8 @@ SERVER_SEND = "quotes.server_send"
 class Connection:
     # Slots, a bare future instead of Events, and a sender task only while one is needed:
     # memory per connection is what decides how many idle clients a process holds.
-    __slots__ = ("_raw", "_sender", "_taken", "_waiter", "closing", "hub", "last_sent",
-                 "limiter", "outbox", "sending_since", "settings", "websocket")
+    __slots__ = ("_raw", "_sender", "_taken", "_waiter", "_writer", "closing", "hub",
+                 "last_sent", "limiter", "outbox", "sending_since", "settings", "websocket")
 
     def __init__(self, websocket: WebSocket, hub: Hub, settings: Settings) -> None:
         self.websocket = websocket
@@ -59,6 +59,10 @@ class Connection:
         self._waiter: asyncio.Future[None] | None = None
         self._sender: asyncio.Task[None] | None = None
         self._raw = _raw_writer(websocket)
+        # What the group's lane writes through (outbox.py): the transport's own methods.
+        transport = self._raw.transport if self._raw is not None else None
+        self._writer: Writer | None = None if transport is None else (
+            transport.write, transport.is_closing, transport.get_write_buffer_size)
         self.sending_since: float | None = None
         self.last_sent = asyncio.get_running_loop().time()
         # outbox.frames_taken when the sweeper last looked: it dates the last write.
@@ -77,15 +81,19 @@ class Connection:
         while the sender holds any."""
         if self._sender is None:
             if self.closing is None and self._direct_open():
-                # uvicorn's transport takes it now: write what is due as wire bytes.
-                write = self._raw.transport.write
-                shared = self.outbox.take_shared()
+                # uvicorn's transport takes it now: write what is due as wire bytes, and
+                # if it all left at once, let the group write the next frames itself.
+                write, _, buffered = self._writer  # type: ignore[misc]
+                outbox = self.outbox
+                shared = outbox.take_shared()
                 if shared is not None:
                     write(shared.wire)
-                    return
-                for frame in self.outbox.take():
-                    write(frame.wire if isinstance(frame, Prepared)
-                          else text_frame(frame.encode()))
+                else:
+                    for frame in outbox.take():
+                        write(frame.wire if isinstance(frame, Prepared)
+                              else text_frame(frame.encode()))
+                if not buffered():
+                    outbox.enter_lane(self, self._writer)  # type: ignore[arg-type]
                 return
             self._sender = asyncio.get_running_loop().create_task(self._send_loop())
             return
@@ -101,6 +109,7 @@ class Connection:
         """Ask the sender to close after what is already queued; the first reason wins."""
         if self.closing is None:
             self.closing = (code, reason)
+            self.outbox.leave_lane()
             self.wake()
 
     # Lifetime

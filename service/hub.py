@@ -277,8 +277,7 @@ class Hub:
             if group.interval:
                 self._seal_when_due(group)
             elif group.seal():
-                for sub in group.members:
-                    sub.wake()
+                self._deliver(group)
         self.stats["quotes_in"] += sent
         if self.observer is not None:
             self.observer(quotes, time.perf_counter() - started)
@@ -304,7 +303,16 @@ class Hub:
     def _seal_rated(self, group: Group, slot: float) -> None:
         if group.seal():
             group.last_seal = slot
-            for sub in group.members:
+            self._deliver(group)
+
+    @staticmethod
+    def _deliver(group: Group) -> None:
+        """A group sealed: the members in its lane are written at once, the others woken."""
+        lane = group.lane
+        if lane:
+            group.write_lane()
+        for sub in group.members:
+            if sub not in lane:
                 sub.wake()
 
     def load(self, quotes: Iterable[Quote]) -> None:

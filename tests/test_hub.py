@@ -404,3 +404,86 @@ def test_a_large_rated_group_grows_phases_that_seal_apart(monkeypatch: pytest.Mo
     for sub in subs:
         hub.remove(sub)
     assert hub.groups == {} and hub.everyone == []
+
+
+class LaneMember(Recorder):
+    """A subscriber with a transport of its own: what is written, what stays buffered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wire: list[bytes] = []
+        self.buffered = 0
+        self.closing = False
+        self.writer = (self.wire.append, lambda: self.closing, lambda: self.buffered)
+
+    def wake(self) -> None:  # as Connection.wake does when the transport takes it all
+        super().wake()
+        for frame in self.outbox.take():
+            self.wire.append(frame.wire if not isinstance(frame, str) else frame.encode())
+        if not self.buffered:
+            self.outbox.enter_lane(self, self.writer)
+
+    def texts(self) -> list[dict[str, Any]]:
+        out = [orjson.loads(w[w.index(b"{"):]) for w in self.wire]
+        self.wire.clear()
+        return out
+
+
+def test_a_member_that_keeps_up_is_written_by_the_group_and_counted() -> None:
+    hub = hub_with(q("OGDC", 100.0, 1))
+    sub = LaneMember()
+    hub.add(sub)
+    hub.subscribe(sub, 1, ALL)
+    sub.wake()
+    assert [f["type"] for f in sub.texts()] == ["ack", "snapshot"]
+    group = hub.groups[ALL, None, 0]
+    assert sub in group.lane
+    wakes = sub.wakes
+    for seq in (2, 3, 4):
+        hub.publish([q("OGDC", 100.0 + seq, seq), q("PPL", 50.0, seq)])
+    assert sub.wakes == wakes, "the lane is written without waking the member"
+    assert quotes_of(sub.texts()) == [("OGDC", 2), ("PPL", 2), ("OGDC", 3), ("PPL", 3),
+                                      ("OGDC", 4), ("PPL", 4)]
+    assert (sub.outbox.frames_taken, sub.outbox.quotes_taken) == (2 + 3, 6)  # snapshots: control
+    assert not sub.outbox, "nothing waits while in the lane"
+    sub.outbox.put_control('{"type":"pong"}')  # a control frame: out of the lane first
+    assert sub not in group.lane and sub.outbox
+    hub.publish([q("OGDC", 105.0, 5)])  # so the group wakes it instead of writing past it
+    assert [f["type"] for f in sub.texts()] == ["pong", "quotes"]
+    assert sub in group.lane, "back in once it has written everything"
+    hub.remove(sub)
+    assert hub.stats["retired_frames_sent"] == 7 and hub.stats["retired_quotes_sent"] == 7
+
+
+def test_a_member_whose_transport_still_buffers_falls_out_and_loses_nothing() -> None:
+    hub = hub_with(q("OGDC", 100.0, 1))
+    sub, other = LaneMember(), LaneMember()
+    for s in (sub, other):
+        hub.add(s)
+        hub.subscribe(s, None, ALL)
+        s.wake()
+        s.texts()
+    group = hub.groups[ALL, None, 0]
+    sub.buffered = 4096  # the peer stopped reading: bytes of the last frame still wait
+    sub.wake = lambda: Recorder.wake(sub)  # type: ignore[method-assign]  # and so it is woken
+    hub.publish([q("OGDC", 101.0, 2)])
+    assert sub not in group.lane and other in group.lane
+    assert sub.wire == [] and sub.wakes >= 1
+    assert quotes_of(other.texts()) == [("OGDC", 2)]
+    hub.publish([q("OGDC", 102.0, 3)])
+    (frame,) = sub.frames()  # what it missed, merged: latest per symbol, nothing lost
+    assert quotes_of([frame]) == [("OGDC", 3)]
+    assert (sub.outbox.frames_taken, sub.outbox.quotes_taken) == (3, 1)  # ack, snapshot, merged
+
+
+def test_a_closing_transport_leaves_the_lane() -> None:
+    hub = hub_with(q("OGDC", 100.0, 1))
+    sub = LaneMember()
+    hub.add(sub)
+    hub.subscribe(sub, None, ALL)
+    sub.wake()
+    sub.texts()
+    sub.closing = True
+    sub.wake = lambda: Recorder.wake(sub)  # type: ignore[method-assign]
+    hub.publish([q("OGDC", 101.0, 2)])
+    assert sub.wire == [] and sub not in hub.groups[ALL, None, 0].lane

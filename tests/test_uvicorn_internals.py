@@ -60,3 +60,7 @@ def test_shared_frames_reach_uvicorns_transport(running: tuple[QuoteService, int
         for _ in range(3):
             ws.recv(timeout=5)
         assert connection._sender is None, "frames went through a sender task"
+        group = connection.outbox.group
+        assert group is not None and connection in group.lane, "the group does not write it"
+        assert hasattr(raw.transport, "get_write_buffer_size") and hasattr(raw.transport,
+                                                                           "is_closing")
