@@ -30,6 +30,17 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+def end_process(proc: subprocess.Popen[str], timeout: float = 5.0) -> None:
+    """Terminate a child the test started, then kill it if it does not go."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 class ChildProcess:
     """`python -m MODULE ARGS` with its output in tests/artifacts, stopped by PID."""
 

@@ -38,6 +38,7 @@ from quote_client.quote import Quote
 from service.partitions import Layout
 from service.settings import Settings
 from tests.redis_server import RedisServer, free_port
+from tests.service_proc import end_process
 
 pytestmark = pytest.mark.timeout(180)  # npm ci on a fresh checkout; the test itself ~6 s
 
@@ -113,13 +114,7 @@ def peer(redis_server: RedisServer, tmp_path: Path) -> Iterator[int]:
         assert proc.poll() is None, f"peer died: {log_path.read_text()}"
     finally:
         r.close()
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        end_process(proc)
 
 
 class Viewer:

@@ -34,7 +34,7 @@ from playwright.sync_api import Browser, Page, expect
 from quote_client.quote import Quote
 from quote_client.ticker_text import format_line, parse_line
 from tests.browser import checked_page
-from tests.service_proc import ROOT, ServiceProcess, run_service
+from tests.service_proc import ROOT, ServiceProcess, end_process, run_service
 
 JS = ROOT / "clients" / "js"
 NODE_MODULES = JS / "node_modules"
@@ -100,13 +100,7 @@ def node_process(node: str, args: list[str], cwd: Path, stderr: IO[str]) -> subp
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    end_process(proc)
 
 
 def python_line(q: dict[str, Any]) -> str:

@@ -29,15 +29,8 @@
 // (exit code 3), as uws_peer.js does.
 //   PORT=8005 REDIS_URL=redis://127.0.0.1:6379/0 REDIS_CHANNEL='quotes:{0}' node uws_viewers_peer.js
 'use strict';
-const uWS = require('@trufflesuite/uws-js-unofficial');
+const uWS = require('./uws_native');  // the native binary, or exit 3
 const { createClient } = require('redis');
-
-const native = Object.keys(require.cache).some((k) => /uws_[^/]*\.node$/.test(k));
-if (!native) {
-  console.error('uWebSockets.js native binary did not load (the package fell back to JavaScript); '
-    + `node ${process.version}, modules ${process.versions.modules}, ${process.platform}-${process.arch}`);
-  process.exit(3);
-}
 
 const port = Number(process.env.PORT);
 const url = process.env.REDIS_URL;
