@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import contextlib
 import io
 import logging
+import os
 import signal
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import FrameType
 from typing import TextIO
 
@@ -73,9 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _open_lines(path: str) -> TextIO:
     """Undecodable bytes become U+FFFD, so such a line is rejected by validation rather
     than aborting the whole replay."""
-    if path == "-":
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="replace")
     return open(path, encoding="utf-8-sig", errors="replace")
+
+
+def _stdin_lines(read: Callable[[], bytes] = lambda: os.read(0, 65536)) -> Iterator[str]:
+    """stdin's lines as they arrive (U+FFFD for undecodable bytes, as `_open_lines`), read
+    with os.read: the replay's reader thread blocks in it holding no lock of sys.stdin's,
+    which a signal's shutdown would otherwise wait on and abort."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
+    pending = ""
+    while chunk := read():
+        *full, pending = (pending + decoder.decode(chunk)).split("\n")
+        yield from full
+    pending += decoder.decode(b"", final=True)
+    if pending:
+        yield pending
 
 
 async def _simulate(settings: Settings, rate: float, seed: int | None) -> int:
@@ -160,12 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_simulate(settings, rate, args.seed))
 
     try:
-        lines = _open_lines(args.file)
+        lines: Iterable[str] = _stdin_lines() if args.file == "-" else _open_lines(args.file)
     except OSError as exc:
         print(f"publisher: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    # Reading a file or stdin blocks the event loop between batches, where a loop signal
-    # handler would never run; a plain handler that raises interrupts even a blocked read.
+    # A plain handler that raises stops the replay wherever it is, the loop or a publish.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _raise_stopped)
     try:
@@ -174,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"publisher: stopped by signal {exc.signum}", file=sys.stderr)
         return 128 + exc.signum
     finally:
-        lines.close()
+        if isinstance(lines, io.TextIOBase):
+            lines.close()
 
 
 if __name__ == "__main__":

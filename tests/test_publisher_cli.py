@@ -180,16 +180,35 @@ async def test_sigterm_stops_a_replay_blocked_on_stdin(
     proc = await start("replay", "-", env=clean_env(REDIS_URL=redis_url),
                        stdin=asyncio.subprocess.PIPE)
     assert proc.stdin is not None
-    # 510 lines: the first chunk of 500 is published (a message per partition), proving
-    # the process is running, then it blocks reading stdin, which stays open.
+    # 510 lines: all published while stdin stays open (what waits goes out, in chunks of
+    # at most 500), proving the process is running; then it blocks reading stdin.
     proc.stdin.write(SEED.read_bytes() * 15)
     await proc.stdin.drain()
-    published = await drain_until(subscriber, 500)
-    assert sum(len(quotes) for _, quotes in published) == 500
+    published = await drain_until(subscriber, 510)
+    assert sum(len(quotes) for _, quotes in published) == 510
     proc.send_signal(signal.SIGTERM)
     _, err = await asyncio.wait_for(proc.communicate(), 10)
     assert proc.returncode == 128 + signal.SIGTERM
     assert "stopped by signal 15" in err.decode() and "Traceback" not in err.decode()
+
+
+async def test_replay_from_a_pipe_publishes_each_line_as_it_arrives(
+    redis_url: str, subscriber: aioredis.client.PubSub,  # noqa: F811
+) -> None:
+    proc = await start("replay", "-", env=clean_env(REDIS_URL=redis_url),
+                       stdin=asyncio.subprocess.PIPE)
+    assert proc.stdin is not None
+    lines = SEED.read_text(encoding="utf-8").splitlines()[:3]
+    try:
+        for line in lines:  # a live feed: the next line only once this one is out
+            proc.stdin.write(line.encode() + b"\n")
+            await proc.stdin.drain()
+            (_, quotes), = await drain_until(subscriber, 1, timeout=10)
+            assert [q.symbol for q in quotes] == [line.split()[0]]
+    finally:
+        proc.stdin.close()
+        _, err = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 0 and "published 3, rejected 0" in err.decode(), err.decode()
 
 
 async def drain_until(pubsub: aioredis.client.PubSub, quotes: int, timeout: float = 15.0

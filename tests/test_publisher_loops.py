@@ -128,7 +128,7 @@ def test_market_from_settings_uses_the_sim_settings() -> None:
     assert [(q.symbol, q.price) for q in a] == [(q.symbol, q.price) for q in b]
 
 
-async def test_replay_publishes_good_lines_in_order_in_chunks(
+async def test_replay_publishes_good_lines_in_order_in_chunks_at_most(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     lines = [f"S{i},{1 + i / 100:.2f},1" for i in range(1200)]
@@ -138,7 +138,7 @@ async def test_replay_publishes_good_lines_in_order_in_chunks(
     with caplog.at_level(logging.WARNING, logger="publisher.replay"):
         result = await replay(sink, lines, chunk=500)
     assert result == ReplayResult(published=1200, rejected=1)
-    assert [len(b) for b in sink.batches] == [500, 500, 200]
+    assert all(0 < len(b) <= 500 for b in sink.batches), "what is waiting, up to a chunk"
     assert [q.symbol for q in sink.quotes] == [f"S{i}" for i in range(1200)]
     [record] = caplog.records
     assert record.levelno == logging.WARNING
@@ -149,3 +149,12 @@ async def test_replay_of_nothing_publishes_nothing() -> None:
     sink = MemorySink()
     assert await replay(sink, ["", "# only a comment"]) == ReplayResult(0, 0)
     assert sink.calls == 0
+
+
+def test_stdin_lines_split_across_reads_and_characters() -> None:
+    from publisher.__main__ import _stdin_lines
+
+    data = "\ufeffOGDC 137.75 ▲ 1.25\r\n".encode() + b"PPL,1\n\xff" + "tail ▼".encode()
+    chunks = iter([data[i:i + 1] for i in range(len(data))] + [b""])  # every boundary
+    got = list(_stdin_lines(lambda: next(chunks)))
+    assert got == ["OGDC 137.75 ▲ 1.25\r", "PPL,1", "\ufffdtail ▼"]
