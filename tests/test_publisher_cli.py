@@ -174,11 +174,16 @@ async def test_simulate_sends_the_board_then_keeps_the_rate(
             assert round(x.price * 100) == pytest.approx(x.price * 100) or x.kind == "index"
 
 
+async def piped_replay(redis_url: str) -> asyncio.subprocess.Process:  # noqa: F811
+    """`publisher replay -` with a pipe the test writes to, as a live feed would."""
+    return await start("replay", "-", env=clean_env(REDIS_URL=redis_url),
+                       stdin=asyncio.subprocess.PIPE)
+
+
 async def test_sigterm_stops_a_replay_blocked_on_stdin(
     redis_url: str, subscriber: aioredis.client.PubSub,  # noqa: F811
 ) -> None:
-    proc = await start("replay", "-", env=clean_env(REDIS_URL=redis_url),
-                       stdin=asyncio.subprocess.PIPE)
+    proc = await piped_replay(redis_url)
     assert proc.stdin is not None
     # 510 lines: all published while stdin stays open (what waits goes out, in chunks of
     # at most 500), proving the process is running; then it blocks reading stdin.
@@ -195,8 +200,7 @@ async def test_sigterm_stops_a_replay_blocked_on_stdin(
 async def test_replay_from_a_pipe_publishes_each_line_as_it_arrives(
     redis_url: str, subscriber: aioredis.client.PubSub,  # noqa: F811
 ) -> None:
-    proc = await start("replay", "-", env=clean_env(REDIS_URL=redis_url),
-                       stdin=asyncio.subprocess.PIPE)
+    proc = await piped_replay(redis_url)
     assert proc.stdin is not None
     lines = SEED.read_text(encoding="utf-8").splitlines()[:3]
     try:
