@@ -41,7 +41,7 @@ from typing import Any
 import orjson
 from picows import WSListener, WSMsgType, ws_connect
 
-from bench.loadclient import converged_at, serve_driver, sparse
+from bench.loadclient import close_received, converged_at, disconnected, serve_driver, sparse
 from bench.procs import raise_nofile
 
 HIST_MAX_MS = 120_000
@@ -123,18 +123,10 @@ class Viewer(WSListener):  # type: ignore[misc]
             self.on_close(transport, frame)
 
     def on_close(self, transport: Any, frame: Any) -> None:
-        S.closes[str(frame.get_close_code().value)] += 1
-        self.closed = True
-        with contextlib.suppress(Exception):
-            transport.send_close(frame.get_close_code())
-        transport.disconnect()
+        close_received(self, S.closes, transport, frame)
 
     def on_ws_disconnected(self, transport: Any) -> None:
-        if not self.closed:
-            S.closes["eof"] += 1
-        self.closed = True
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError("closed before ready"))
+        disconnected(self, S.closes)
 
 
 class BoardViewer(Viewer):

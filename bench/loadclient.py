@@ -98,6 +98,25 @@ class Stats:
 STATS = Stats()
 
 
+def close_received(conn: Any, closes: Counter[str], transport: Any, frame: Any) -> None:
+    """A picows connection got the server's close frame: count its code, answer it."""
+    closes[str(frame.get_close_code().value)] += 1
+    conn.closed = True
+    with contextlib.suppress(Exception):
+        transport.send_close(frame.get_close_code())
+    transport.disconnect()
+
+
+def disconnected(conn: Any, closes: Counter[str]) -> None:
+    """A picows connection ended: an EOF unless a close frame came first; a connect still
+    waiting for it fails."""
+    if not conn.closed:
+        closes["eof"] += 1
+    conn.closed = True
+    if not conn.ready.done():
+        conn.ready.set_exception(ConnectionError("closed before ready"))
+
+
 class Conn(WSListener):  # type: ignore[misc]
     """One connection's state; the frame path is kept as short as possible."""
 
@@ -165,19 +184,11 @@ class Conn(WSListener):  # type: ignore[misc]
                 self.parts = None
                 self.on_text(self.inflated(data) if self.compressed else data, len(data))
         elif t is WSMsgType.CLOSE:
-            STATS.closes[str(frame.get_close_code().value)] += 1
-            self.closed = True
-            with contextlib.suppress(Exception):
-                transport.send_close(frame.get_close_code())
-            transport.disconnect()
+            close_received(self, STATS.closes, transport, frame)
         # picows answers pings by itself (enable_auto_pong)
 
     def on_ws_disconnected(self, transport: Any) -> None:
-        if not self.closed:
-            STATS.closes["eof"] += 1
-        self.closed = True
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError("closed before ready"))
+        disconnected(self, STATS.closes)
 
     def inflated(self, data: bytes) -> bytes:
         out = self.inflate.decompress(data + b"\x00\x00\xff\xff")

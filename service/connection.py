@@ -80,10 +80,11 @@ class Connection:
         sender task (started if none runs). Frames stay in order: nothing is written here
         while the sender holds any."""
         if self._sender is None:
-            if self.closing is None and self._direct_open():
+            writer = self._writer
+            if writer is not None and self.closing is None and self._direct_open():
                 # uvicorn's transport takes it now: write what is due as wire bytes, and
                 # if it all left at once, let the group write the next frames itself.
-                write, _, buffered = self._writer  # type: ignore[misc]
+                write, _, buffered = writer
                 outbox = self.outbox
                 shared = outbox.take_shared()
                 if shared is not None:
@@ -93,7 +94,7 @@ class Connection:
                         write(frame.wire if isinstance(frame, Prepared)
                               else text_frame(frame.encode()))
                 if not buffered():
-                    outbox.enter_lane(self, self._writer)  # type: ignore[arg-type]
+                    outbox.enter_lane(self, writer)
                 return
             self._sender = asyncio.get_running_loop().create_task(self._send_loop())
             return
