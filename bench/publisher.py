@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
-from publisher.redis_sink import PUBLISH_SCRIPT, wire_body
+from publisher.redis_sink import PUBLISH_SCRIPT, script_call, wire_body
 from publisher.simulate import market_from_settings, run_simulation
 from quote_client.quote import Quote
 from service.settings import Settings
@@ -34,16 +34,16 @@ TICK_S = 0.01
 class PerQuoteSink:
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.client = client
-        layout = settings.layout
-        assert layout.partitions == 1, "one channel for every server benchmarked"
-        self.keys = [layout.seq(0), layout.latest(0), layout.channel(0)]
+        assert settings.layout.partitions == 1, "one channel for every server benchmarked"
+        self.settings = settings
         self.script = client.register_script(PUBLISH_SCRIPT)
 
     async def publish(self, quotes: Sequence[Quote]) -> list[Quote]:
         pipe = self.client.pipeline(transaction=False)
         for quote in quotes:
-            await self.script(keys=self.keys, args=["PUBLISH", quote.symbol, 0, wire_body(quote)],
-                              client=pipe)
+            keys, args = script_call(self.settings, 0, "PUBLISH",
+                                     [(quote.symbol, 0, wire_body(quote))])
+            await self.script(keys=keys, args=args, client=pipe)
         replies = await pipe.execute()
         return [q.with_seq(int(r[1])) for q, r in zip(quotes, replies, strict=True)]
 

@@ -4,8 +4,9 @@ A batch is split by partition (service/partitions.py) and each part goes out as 
 script call on that partition's keys, so in a Redis Cluster every call touches one slot;
 parts above MAX_BATCH go out as several calls. For each quote the script takes the
 symbol's next `seq` from the partition's seq hash (HINCRBY, so two publishers never hand
-out the same version), stores the quote with its seq as the symbol's latest state, and
-after the loop publishes the part as one JSON array on the partition's channel: SPUBLISH
+out the same version), stores the quote with its seq as the symbol's latest state, appends
+it to the symbol's tape (a Redis Stream, trimmed by time and length), and after the loop
+publishes the part as one JSON array on the partition's channel: SPUBLISH
 in a cluster, so the message stays on its shard, PUBLISH elsewhere.
 The JSON is spliced as text in Lua rather than re-encoded with cjson, so every number
 reaches the service exactly as orjson wrote it.
@@ -34,23 +35,41 @@ log = logging.getLogger("publisher.redis")
 # a bound keeps any one call short (500 quotes is well under a millisecond of work).
 MAX_BATCH = 500
 
-# KEYS[1] = seq hash, KEYS[2] = latest hash, KEYS[3] = channel (a key too, for the slot)
-# ARGV[1] = PUBLISH or SPUBLISH, then per quote: symbol, seq floor, quote JSON without seq
+# KEYS[1] = seq hash, KEYS[2] = latest hash, KEYS[3] = channel (a key too, for the slot),
+# KEYS[4] = the partition's tape prefix (each symbol's tape is the prefix + symbol: one
+# stream per symbol, all in the partition's slot through its hash tag)
+# ARGV[1] = PUBLISH or SPUBLISH, ARGV[2] = tape length cap per symbol, ARGV[3] = tape
+# retention in ms, then per quote: symbol, seq floor, quote JSON without seq
 # Returns {floor_bumps, seq1, seq2, ...}.
 # Redis never rolls a script back, so everything that could fail half-way (a key of the
 # wrong type) is checked before the first write: a batch is published whole or not at all.
+# The tape's entry ids are Redis's clock (XADD *), so it is trimmed by time with MINID on
+# that same clock.
 PUBLISH_SCRIPT = """
-for i = 1, 2 do
-  local key = KEYS[i]
+local function check(key, want)
   local t = redis.call('TYPE', key)['ok']
-  if t ~= 'hash' and t ~= 'none' then
-    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a hash')
+  if t ~= want and t ~= 'none' then
+    return 'WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a ' .. want
+  end
+end
+for i = 1, 2 do
+  local bad = check(KEYS[i], 'hash')
+  if bad then return redis.error_reply(bad) end
+end
+local tapes = {}
+for i = 4, #ARGV, 3 do
+  local tape = KEYS[4] .. ARGV[i]
+  if not tapes[tape] then
+    local bad = check(tape, 'stream')
+    if bad then return redis.error_reply(bad) end
+    tapes[tape] = true
   end
 end
 local out, seqs = {}, {}
 local bumps = 0
 local n = 0
-for i = 2, #ARGV, 3 do
+local maxlen = ARGV[2]
+for i = 4, #ARGV, 3 do
   local symbol, floor, body = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   local seq = redis.call('HINCRBY', KEYS[1], symbol, 1)
   if seq <= floor then
@@ -60,9 +79,15 @@ for i = 2, #ARGV, 3 do
   end
   local quote = string.sub(body, 1, -2) .. ',"seq":' .. string.format('%d', seq) .. '}'
   redis.call('HSET', KEYS[2], symbol, quote)
+  redis.call('XADD', KEYS[4] .. symbol, 'MAXLEN', '~', maxlen, '*', 'q', quote)
   n = n + 1
   out[n] = quote
   seqs[n + 1] = seq
+end
+local now = redis.call('TIME')
+local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[3])
+for tape in pairs(tapes) do
+  redis.call('XTRIM', tape, 'MINID', '~', string.format('%d', cutoff))
 end
 seqs[1] = bumps
 redis.call(ARGV[1], KEYS[3], '[' .. table.concat(out, ',') .. ']')
@@ -88,6 +113,18 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def script_call(settings: Settings, p: int, command: str,
+                quotes: Sequence[tuple[str, int, bytes]]) -> tuple[list[str], list[bytes | str | int]]:
+    """PUBLISH_SCRIPT's keys and arguments for partition `p`'s (symbol, seq floor, body)s."""
+    layout = settings.layout
+    keys = [layout.seq(p), layout.latest(p), layout.channel(p), layout.tape_prefix(p)]
+    args: list[bytes | str | int] = [command, settings.tape_max_len,
+                                     int(settings.tape_retention_s * 1000)]
+    for triple in quotes:
+        args += triple
+    return keys, args
+
+
 def wire_body(quote: Quote) -> bytes:
     """The quote's JSON without seq: the script appends the seq it assigns."""
     data = quote.to_dict()
@@ -99,6 +136,7 @@ class RedisSink:
     def __init__(self, redis: topology.Client, settings: Settings) -> None:
         self._redis = redis
         self._layout = settings.layout
+        self._settings = settings
         self._cluster = isinstance(redis, RedisCluster)
         self._command = "SPUBLISH" if self._cluster else "PUBLISH"
         self._script = redis.register_script(PUBLISH_SCRIPT)
@@ -218,16 +256,13 @@ class RedisSink:
         """Returns the quotes with their seq in the order given, and whether Redis had lost
         state. One script call per partition's part (split again above MAX_BATCH)."""
         calls: list[tuple[list[str], list[bytes | str | int], list[int]]] = []
-        layout = self._layout
-        by_partition = layout.split(range(len(quotes)), lambda i: quotes[i].symbol)
+        by_partition = self._layout.split(range(len(quotes)), lambda i: quotes[i].symbol)
         for p, part in by_partition.items():
-            keys = [layout.seq(p), layout.latest(p), layout.channel(p)]
             for start in range(0, len(part), MAX_BATCH):
                 chunk = part[start : start + MAX_BATCH]
-                args: list[bytes | str | int] = [self._command]
-                for i in chunk:
-                    quote = quotes[i]
-                    args += [quote.symbol, self._last_seq.get(quote.symbol, 0), wire_body(quote)]
+                keys, args = script_call(self._settings, p, self._command, [
+                    (quotes[i].symbol, self._last_seq.get(quotes[i].symbol, 0),
+                     wire_body(quotes[i])) for i in chunk])
                 calls.append((keys, args, chunk))
         # Every partition is tried, even after one failed: a shard that is down (a cluster
         # primary failing over) does not hold back the others. The failure is raised after,

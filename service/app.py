@@ -27,6 +27,7 @@ from .metrics import CONTENT_TYPE, Metrics
 from .node import NODE_ID
 from .protocol import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
 from .settings import Settings
+from .tape import Tape, make_tape
 
 log = logging.getLogger("service.app")
 
@@ -70,7 +71,11 @@ class QuoteService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.hub = Hub(settings.max_symbols, default_hz=default_hz(settings))
+        # Every quote of the day, shared by every process: recovery, gaps, /history.
+        self.tape: Tape = make_tape(settings)
+        self.hub = Hub(settings.max_symbols, default_hz=default_hz(settings), tape=self.tape,
+                       max_recovery=settings.max_recovery,
+                       every_queue_bytes=settings.every_queue_bytes)
         self.connections: set[Connection] = set()
         self._all_closed = asyncio.Event()
         self.feed: Feed = self._make_feed()
@@ -166,7 +171,9 @@ class QuoteService:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+        await self.hub.aclose()
         await self.feed.aclose()
+        await self.tape.aclose()
 
     def admit(self) -> str | None:
         """Why a new connection must wait, or None. After a restart every client comes

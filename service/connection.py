@@ -126,6 +126,8 @@ class Connection:
                 max_symbols=settings.max_symbols,
                 max_client_msgs_per_s=settings.max_client_msgs_per_s,
                 max_frame_bytes=settings.max_frame_bytes,
+                every_queue_bytes=settings.every_queue_bytes,
+                max_recovery=settings.max_recovery,
             ))
             self.hub.greet(self)
             self._subscribe_from_query()
@@ -191,18 +193,25 @@ class Connection:
                     raise ProtocolError(
                         FRAME_TOO_LARGE, f"frames are limited to {settings.max_frame_bytes} bytes"
                     )
-                self._handle(protocol.parse_command(text, max_symbols=settings.max_symbols))
+                recovery = self._handle(protocol.parse_command(
+                    text, max_symbols=settings.max_symbols))
+                if recovery is not None:
+                    # Its ack comes once the tape is read: the next command waits for it,
+                    # so replies keep the order of requests.
+                    await recovery
             except ProtocolError as exc:
                 self.hub.stats[f"error_{exc.code}"] += 1
                 self._reply(exc.frame())
 
-    def _handle(self, command: protocol.Command) -> None:
+    def _handle(self, command: protocol.Command) -> asyncio.Task[None] | None:
         if isinstance(command, Ping):
             self._reply(protocol.pong(command.id, now_ms()))
         elif isinstance(command, Subscribe):
-            self.hub.subscribe(self, command.id, command.symbols, command.max_hz)
+            return self.hub.subscribe(self, command.id, command.symbols, command.max_hz,
+                                      mode=command.mode, since=command.since)
         else:
             self.hub.unsubscribe(self, command.id, command.symbols)
+        return None
 
     def _reply(self, frame: str) -> None:
         self.hub.queue_frame(self, frame)

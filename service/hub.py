@@ -2,9 +2,15 @@
 
 The feed (Redis or embedded) calls `publish` with each batch; every quote is serialised
 once here and handed to the outboxes of its subscribers, whose sender tasks coalesce
-whatever is pending into one frame per write. Nothing in this module awaits, so
+whatever is pending into one frame per write. Nothing in the conflated path awaits, so
 subscription changes and fan-out never interleave: a subscriber's snapshot always comes
 before any update it has not seen.
+
+Every-mode subscribers (`"mode": "every"`) get each quote, in seq order per symbol. What
+pub/sub did not bring (an outage, a reconnect that jumped the board) is read from the tape
+(service/tape) before anything newer of that symbol is passed on, and a subscribe with
+`since` is answered from the tape while the live quotes that arrive meanwhile wait for it:
+the only two places here that await, each in a task of its own.
 """
 
 from __future__ import annotations
@@ -13,22 +19,25 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 from quote_client.quote import Quote, now_ms
 
-from .outbox import Group, Outbox, OutboxFull
+from .outbox import EveryQueue, Group, Outbox, OutboxFull
 from .protocol import (
     ALL,
+    BAD_REQUEST,
     TOO_MANY_SYMBOLS,
     Id,
+    Mode,
     ProtocolError,
     Symbols,
     ack,
     quotes_frame,
     status,
 )
+from .tape import SLACK, Tape, read_after
 
 log = logging.getLogger("service.hub")
 
@@ -55,6 +64,10 @@ GroupKey = tuple[Symbols, float | None, int]
 # subscription and rate seals at its own offset within the interval (bench/viewers.py).
 PHASE_MEMBERS = 1000
 
+# The most quotes one gap fill reads from a symbol's tape (a long outage at a high rate):
+# beyond it the every-mode stream jumps, as it would past the tape's own length.
+FILL_MAX = 100_000
+
 
 def _loop_time() -> float:
     return asyncio.get_running_loop().time()
@@ -68,7 +81,8 @@ class Hub:
     def __init__(self, max_symbols: int, *, default_hz: float | None = None,
                  clock: Callable[[], float] = _loop_time,
                  call_later: Callable[[float, Callable[[], None]], Any] = _loop_call_later,
-                 ) -> None:
+                 tape: Tape | None = None, max_recovery: int = 10_000,
+                 every_queue_bytes: int = 1 << 20) -> None:
         self.max_symbols = max_symbols
         # The rate of a client that asks for none: the fan-out's own (1000 /
         # FANOUT_INTERVAL_MS), or None when that has no cap. A client asking at least this
@@ -91,6 +105,23 @@ class Hub:
         self.stats: Counter[str] = Counter()
         # Called with each batch and the seconds its fan-out took (metrics), if set.
         self.observer: Callable[[Sequence[Quote], float], None] | None = None
+        # Every mode. The tape recovers and fills; the subscribers' symbols, by symbol.
+        self.tape = tape
+        self.max_recovery = max_recovery
+        self.every_queue_bytes = every_queue_bytes
+        self.every_subs: dict[Subscriber, Symbols] = {}
+        self.every_by_symbol: dict[str, set[Subscriber]] = {}
+        self.every_all: set[Subscriber] = set()
+        # The last seq passed down the every path per symbol (kept while anyone listens).
+        self.every_seq: dict[str, int] = {}
+        # Symbols being filled from the tape: the live (seq, JSON) that wait meanwhile,
+        # and the seq the fill must reach.
+        self.holding: dict[str, list[tuple[int, str]]] = {}
+        self.fill_to: dict[str, int] = {}
+        # Subscribers reading their `since` from the tape: what arrived for them meanwhile.
+        self.recovering: dict[Subscriber, list[tuple[str, int, str]]] = {}
+        self._every_due: set[Subscriber] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # Subscribers
 
@@ -100,6 +131,8 @@ class Hub:
     def remove(self, sub: Subscriber) -> None:
         if sub not in self.members:
             return
+        self._set_every(sub, None)
+        self.recovering.pop(sub, None)
         self._move(sub, None, keep=())
         del self.members[sub]
         self.rates.pop(sub, None)
@@ -107,8 +140,17 @@ class Hub:
         self.stats["retired_quotes_sent"] += sub.outbox.quotes_taken
 
     def subscriptions(self, sub: Subscriber) -> Symbols:
+        every = self.every_subs.get(sub)
+        if every is not None:
+            return every
         group = self.members.get(sub)
         return frozenset() if group is None else group.key
+
+    def mode(self, sub: Subscriber) -> Mode | None:
+        """The mode of the client's subscriptions; None while it holds none."""
+        if sub in self.every_subs:
+            return "every"
+        return None if self.members.get(sub) is None else "conflated"
 
     def max_hz(self, sub: Subscriber) -> float | None:
         """The rate in force for this client (what its acks say); None: no cap."""
@@ -173,35 +215,49 @@ class Hub:
                     del self.by_symbol[symbol]
 
     def subscribe(self, sub: Subscriber, id: Id, symbols: Symbols,
-                  max_hz: float | None = None) -> None:
+                  max_hz: float | None = None, *, mode: Mode = "conflated",
+                  since: Mapping[str, int] | None = None) -> asyncio.Task[None] | None:
         """Add symbols, then queue the ack and the snapshot of what was added. A `max_hz`
-        sets the client's rate for all its symbols (None: it stays as it is)."""
+        sets the client's rate for all its symbols (None: it stays as it is).
+
+        In every mode with `since`, the ack waits for the tape: the task returned reads
+        it (the caller awaits it before the client's next command); otherwise None."""
+        held = self.mode(sub)
+        if held is not None and held != mode and symbols != frozenset():
+            raise ProtocolError(BAD_REQUEST, f"this connection's subscriptions are {held}: "
+                                f'unsubscribe "*" first, or open another connection', id)
         mine = self.subscriptions(sub)
-        if mine == ALL:
-            added: Iterable[str] = ()
-            after: Symbols = mine
-        elif symbols == ALL:
-            added = self.board.keys() - mine
-            after = ALL
-        else:
-            added = symbols - mine
-            if len(mine) + len(added) > self.max_symbols:
-                raise ProtocolError(
-                    TOO_MANY_SYMBOLS,
-                    f"at most {self.max_symbols} symbols per connection; "
-                    f"{len(mine)} held, {len(added)} more asked",
-                    id,
-                )
-            after = mine | added
+        added, after = self._added(mine, symbols, id)
+        if mode == "every":
+            return self._subscribe_every(sub, id, symbols, added, after, since or {})
         if max_hz is not None:
             self.set_rate(sub, max_hz)
         # A new rate alone moves the client to the group of its symbols at that rate.
         self._move(sub, after, keep=self.board.keys() if mine == ALL else mine)
-        requested = self.board.keys() if symbols == ALL else symbols
-        unknown = [s for s in requested if s not in self.board]
-        self._ack(sub, id, "subscribe", unknown)
+        self._ack(sub, id, "subscribe", self._unknown(symbols))
         if added:
             self._snapshot(sub, added)
+        return None
+
+    def _added(self, mine: Symbols, symbols: Symbols, id: Id) -> tuple[Iterable[str], Symbols]:
+        """What a subscribe adds to `mine`, and the set after it."""
+        if mine == ALL:
+            return (), mine
+        if symbols == ALL:
+            return self.board.keys() - mine, ALL
+        added = symbols - mine
+        if len(mine) + len(added) > self.max_symbols:
+            raise ProtocolError(
+                TOO_MANY_SYMBOLS,
+                f"at most {self.max_symbols} symbols per connection; "
+                f"{len(mine)} held, {len(added)} more asked",
+                id,
+            )
+        return added, mine | added
+
+    def _unknown(self, symbols: Symbols) -> list[str]:
+        requested = self.board.keys() if symbols == ALL else symbols
+        return [s for s in requested if s not in self.board]
 
     def set_rate(self, sub: Subscriber, max_hz: float) -> None:
         """The client's rate from now on; it takes effect at its next move (subscribe)."""
@@ -213,6 +269,14 @@ class Hub:
 
     def unsubscribe(self, sub: Subscriber, id: Id, symbols: Symbols) -> None:
         mine = self.subscriptions(sub)
+        if sub in self.every_subs:
+            if symbols == ALL:
+                self._set_every(sub, None)
+            else:
+                held = frozenset(self.board) if mine == ALL else mine
+                self._set_every(sub, held - symbols)
+            self._ack(sub, id, "unsubscribe", (), mode="every")
+            return
         if symbols == ALL:
             self._move(sub, None, keep=())
         else:
@@ -222,12 +286,215 @@ class Hub:
             self._move(sub, rest, keep=rest)
         self._ack(sub, id, "unsubscribe", ())
 
-    def _ack(self, sub: Subscriber, id: Id, op: str, unknown: Iterable[str]) -> None:
+    def _ack(self, sub: Subscriber, id: Id, op: str, unknown: Iterable[str],
+             mode: Mode = "conflated", unrecovered: Iterable[str] | None = None) -> None:
         mine = self.subscriptions(sub)
         everything = mine == ALL
         symbols = self.board.keys() if everything else mine
         self.queue_frame(sub, ack(id, op, symbols, unknown, all=everything,
-                                  max_hz=self.max_hz(sub)))
+                                  max_hz=None if mode == "every" else self.max_hz(sub),
+                                  mode=mode, unrecovered=unrecovered))
+
+    # Every mode
+
+    def _subscribe_every(self, sub: Subscriber, id: Id, symbols: Symbols,
+                         added: Iterable[str], after: Symbols, since: Mapping[str, int]
+                         ) -> asyncio.Task[None] | None:
+        if not self.every_subs:  # the first listener: the every path starts at the board
+            self.every_seq = {s: seq for s, (seq, _) in self.board.items()}
+        self._set_every(sub, after)
+        if sub.outbox.every is None:
+            sub.outbox.every = EveryQueue(self.every_queue_bytes)
+        unknown = self._unknown(symbols)
+        fresh = [s for s in added if s not in since]
+        # Where each symbol of `since` stands on the every path now: what the tape must
+        # give, the live quotes after it being held for this client meanwhile.
+        upto = {s: self.every_seq.get(s, self.board.get(s, (0, ""))[0]) for s in since}
+        gaps = {s: upto[s] for s in since if upto[s] > since[s]}
+        if not gaps:
+            self._ack(sub, id, "subscribe", unknown, "every", () if since else None)
+            self._snapshot(sub, fresh)
+            return None
+        if self.tape is None or sum(upto[s] - since[s] for s in gaps) > self.max_recovery:
+            self._ack(sub, id, "subscribe", unknown, "every", list(since))
+            self._snapshot(sub, [*fresh, *since])
+            return None
+        self.recovering[sub] = []
+        return self._spawn(self._recover(sub, id, unknown, fresh, since, gaps))
+
+    async def _recover(self, sub: Subscriber, id: Id, unknown: list[str], fresh: list[str],
+                       since: Mapping[str, int], gaps: dict[str, int]) -> None:
+        """Answer a `since`: the tape's quotes after it, then what arrived meanwhile."""
+        assert self.tape is not None
+        started = time.perf_counter()
+        reads = await asyncio.gather(*(read_after(self.tape, s, since[s], upto)
+                                       for s, upto in gaps.items()), return_exceptions=True)
+        held = self.recovering.pop(sub, None)
+        if held is None or sub not in self.members:
+            return  # gone meanwhile
+        unrecovered = []
+        found: dict[str, list[Quote]] = {}
+        for symbol, read in zip(gaps, reads, strict=True):
+            if isinstance(read, BaseException):
+                log.warning("could not read the tape of %s to recover a client: %s", symbol, read)
+            if isinstance(read, list):
+                found[symbol] = read
+            else:
+                unrecovered.append(symbol)
+        self._ack(sub, id, "subscribe", unknown, "every", unrecovered)
+        self._snapshot(sub, [*fresh, *unrecovered])
+        last = {s: self.board[s][0] for s in [*fresh, *unrecovered] if s in self.board}
+        last.update((s, seq) for s, seq in since.items() if s not in gaps)
+        queue = sub.outbox.every
+        assert queue is not None
+        try:
+            for symbol, quotes in found.items():
+                for quote in quotes:
+                    queue.put(quote.to_json().decode(), backlog=True)
+                last[symbol] = gaps[symbol]
+            for symbol, seq, text in held:
+                if seq > last.get(symbol, -1):
+                    queue.put(text, backlog=True)
+                    last[symbol] = seq
+        except OutboxFull as exc:
+            self._set_every(sub, None)
+            sub.overflow(str(exc))
+            return
+        self.stats["every_recovered_quotes"] += sum(len(q) for q in found.values())
+        log.info("recovered %d quotes of %d symbols for a client in %.1f ms%s",
+                 sum(len(q) for q in found.values()), len(found),
+                 (time.perf_counter() - started) * 1000,
+                 f"; not {', '.join(unrecovered)}: older than the tape" if unrecovered else "")
+        sub.wake()
+
+    def _set_every(self, sub: Subscriber, symbols: Symbols | None) -> None:
+        """The client's every-mode symbols from now on (None or empty: none)."""
+        old = self.every_subs.pop(sub, None)
+        if old == ALL:
+            self.every_all.discard(sub)
+        elif old is not None:
+            for symbol in old:
+                subs = self.every_by_symbol.get(symbol)
+                if subs is not None:
+                    subs.discard(sub)
+                    if not subs:
+                        del self.every_by_symbol[symbol]
+        if symbols:
+            self.every_subs[sub] = symbols
+            if symbols == ALL:
+                self.every_all.add(sub)
+            else:
+                for symbol in symbols:
+                    self.every_by_symbol.setdefault(symbol, set()).add(sub)
+        if not self.every_subs:
+            self.every_seq.clear()
+
+    def _every(self, symbol: str, seq: int, text: str) -> None:
+        """A quote down the every path: passed on if it follows the last, held behind a
+        fill from the tape if some are missing before it."""
+        holding = self.holding.get(symbol)
+        if holding is not None:
+            holding.append((seq, text))
+            return
+        last = self.every_seq.get(symbol)
+        if last is not None and seq > last + 1 and self._listened(symbol):
+            self._gap(symbol, seq - 1)
+            self.holding[symbol].append((seq, text))
+            return
+        self.every_seq[symbol] = seq
+        self._every_deliver(symbol, text)
+
+    def _listened(self, symbol: str) -> bool:
+        return bool(self.every_all) or symbol in self.every_by_symbol
+
+    def _every_deliver(self, symbol: str, text: str) -> None:
+        for group in (self.every_by_symbol.get(symbol, ()), self.every_all):
+            for sub in group:
+                self._every_put(sub, symbol, text)
+
+    def _every_put(self, sub: Subscriber, symbol: str, text: str) -> None:
+        held = self.recovering.get(sub)
+        if held is not None:  # every_seq is this quote's: set before it is passed on
+            held.append((symbol, self.every_seq[symbol], text))
+            return
+        queue = sub.outbox.every
+        assert queue is not None
+        try:
+            queue.put(text)
+        except OutboxFull as exc:
+            self._set_every(sub, None)
+            self.recovering.pop(sub, None)
+            sub.overflow(str(exc))
+            return
+        self._every_due.add(sub)
+
+    def _wake_every(self) -> None:
+        due, self._every_due = self._every_due, set()
+        for sub in due:
+            sub.wake()
+
+    def _gap(self, symbol: str, upto: int) -> None:
+        """Quotes of `symbol` up to seq `upto` must come from the tape first."""
+        self.fill_to[symbol] = max(self.fill_to.get(symbol, 0), upto)
+        if symbol not in self.holding:  # no fill runs for it yet
+            self.holding[symbol] = []
+            self._spawn(self._fill(symbol))
+
+    async def _fill(self, symbol: str) -> None:
+        """Pass on the tape's quotes up to fill_to, then the held ones, until caught up.
+        Where the tape lacks some (Redis lost them), the stream goes on past the hole."""
+        try:
+            while True:
+                last = self.every_seq.get(symbol, 0)
+                upto = self.fill_to.get(symbol, 0)
+                if upto > last and self.tape is not None:
+                    try:
+                        entries = await self.tape.back(symbol, "+",
+                                                       min(upto - last, FILL_MAX) + SLACK)
+                    except Exception as exc:  # Redis down again: what it lacks is lost
+                        log.warning("could not fill %s from the tape: %s", symbol, exc)
+                        entries = []
+                    last = self.every_seq.get(symbol, 0)
+                    quotes = sorted((e.quote for e in entries if last < (e.quote.seq or 0) <= upto),
+                                    key=lambda q: q.seq or 0)
+                    if not quotes or quotes[0].seq != last + 1 or len(quotes) != upto - last:
+                        log.warning("the tape lacks quotes of %s between seq %d and %d: every-mode "
+                                    "clients see a jump there", symbol, last + 1, upto)
+                    for quote in quotes:
+                        self.every_seq[symbol] = quote.seq or 0
+                        self._every_deliver(symbol, quote.to_json().decode())
+                    self.every_seq[symbol] = max(last, upto)
+                    self.stats["every_filled_quotes"] += len(quotes)
+                held = self.holding.get(symbol, [])
+                done = 0
+                for seq, text in held:
+                    current = self.every_seq.get(symbol, 0)
+                    if seq > current + 1 and self.fill_to.get(symbol, 0) < seq - 1:
+                        self.fill_to[symbol] = seq - 1  # another hole: fill it first
+                        break
+                    done += 1
+                    if seq > current:
+                        self.every_seq[symbol] = seq
+                        self._every_deliver(symbol, text)
+                del held[:done]
+                self._wake_every()
+                if not held and self.fill_to.get(symbol, 0) <= self.every_seq.get(symbol, 0):
+                    return
+        finally:
+            self.holding.pop(symbol, None)
+            self.fill_to.pop(symbol, None)
+            self._wake_every()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _snapshot(self, sub: Subscriber, symbols: Iterable[str]) -> None:
         board = self.board
@@ -256,6 +523,7 @@ class Hub:
         everyone = self.everyone
         touched: set[Group] = set()
         sent = 0
+        every = bool(self.every_subs)
         for quote in quotes:
             symbol = quote.symbol
             seq = quote.seq or 0
@@ -266,6 +534,8 @@ class Hub:
             text = quote.to_json().decode()
             board[symbol] = (seq, text)
             sent += 1
+            if every:
+                self._every(symbol, seq, text)
             for group in by_symbol.get(symbol, ()):
                 group.put(symbol, text)
                 touched.add(group)
@@ -278,6 +548,8 @@ class Hub:
                 self._seal_when_due(group)
             elif group.seal():
                 self._deliver(group)
+        if every:
+            self._wake_every()
         self.stats["quotes_in"] += sent
         if self.observer is not None:
             self.observer(quotes, time.perf_counter() - started)
@@ -330,6 +602,13 @@ class Hub:
         # In place: groups hold this board for members that fell too far behind.
         self.board.clear()
         self.board.update(fresh)
+        if self.every_subs:  # what pub/sub missed comes from the tape, for every mode
+            for symbol, (seq, _) in fresh.items():
+                last = self.every_seq.get(symbol)
+                if last is None or not self._listened(symbol):
+                    self.every_seq[symbol] = max(seq, last or 0)
+                elif seq > last:
+                    self._gap(symbol, seq)
 
     def set_feed(self, feed: Feed) -> None:
         """Tell every client; on recovery each also gets a fresh snapshot of its symbols."""
@@ -340,7 +619,7 @@ class Hub:
         frame = status(feed, now_ms())
         for sub in list(self.members):
             self.queue_frame(sub, frame)
-            if feed == "live":
+            if feed == "live" and sub not in self.every_subs:  # every mode: filled instead
                 mine = self.subscriptions(sub)
                 self._snapshot(sub, self.board.keys() if mine == ALL else mine)
 

@@ -161,17 +161,56 @@ class OutboxFull(Exception):
     """The client let too many control frames pile up: it is not reading."""
 
 
+# The most quotes in one every-mode frame: a recovery of thousands goes out as several
+# frames, each well under a client library's default message limit (1 MiB in websockets).
+EVERY_FRAME_QUOTES = 256
+
+
+class EveryQueue:
+    """An every-mode client's quotes not yet written, in order, bounded in bytes.
+
+    Nothing is conflated here, so the bound is what protects the process: past `limit`
+    bytes the client is not keeping up and is closed (4008). A recovery's backlog is
+    bounded by MAX_RECOVERY instead and raises the allowance by its own size, so the
+    client is judged on what piles up after it."""
+
+    __slots__ = ("allowance", "limit", "quotes", "size")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.quotes: list[str] = []
+        self.size = 0
+        self.allowance = 0
+
+    def put(self, quote_json: str, *, backlog: bool = False) -> None:
+        self.quotes.append(quote_json)
+        self.size += len(quote_json)
+        if backlog:
+            self.allowance += len(quote_json)
+        elif self.size > self.limit + self.allowance:
+            raise OutboxFull(f"{self.size} bytes of quotes unsent (EVERY_QUEUE_BYTES="
+                             f"{self.limit})")
+
+    def take(self) -> list[str]:
+        quotes, self.quotes = self.quotes, []
+        self.size = self.allowance = 0
+        return [quotes_frame("quotes", quotes[i : i + EVERY_FRAME_QUOTES])
+                for i in range(0, len(quotes), EVERY_FRAME_QUOTES)]
+
+
 class Outbox:
     """One client's unsent frames: control frames in order, then its group's generations."""
 
-    __slots__ = ("_frames", "_quotes", "control", "group", "lane_quotes", "max_control",
-                 "owner", "pos")
+    __slots__ = ("_frames", "_quotes", "control", "every", "group", "lane_quotes",
+                 "max_control", "owner", "pos")
 
     def __init__(self, max_control: int = 64) -> None:
         self.control: list[str] = []
         self.max_control = max_control
         self.group: Group | None = None
         self.pos = 0
+        # Every mode: the quotes due, in order (the client is then in no group).
+        self.every: EveryQueue | None = None
         # In the group's lane: the group's sealed_quotes when it joined (else None), and
         # the subscriber it is the outbox of (the lane's key).
         self.lane_quotes: int | None = None
@@ -197,7 +236,8 @@ class Outbox:
     def __bool__(self) -> bool:
         if self.lane_quotes is not None:
             return False  # in the lane, nothing waits: anything due takes it out
-        return bool(self.control) or (self.group is not None and self.pos < self.group.gen)
+        return (bool(self.control) or (self.group is not None and self.pos < self.group.gen)
+                or (self.every is not None and bool(self.every.quotes)))
 
     def enter_lane(self, owner: Any, writer: Writer) -> None:
         """Have the group write its frames to `writer` from now on; only when caught up
@@ -272,5 +312,9 @@ class Outbox:
             if frame is not None:
                 frames.append(frame)
                 self._quotes += count
+        every = self.every
+        if every is not None and every.quotes:
+            self._quotes += len(every.quotes)
+            frames += every.take()
         self._frames += len(frames)
         return frames

@@ -11,6 +11,7 @@ deployment can move to a cluster without renaming anything.
     {prefix}:{P}:latest     hash: symbol -> the latest quote JSON, with seq
     {prefix}:{P}:seq        hash: symbol -> the last seq handed out
     {prefix}:{P}:probe:ID   channel: a service instance's own liveness probe
+    {prefix}:{P}:tape:SYM   stream: every quote of SYM published (service/tape)
     {prefix}:layout         hash: `partitions`, the count the publisher last ran with
 """
 
@@ -41,6 +42,14 @@ class Layout:
 
     def seq(self, p: int) -> str:
         return f"{self.prefix}:{{{p}}}:seq"
+
+    def tape(self, symbol: str) -> str:
+        """The symbol's tape, in its partition's slot: one stream per symbol, so the quotes
+        after seq S are its last (latest seq - S) entries, found without a scan."""
+        return f"{self.prefix}:{{{self.partition(symbol)}}}:tape:{symbol}"
+
+    def tape_prefix(self, p: int) -> str:
+        return f"{self.prefix}:{{{p}}}:tape:"
 
     def probe(self, p: int, node: str) -> str:
         return f"{self.prefix}:{{{p}}}:probe:{node}"

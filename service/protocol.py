@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -45,6 +45,10 @@ MAX_ID_LENGTH = 64
 
 Id = int | str | None
 
+# "conflated": the latest per symbol (a ticker); "every": every quote, in seq order.
+Mode = Literal["conflated", "every"]
+MODES: tuple[Mode, ...] = ("conflated", "every")
+
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
@@ -52,6 +56,9 @@ class Subscribe:
     symbols: Symbols
     # The most `quotes` frames a second the client wants; None: leave the rate as it is.
     max_hz: float | None = None
+    mode: Mode = "conflated"
+    # Every mode: symbol -> the last seq the client holds; it gets every quote after it.
+    since: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +133,38 @@ def parse_query_max_hz(raw: str) -> float | None:
     return None if not raw.strip() else parse_max_hz(raw)
 
 
+def parse_mode(value: object, id: Id = None) -> Mode:
+    """`"conflated"` (the default) or `"every"`; shared by the SSE query string."""
+    for mode in MODES:
+        if value == mode:
+            return mode
+    shown = value if isinstance(value, str) and len(value) <= 32 else type(value).__name__
+    raise ProtocolError(BAD_REQUEST, f'mode must be "conflated" or "every", got {shown!r}', id)
+
+
+def parse_since(value: object, symbols: Symbols, max_symbols: int, id: Id = None
+                ) -> dict[str, int]:
+    """`{"OGDC": 5812, ...}`: symbols of the request (any, with "*"), each with a seq."""
+    if not isinstance(value, dict):
+        raise ProtocolError(BAD_REQUEST, "since must be an object of symbol: seq", id)
+    if len(value) > max_symbols:
+        raise ProtocolError(TOO_MANY_SYMBOLS, f"at most {max_symbols} symbols in since", id)
+    since: dict[str, int] = {}
+    for raw, seq in value.items():
+        try:
+            symbol = normalize_symbol(raw)
+        except QuoteError as exc:
+            raise ProtocolError(BAD_REQUEST, f"since: {exc}", id) from None
+        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**53:
+            raise ProtocolError(BAD_REQUEST, f"since: the seq of {symbol} must be an integer "
+                                "from 0", id)
+        if symbols != ALL and symbol not in symbols:
+            raise ProtocolError(BAD_REQUEST, f"since names {symbol}, which the request does "
+                                "not subscribe", id)
+        since[symbol] = seq
+    return since
+
+
 def _parse_id(message: dict[str, Any]) -> Id:
     id = message.get("id")
     if id is None:
@@ -180,9 +219,17 @@ def parse_command(text: str | bytes, *, max_symbols: int) -> Command:
         symbols = parse_symbols(message["symbols"], max_symbols, id)
         if op == "unsubscribe":
             return Unsubscribe(id, symbols)
+        mode = parse_mode(message.get("mode", "conflated"), id)
+        raw_since = message.get("since")
+        since = None if raw_since is None else parse_since(raw_since, symbols, max_symbols, id)
+        if since is not None and mode != "every":
+            raise ProtocolError(BAD_REQUEST, 'since needs "mode": "every"', id)
         raw_hz = message.get("max_hz")
         if raw_hz is None:
-            return Subscribe(id, symbols)
+            return Subscribe(id, symbols, None, mode, since)
+        if mode == "every":
+            raise ProtocolError(BAD_REQUEST, "max_hz does not apply to mode every: every quote "
+                                "is sent", id)
         if isinstance(raw_hz, str):
             raise ProtocolError(BAD_REQUEST, "max_hz must be a number, got str", id)
         return Subscribe(id, symbols, parse_max_hz(raw_hz, id))
@@ -198,7 +245,7 @@ def _dumps(frame: dict[str, Any]) -> str:
 
 
 def welcome(*, node: str, heartbeat_s: float, max_symbols: int, max_client_msgs_per_s: int,
-            max_frame_bytes: int) -> str:
+            max_frame_bytes: int, every_queue_bytes: int, max_recovery: int) -> str:
     """`node` is the worker process's opaque id (service/node.py)."""
     return _dumps({
         "type": "welcome",
@@ -209,12 +256,15 @@ def welcome(*, node: str, heartbeat_s: float, max_symbols: int, max_client_msgs_
             "max_symbols": max_symbols,
             "max_client_msgs_per_s": max_client_msgs_per_s,
             "max_frame_bytes": max_frame_bytes,
+            "every_queue_bytes": every_queue_bytes,
+            "max_recovery": max_recovery,
         },
     })
 
 
 def ack(id: Id, op: str, symbols: Iterable[str], unknown: Iterable[str], *, all: bool,
-        max_hz: float | None = None) -> str:
+        max_hz: float | None = None, mode: Mode = "conflated",
+        unrecovered: Iterable[str] | None = None) -> str:
     """`symbols` is the whole set after the operation. With a `*` subscription it lists every
     symbol the feed has now, and `all: true` says that later ones will come too. `max_hz`
     is the rate in force: the most `quotes` frames a second (left out when there is no cap,
@@ -225,6 +275,13 @@ def ack(id: Id, op: str, symbols: Iterable[str], unknown: Iterable[str], *, all:
         frame["all"] = True
     if max_hz is not None:
         frame["max_hz"] = _number(max_hz)
+    if mode == "every":
+        frame["mode"] = "every"
+    if unrecovered is not None:  # a subscribe with `since`: did the tape cover the gap?
+        missed = sorted(unrecovered)
+        frame["recovered"] = not missed
+        if missed:
+            frame["unrecovered"] = missed
     return _dumps(frame)
 
 

@@ -47,6 +47,15 @@ class Settings:
     # The publisher says it is alive (`[]` on every partition's channel) this often, even
     # when no quote moves.
     publisher_heartbeat_s: float = 1.0
+    # The tape (service/tape): the publisher appends every quote to its symbol's Redis
+    # Stream, trimmed to this many seconds (a trading day and more) and this many quotes
+    # per symbol; every-update clients recover what they missed from it.
+    tape_retention_s: float = 86400.0
+    tape_max_len: int = 100000
+    # Every-update subscriptions: the bytes of quotes waiting for one client before it is
+    # closed with 4008, and the most quotes one subscribe's `since` may recover.
+    every_queue_bytes: int = 1 << 20
+    max_recovery: int = 10000
     # Limits announced in `welcome`.
     heartbeat_s: float = 15.0
     max_symbols: int = 500
@@ -98,7 +107,8 @@ class Settings:
         positive = ("heartbeat_s", "max_symbols", "max_client_msgs_per_s", "max_frame_bytes",
                     "ws_max_size", "send_timeout_s", "redis_retry_max_s", "sim_rate",
                     "publisher_heartbeat_s", "probe_interval_s", "probe_timeout_s",
-                    "max_connections", "max_connects_per_s", "workers")
+                    "max_connections", "max_connects_per_s", "workers", "tape_retention_s",
+                    "tape_max_len", "every_queue_bytes", "max_recovery")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive, got {getattr(self, name)}")

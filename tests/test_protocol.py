@@ -103,10 +103,12 @@ def test_query_symbols() -> None:
 
 def test_frames_are_the_documented_json() -> None:
     welcome = orjson.loads(protocol.welcome(node="3f2a9c01b7de", heartbeat_s=15, max_symbols=500,
-                                            max_client_msgs_per_s=20, max_frame_bytes=4096))
+                                            max_client_msgs_per_s=20, max_frame_bytes=4096,
+                                            every_queue_bytes=1 << 20, max_recovery=10000))
     assert welcome == {"type": "welcome", "protocol": 1, "node": "3f2a9c01b7de", "heartbeat_s": 15,
                        "limits": {"max_symbols": 500, "max_client_msgs_per_s": 20,
-                                  "max_frame_bytes": 4096}}
+                                  "max_frame_bytes": 4096, "every_queue_bytes": 1 << 20,
+                                  "max_recovery": 10000}}
     assert orjson.loads(protocol.ack(1, "subscribe", {"PPL", "OGDC"}, ["PPL"], all=False)) == {
         "type": "ack", "id": 1, "op": "subscribe", "symbols": ["OGDC", "PPL"], "unknown": ["PPL"]}
     assert orjson.loads(protocol.quotes_frame("snapshot", ['{"symbol":"A"}', '{"symbol":"B"}'])) == {

@@ -23,6 +23,7 @@ def service() -> Iterator[ServiceProcess]:
     yield from run_service({
         "SIM_RATE": "100", "HEARTBEAT_S": "0.5", "MAX_SYMBOLS": "40",
         "MAX_CLIENT_MSGS_PER_S": "20", "MAX_FRAME_BYTES": "4096", "WS_MAX_SIZE": "65536",
+        "EVERY_QUEUE_BYTES": "200000", "MAX_RECOVERY": "500",
     }, ready="/readyz")
 
 
@@ -32,7 +33,8 @@ async def test_welcome_announces_the_configured_limits(service: ServiceProcess) 
     node = welcome.pop("node")
     assert welcome == {
         "type": "welcome", "protocol": 1, "heartbeat_s": 0.5,
-        "limits": {"max_symbols": 40, "max_client_msgs_per_s": 20, "max_frame_bytes": 4096},
+        "limits": {"max_symbols": 40, "max_client_msgs_per_s": 20, "max_frame_bytes": 4096,
+                   "every_queue_bytes": 200000, "max_recovery": 500},
     }
     # The worker's opaque id: the one its /readyz and its log lines give, and no host name.
     assert re.fullmatch(r"[0-9a-f]{12}", node)

@@ -13,13 +13,15 @@ from quote_client.quote import Quote, now_ms
 
 from ..hub import Hub
 from ..settings import Settings
+from ..tape.memory import MemoryTape
 
 
 class MemoryBroker:
-    """A publisher sink that hands quotes straight to the hub."""
+    """A publisher sink that hands quotes straight to the hub, and keeps them on the tape."""
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        self.tape = hub.tape if isinstance(hub.tape, MemoryTape) else None
         self.seq: dict[str, int] = {}
         # Nothing persists across a restart here, so seq starts from the clock: a client
         # that held seq N from the previous run still sees every new quote as newer (a
@@ -32,6 +34,9 @@ class MemoryBroker:
             seq = self.seq.get(quote.symbol, self.first_seq) + 1
             self.seq[quote.symbol] = seq
             stamped.append(quote.with_seq(seq))
+        if self.tape is not None:
+            for quote in stamped:
+                self.tape.append(quote)
         self.hub.publish(stamped)
         return stamped
 

@@ -1,0 +1,88 @@
+"""The tape: every quote published, kept for the day, one stream per symbol.
+
+The publisher's script appends each quote to its symbol's tape in the same call that
+stores and publishes it (publisher/redis_sink.py), so the tape and the live feed never
+disagree. A symbol's seq rises by one per update, so the quotes after seq S are the
+symbol's last (latest - S) entries: a position is asked for by seq, without a scan.
+Every-update clients recover from it (`since`), the feed fills its own gaps from it after
+an outage, and the day's path (/history) is drawn from it. One module per store behind
+`Tape`: redis.py (what the publisher writes), memory.py (the embedded demo's own).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from quote_client.quote import Quote
+
+from ..settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A quote and its place on the tape: "MS-N", MS being the store's clock at append."""
+
+    id: str
+    quote: Quote
+
+    @property
+    def ms(self) -> int:
+        return int(self.id.partition("-")[0])
+
+
+class Tape(Protocol):
+    async def back(self, symbol: str, end: str, count: int) -> list[Entry]:
+        """Up to `count` entries at or before `end` ("+", an id, or "(ID" to exclude it),
+        newest first."""
+
+    async def range(self, symbol: str, start: str = "-", count: int | None = None
+                    ) -> list[Entry]:
+        """Entries from `start` on ("-", an id, "MS" alone, or "(ID" to exclude it),
+        oldest first, at most `count`."""
+
+    async def aclose(self) -> None: ...
+
+
+# Entries read per round trip beyond the ones asked for: quotes published while we read.
+SLACK = 64
+
+
+async def read_after(tape: Tape, symbol: str, seq: int, upto: int) -> list[Quote] | None:
+    """Every quote of `symbol` with seq in (seq, upto], in order; None when the tape does
+    not hold all of them (trimmed, or lost by Redis), so recovering from it would leave
+    a hole. Read back from the newest, which holds them unless more were published
+    meanwhile; then further back, page by page."""
+    if upto <= seq:
+        return []
+    found: list[Quote] = []
+    end, want = "+", upto - seq + SLACK
+    for _ in range(8):
+        page = await tape.back(symbol, end, want)
+        for entry in page:
+            s = entry.quote.seq or 0
+            if s <= seq:
+                return _whole(found, seq, upto)
+            if s <= upto:
+                found.append(entry.quote)
+        if len(page) < want:
+            break  # the start of the tape
+        end, want = "(" + page[-1].id, max(upto - seq - len(found), 0) + SLACK
+    return _whole(found, seq, upto)
+
+
+def _whole(newest_first: list[Quote], seq: int, upto: int) -> list[Quote] | None:
+    quotes = newest_first[::-1]
+    if len(quotes) != upto - seq or any(q.seq != seq + 1 + i for i, q in enumerate(quotes)):
+        return None
+    return quotes
+
+
+def make_tape(settings: Settings) -> Tape:
+    if not settings.redis_url:
+        from .memory import MemoryTape
+
+        return MemoryTape(settings.tape_max_len, settings.tape_retention_s)
+    from .redis import RedisTape
+
+    return RedisTape(settings)

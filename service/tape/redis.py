@@ -1,0 +1,51 @@
+"""The tape in Redis: the streams the publisher's script appends to, read with XREVRANGE
+and XRANGE through a client of its own (any topology: in a cluster each symbol's stream
+is on its partition's shard, and the cluster client routes by key)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from quote_client.quote import decode_payload
+
+from .. import topology
+from ..partitions import Layout
+from ..settings import Settings
+from . import Entry
+
+log = logging.getLogger("service.tape")
+
+
+class RedisTape:
+    def __init__(self, settings: Settings) -> None:
+        assert settings.redis_url is not None
+        self.layout: Layout = settings.layout
+        # Its own client: reads of thousands of entries must not wait behind the feed's
+        # probes, nor hold up the subscription.
+        self.client = topology.connect(settings.redis_url, socket_connect_timeout=2,
+                                       socket_timeout=5)
+
+    async def back(self, symbol: str, end: str, count: int) -> list[Entry]:
+        rows = await self.client.xrevrange(self.layout.tape(symbol), end, "-", count=count)
+        return self._entries(symbol, rows)
+
+    async def range(self, symbol: str, start: str = "-", count: int | None = None
+                    ) -> list[Entry]:
+        rows = await self.client.xrange(self.layout.tape(symbol), start, "+", count=count)
+        return self._entries(symbol, rows)
+
+    def _entries(self, symbol: str, rows: Any) -> list[Entry]:
+        entries = []
+        for id, fields in rows:
+            quotes, errors = decode_payload(fields.get(b"q", b""))
+            if errors or len(quotes) != 1 or quotes[0].symbol != symbol:
+                log.warning("skipped a bad entry %s on the tape of %s: %s", id.decode(), symbol,
+                            "; ".join(errors) or "not one quote of this symbol")
+                continue
+            entries.append(Entry(id.decode(), quotes[0]))
+        return entries
+
+    async def aclose(self) -> None:
+        client: Any = self.client
+        await client.aclose()
