@@ -409,7 +409,7 @@ class Hub:
 
     def _every_deliver(self, symbol: str, text: str) -> None:
         for group in (self.every_by_symbol.get(symbol, ()), self.every_all):
-            for sub in group:
+            for sub in list(group) if group else ():  # one that overflows leaves it
                 self._every_put(sub, symbol, text)
 
     def _every_put(self, sub: Subscriber, symbol: str, text: str) -> None:
