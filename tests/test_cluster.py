@@ -21,6 +21,7 @@ from tests.redis_cluster import RedisCluster, client, redis_cluster
 from tests.redis_server import LAYOUT
 from tests.service_proc import PublisherProcess, ServiceProcess, feed_stack, http_get
 from tests.test_faults import FAST_PROBES, ReadyWatcher, converged, until, watchers
+from tests.wsclient import ClientConnection, connect, recv_type
 
 Stack = tuple[RedisCluster, ServiceProcess, PublisherProcess]
 
@@ -169,3 +170,54 @@ async def test_a_partition_whose_slot_moves_is_followed(stack: Stack) -> None:
     print(f"\ncluster, slot {slot(p)} (partition {p}: {', '.join(symbols)}) moved :{source} -> "
           f":{target} in {moved - started:.2f}s; subscribed there after {followed:.2f}s, its "
           f"quotes arriving after {arriving:.2f}s; {stale_during} stale statuses over 5 clients")
+
+
+async def test_every_mode_recovers_from_the_tapes_on_every_shard(stack: Stack) -> None:
+    """A consumer of every quote disconnects, quotes go on, and it resumes with `since`:
+    each symbol's tape is read on its own shard, and what it got, before and after, is
+    exactly each tape's run of seqs."""
+    cluster, service, _ = stack
+    symbols = ["HBL", "KSE100", "OGDC", "PPL"]
+    assert len({cluster_slot_owner(cluster, s) for s in symbols}) >= 2
+    got: dict[str, list[int]] = {s: [] for s in symbols}
+
+    async def take(ws: ClientConnection, more: int) -> None:
+        """Read quotes until every symbol has `more` beyond what it held."""
+        want = {s: len(got[s]) + more for s in symbols}
+        async with asyncio.timeout(20):
+            while any(len(got[s]) < want[s] for s in symbols):
+                frame = orjson.loads(await ws.recv())
+                if frame["type"] in ("quotes", "snapshot"):
+                    for q in frame["quotes"]:
+                        got[q["symbol"]].append(q["seq"])
+
+    async with connect(service.ws_url) as ws:
+        await ws.send(orjson.dumps({"op": "subscribe", "id": 1, "symbols": symbols,
+                                    "mode": "every"}).decode())
+        assert (await recv_type(ws, "ack"))["mode"] == "every"
+        await take(ws, 3)
+    since = {s: got[s][-1] for s in symbols}
+    await asyncio.sleep(1.0)  # published meanwhile: on the tapes only
+    async with connect(service.ws_url) as ws:
+        await ws.send(orjson.dumps({"op": "subscribe", "id": 2, "symbols": symbols,
+                                    "mode": "every", "since": since}).decode())
+        ack = await recv_type(ws, "ack")
+        assert ack["recovered"] is True, ack
+        await take(ws, 12)
+    tapes = redis.RedisCluster(host="127.0.0.1", port=cluster.live()[0].port)
+    try:
+        for s in symbols:
+            assert got[s] == list(range(got[s][0], got[s][-1] + 1)), (s, got[s])
+            on_tape = [orjson.loads(fields[b"q"])["seq"]
+                       for _, fields in tapes.xrange(LAYOUT.tape(s))]
+            assert got[s] == [seq for seq in on_tape if got[s][0] <= seq <= got[s][-1]]
+    finally:
+        tapes.close()
+    print("\ncluster every mode: resumed "
+          + ", ".join(f"{s} after {since[s]} ({got[s][-1] - since[s]} more)" for s in symbols))
+
+
+def cluster_slot_owner(cluster: RedisCluster, symbol: str) -> int:
+    number = key_slot(LAYOUT.tape(symbol).encode())
+    owners = cluster.owners_from(cluster.live()[0].port)
+    return next(port for (first, last), port in owners.items() if first <= number <= last)
