@@ -223,7 +223,7 @@ class Hub:
         In every mode with `since`, the ack waits for the tape: the task returned reads
         it (the caller awaits it before the client's next command); otherwise None."""
         held = self.mode(sub)
-        if held is not None and held != mode and symbols != frozenset():
+        if held is not None and held != mode:
             raise ProtocolError(BAD_REQUEST, f"this connection's subscriptions are {held}: "
                                 f'unsubscribe "*" first, or open another connection', id)
         mine = self.subscriptions(sub)
@@ -424,6 +424,7 @@ class Hub:
         except OutboxFull as exc:
             self._set_every(sub, None)
             self.recovering.pop(sub, None)
+            self.stats["slow_consumer_closed"] += 1
             sub.overflow(str(exc))
             return
         self._every_due.add(sub)

@@ -39,6 +39,8 @@ _GAUGES = {
     "symbols": ("Symbols on the board (the most any worker holds).", "livemax"),
     "feed_live": ("1 while the feed is live on every worker, 0 while stale on any.", "livemin"),
     "workers": ("Worker processes serving.", "livesum"),
+    "every_subscribers": ("Connections subscribed in every mode (every quote, none conflated).",
+                          "livesum"),
 }
 
 # name -> help; each is read from the hub's stats or the outboxes (`_counter_values`)
@@ -52,11 +54,15 @@ _COUNTERS = {
     "frames_sent": "Websocket frames sent to clients.",
     "quotes_sent": "Quote entries sent to clients in `quotes` frames.",
     "quotes_conflated": "Updates replaced by a newer one before they were sent.",
+    "every_recovered_quotes": "Quotes read from the tape to answer a subscribe's `since`.",
+    "every_filled_quotes": "Quotes read from the tape to fill what pub/sub missed, in every mode.",
 }
 _STATS = {"quotes_received": "quotes_in", "quotes_stale_dropped": "quotes_stale_dropped",
           "feed_junk_dropped": "junk_dropped", "redis_reconnects": "redis_reconnects",
           "slow_client_disconnects": "slow_consumer_closed",
-          "connections_refused": "connections_refused"}
+          "connections_refused": "connections_refused",
+          "every_recovered_quotes": "every_recovered_quotes",
+          "every_filled_quotes": "every_filled_quotes"}
 
 
 class Metrics:
@@ -118,6 +124,7 @@ class Metrics:
         gauges["symbols"].set(len(hub.board))
         gauges["feed_live"].set(1 if hub.feed == "live" else 0)
         gauges["workers"].set(1)
+        gauges["every_subscribers"].set(len(hub.every_subs))
         pushed = self._pushed
         for name, value in self._counter_values().items():
             delta = value - pushed.get(name, 0)
