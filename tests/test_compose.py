@@ -49,6 +49,13 @@ def test_redis_image_is_pinned(compose: dict[str, Any]) -> None:
     assert re.fullmatch(r"redis:\d+\.\d+\.\d+[-\w.]*", image), image
 
 
+def test_the_redis_keeps_the_tape_across_a_restart(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    given = options(redis["command"])
+    assert given["--appendonly"] == "yes" and given["--appendfsync"] == "everysec"
+    assert "redis-data:/data" in redis["volumes"] and "redis-data" in compose["volumes"]
+
+
 def test_commands_exist(compose: dict[str, Any]) -> None:
     for name in ("publisher", "service", "service-replica", "service-1", "service-2",
                  "publisher-cluster", "service-cluster"):
