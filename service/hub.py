@@ -121,6 +121,8 @@ class Hub:
         # Subscribers reading their `since` from the tape: what arrived for them meanwhile.
         self.recovering: dict[Subscriber, list[tuple[str, int, str]]] = {}
         self._every_due: set[Subscriber] = set()
+        # Set while the feed is live: a `since` that came before waits for it.
+        self._live = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # Subscribers
@@ -305,53 +307,80 @@ class Hub:
         self._set_every(sub, after)
         if sub.outbox.every is None:
             sub.outbox.every = EveryQueue(self.every_queue_bytes)
-        unknown = self._unknown(symbols)
         fresh = [s for s in added if s not in since]
-        # Where each symbol of `since` stands on the every path now: what the tape must
-        # give, the live quotes after it being held for this client meanwhile.
-        upto = {s: self.every_seq.get(s, self.board.get(s, (0, ""))[0]) for s in since}
-        gaps = {s: upto[s] for s in since if upto[s] > since[s]}
-        if not gaps:
-            self._ack(sub, id, "subscribe", unknown, "every", () if since else None)
+        if not since:
+            self._ack(sub, id, "subscribe", self._unknown(symbols), "every")
             self._snapshot(sub, fresh)
             return None
-        if self.tape is None or sum(upto[s] - since[s] for s in gaps) > self.max_recovery:
-            self._ack(sub, id, "subscribe", unknown, "every", list(since))
+        if self.feed != "live" and self.tape is not None:
+            # The board may not be loaded yet (a service just started, or Redis is
+            # away): where each symbol stands is not known, so the answer waits for it,
+            # and whatever arrives meanwhile waits for the answer.
+            self.recovering[sub] = []
+            return self._spawn(self._since_when_live(sub, id, symbols, fresh, since))
+        gaps = self._gaps(since)
+        if gaps == {}:
+            self._ack(sub, id, "subscribe", self._unknown(symbols), "every", ())
+            self._snapshot(sub, fresh)
+            return None
+        if gaps is None:
+            self._ack(sub, id, "subscribe", self._unknown(symbols), "every", list(since))
             self._snapshot(sub, [*fresh, *since])
             return None
         self.recovering[sub] = []
-        return self._spawn(self._recover(sub, id, unknown, fresh, since, gaps))
+        return self._spawn(self._recover(sub, id, symbols, fresh, since, gaps))
 
-    async def _recover(self, sub: Subscriber, id: Id, unknown: list[str], fresh: list[str],
-                       since: Mapping[str, int], gaps: dict[str, int]) -> None:
-        """Answer a `since`: the tape's quotes after it, then what arrived meanwhile."""
-        assert self.tape is not None
+    def _gaps(self, since: Mapping[str, int]) -> dict[str, int] | None:
+        """symbol -> the seq the every path stands at, for the symbols of `since` behind
+        it: what the tape must give (the live quotes after it are held for the client
+        meanwhile). None: more than MAX_RECOVERY together, or no tape to read."""
+        upto = {s: self.every_seq.get(s, self.board.get(s, (0, ""))[0]) for s in since}
+        gaps = {s: upto[s] for s in since if upto[s] > since[s]}
+        if gaps and (self.tape is None
+                     or sum(upto[s] - since[s] for s in gaps) > self.max_recovery):
+            return None
+        return gaps
+
+    async def _since_when_live(self, sub: Subscriber, id: Id, symbols: Symbols,
+                               fresh: list[str], since: Mapping[str, int]) -> None:
+        while self.feed != "live":
+            await self._live.wait()
+        if sub in self.recovering:
+            await self._recover(sub, id, symbols, fresh, since, self._gaps(since))
+
+    async def _recover(self, sub: Subscriber, id: Id, symbols: Symbols, fresh: list[str],
+                       since: Mapping[str, int], gaps: dict[str, int] | None) -> None:
+        """Answer a `since`: the tape's quotes after it, then what arrived meanwhile
+        (gaps None: none recovered, a snapshot instead)."""
         started = time.perf_counter()
-        reads = await asyncio.gather(*(read_after(self.tape, s, since[s], upto)
-                                       for s, upto in gaps.items()), return_exceptions=True)
+        tape = self.tape
+        reads: list[Any] = []
+        if gaps and tape is not None:
+            reads = await asyncio.gather(*(read_after(tape, s, since[s], upto)
+                                           for s, upto in gaps.items()), return_exceptions=True)
         held = self.recovering.pop(sub, None)
         if held is None or sub not in self.members:
             return  # gone meanwhile
-        unrecovered = []
+        unrecovered = list(since) if gaps is None else []
         found: dict[str, list[Quote]] = {}
-        for symbol, read in zip(gaps, reads, strict=True):
+        for symbol, read in zip(gaps or (), reads, strict=True):
             if isinstance(read, BaseException):
                 log.warning("could not read the tape of %s to recover a client: %s", symbol, read)
             if isinstance(read, list):
                 found[symbol] = read
             else:
                 unrecovered.append(symbol)
-        self._ack(sub, id, "subscribe", unknown, "every", unrecovered)
+        self._ack(sub, id, "subscribe", self._unknown(symbols), "every", unrecovered)
         self._snapshot(sub, [*fresh, *unrecovered])
         last = {s: self.board[s][0] for s in [*fresh, *unrecovered] if s in self.board}
-        last.update((s, seq) for s, seq in since.items() if s not in gaps)
+        last.update((s, seq) for s, seq in since.items() if s not in found and s not in last)
         queue = sub.outbox.every
         assert queue is not None
         try:
             for symbol, quotes in found.items():
                 for quote in quotes:
                     queue.put(quote.to_json().decode(), backlog=True)
-                last[symbol] = gaps[symbol]
+                last[symbol] = quotes[-1].seq or 0 if quotes else since[symbol]
             for symbol, seq, text in held:
                 if seq > last.get(symbol, -1):
                     queue.put(text, backlog=True)
@@ -360,11 +389,13 @@ class Hub:
             self._set_every(sub, None)
             sub.overflow(str(exc))
             return
-        self.stats["every_recovered_quotes"] += sum(len(q) for q in found.values())
-        log.info("recovered %d quotes of %d symbols for a client in %.1f ms%s",
-                 sum(len(q) for q in found.values()), len(found),
-                 (time.perf_counter() - started) * 1000,
-                 f"; not {', '.join(unrecovered)}: older than the tape" if unrecovered else "")
+        count = sum(len(q) for q in found.values())
+        self.stats["every_recovered_quotes"] += count
+        if found or unrecovered:
+            log.info("recovered %d quotes of %d symbols for a client in %.1f ms%s", count,
+                     len(found), (time.perf_counter() - started) * 1000,
+                     f"; not {', '.join(unrecovered)}: older than the tape or over "
+                     f"MAX_RECOVERY" if unrecovered else "")
         sub.wake()
 
     def _set_every(self, sub: Subscriber, symbols: Symbols | None) -> None:
@@ -616,6 +647,10 @@ class Hub:
         if feed == self.feed:
             return
         self.feed = feed
+        if feed == "live":
+            self._live.set()
+        else:
+            self._live.clear()
         log.log(logging.WARNING if feed == "stale" else logging.INFO, "feed %s", feed)
         frame = status(feed, now_ms())
         for sub in list(self.members):

@@ -60,6 +60,7 @@ def setup(max_recovery: int = 10_000, queue_bytes: int = 1 << 20
     tape = GatedTape()
     hub = Hub(max_symbols=10, tape=tape, max_recovery=max_recovery,
               every_queue_bytes=queue_bytes)
+    hub.set_feed("live")
     market = Market(hub, tape)
     sub = Recorder()
     hub.add(sub)
@@ -102,12 +103,12 @@ async def test_since_recovers_from_the_tape_then_goes_live_without_gap_or_repeat
     await task
     frames = sub.frames()
     assert frames[0] == {"type": "ack", "id": 2, "op": "subscribe",
-                         "symbols": ["HBL", "OGDC", "PPL"], "unknown": ["HBL"], "mode": "every",
+                         "symbols": ["HBL", "OGDC", "PPL"], "unknown": [], "mode": "every",
                          "recovered": True}
     got = received(frames)
     assert [x for x in got if x[0] == "OGDC"] == seqs("OGDC", 26, 43)
-    # HBL had no quote when asked for; its first came meanwhile, and is in the snapshot
-    # that follows the ack, not repeated after it.
+    # HBL had no quote when asked for; its first came meanwhile (so the ack, as of its
+    # sending, knows it), and is in the snapshot that follows the ack, not repeated after.
     assert [(x["symbol"], x["seq"]) for x in frames[1]["quotes"]] == [("HBL", 1)]
     assert [x for x in got if x[0] == "HBL"] == []
     assert [x for x in got if x[0] == "PPL"] == []  # it was up to date
@@ -118,7 +119,6 @@ async def test_since_recovers_from_the_tape_then_goes_live_without_gap_or_repeat
 async def test_a_gap_older_than_the_tape_is_not_recovered_and_gets_a_snapshot() -> None:
     hub, tape, market, sub = setup()
     tape.max_len = 20
-    tape.tapes.clear()
     market.publish("OGDC", 50)  # the tape keeps the last 20: 31..50
     task = hub.subscribe(sub, 3, frozenset({"OGDC"}), mode="every", since={"OGDC": 5})
     assert task is not None
@@ -176,6 +176,8 @@ async def test_a_reload_that_jumps_the_board_is_filled_too() -> None:
     market.publish("OGDC", 5)
     hub.subscribe(sub, 1, ALL, mode="every")
     sub.frames()
+    hub.set_feed("stale")
+    sub.frames()
     missed = market.quotes("OGDC", 4)  # the feed reconnects and reloads the board
     hub.load([missed[-1]])
     hub.set_feed("live")
@@ -214,3 +216,24 @@ async def until_idle(hub: Hub) -> None:
     async with asyncio.timeout(5):
         while hub._tasks:
             await asyncio.gather(*hub._tasks)
+
+
+async def test_a_since_before_the_board_is_loaded_waits_for_it() -> None:
+    """A service just started (or with Redis away) does not know where a symbol stands:
+    the answer waits for the feed, then recovers from the tape."""
+    hub, _, market, sub = setup()
+    hub.set_feed("stale")
+    market.quotes("PPL", 10)  # on the tape; the board has not been read yet
+    hub.board.clear()
+    task = hub.subscribe(sub, 1, frozenset({"PPL"}), mode="every", since={"PPL": 5})
+    assert task is not None
+    await asyncio.sleep(0)
+    assert [f for f in sub.frames() if f["type"] == "ack"] == []
+    market.hub.load(market.quotes("PPL", 1))  # the board as the feed reads it: seq 11
+    hub.set_feed("live")
+    market.publish("PPL")  # 12, live, while the tape is read
+    await task
+    frames = sub.frames()
+    ack = next(f for f in frames if f["type"] == "ack")
+    assert ack["recovered"] is True
+    assert received(frames) == seqs("PPL", 6, 12)

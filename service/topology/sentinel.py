@@ -95,7 +95,9 @@ def connect(url: str, **options: Any) -> aioredis.Redis:
     asking = {k: v for k, v in options.items() if k in ("socket_connect_timeout", "socket_timeout")}
     if spec.sentinel_password:
         asking["password"] = spec.sentinel_password
-    sentinels = Sentinel(spec.sentinels, sentinel_kwargs=asking)  # type: ignore[no-untyped-call]
+    # Any: Sentinel's constructor is untyped in some redis-py releases and typed in others.
+    sentinel_class: Any = Sentinel
+    sentinels = sentinel_class(spec.sentinels, sentinel_kwargs=asking)
     # With a connection_class of our own, TLS is that class (master_for's ssl= would
     # choose one for us).
     return sentinels.master_for(  # type: ignore[no-any-return]
