@@ -219,7 +219,7 @@ def test_modules_are_served_as_widget_js_is(service: ServiceProcess) -> None:
             files[target] = source(target)
             if target not in served and target not in pending:
                 pending.append(target)
-    assert set(served) == {"/widget.js", "/js/format.js", "/js/stream.js",
+    assert set(served) == {"/widget.js", "/js/format.js", "/js/stream.js", "/js/sse-socket.js",
                            "/widget/quote-ticker.js", "/widget/styles.js"}
     assert files["/js/stream.js"] == JS / "src" / "stream.js", "the widget runs the package's code"
     assert "COPY clients/js/src " in (ROOT / "Dockerfile").read_text(), "the image serves /js/ too"
@@ -582,3 +582,127 @@ def test_stream_client_max_hz_in_node(service: ServiceProcess) -> None:
     assert report["firstRates"] == [["*", 2]], "the rate goes with the first subscribe"
     assert 4 <= report["slowFrames"] <= 7, report
     assert report["rates"] == [2, 10, 2, 50, 2, 4]
+
+
+# --- every update ---------------------------------------------------------------------------
+
+EVERY_SCRIPT = r"""
+import WebSocket from 'ws';
+import { connect, connections } from 'quote-stream';
+
+// Every quote as a line [symbol, seq]; statuses and recovery answers as objects. Ends, and
+// closes its streams, when stdin does (the test's signal that it has read enough).
+const url = process.argv[1];
+const out = (obj) => process.stdout.write(`${JSON.stringify(obj)}\n`);
+const refused = [];
+try { connect(url, { WebSocket, mode: 'every', maxHz: 4 }); } catch (err) { refused.push(err.name); }
+try { connect(url, { WebSocket, mode: 'each' }); } catch (err) { refused.push(err.name); }
+try { connect(url, { WebSocket, since: { OGDC: 1 } }); } catch (err) { refused.push(err.name); }
+const every = connect(url, { WebSocket, mode: 'every' });
+const ticker = connect(url, { WebSocket }); // conflated: a socket of its own
+every.on('quote', (q) => out([q.symbol, q.seq]));
+every.on('status', (feed) => out({ feed }));
+every.on('recovery', (info) => out({ recovery: info, recovered: every.recovered }));
+every.subscribe(['OGDC', 'PPL', 'KSE100']);
+ticker.subscribe(['OGDC']);
+setTimeout(() => {
+  const sockets = connections().map((c) => [c.mode, c.subscribed]).sort();
+  out({ refused, sockets, mode: every.mode });
+}, 500);
+process.stdin.resume();
+process.stdin.on('end', () => {
+  out({ positions: Object.fromEntries(every.positions), unrecovered: every.unrecovered });
+  every.close();
+  ticker.close();
+});
+"""
+
+
+def test_stream_client_every_mode_across_a_service_restart(tmp_path: Path) -> None:
+    """connect(url, {mode: 'every'}) in Node against a Redis-fed service and the real
+    publisher: the service restarts on the same port, the socket comes back and resubscribes
+    with `since`, and the quotes it delivered are each symbol's tape exactly (XRANGE once
+    the publisher stopped): none lost, none repeated, in order. Its socket is not the
+    conflated stream's."""
+    import redis  # the tape, read as the test of the Python client reads it
+
+    from service.partitions import Layout
+    from tests.redis_server import redis_server
+    from tests.service_proc import feed_stack
+
+    node = require_node()
+    env = {"DRAIN_S": "0", "PROBE_INTERVAL_S": "0.5", "PROBE_TIMEOUT_S": "2"}
+    with redis_server() as server, feed_stack(server.url, 150, env) as (service, publisher), \
+            open(tmp_path / "stderr.txt", "w+") as stderr:
+        proc = subprocess.Popen([node, "--input-type=module", "-e", EVERY_SCRIPT, service.ws_url],
+                                cwd=JS, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.PIPE,
+                                text=True, env={**os.environ, "NO_COLOR": "1"})
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            lines = Lines(proc.stdout)
+            got: list[tuple[str, int]] = []
+            events: list[dict[str, Any]] = []
+
+            def read_until(done: Any, timeout: float, what: str) -> None:
+                deadline = time.monotonic() + timeout
+                while not done():
+                    left = deadline - time.monotonic()
+                    try:
+                        raw = lines.queue.get(timeout=max(left, 0.01))
+                    except queue.Empty:
+                        pytest.fail(f"not within {timeout}s: {what}; last {lines.seen[-5:]}\n"
+                                    f"{service.log()}")
+                    if raw is not None:
+                        lines.seen.append(raw)
+                    if raw is None:
+                        stderr.seek(0)
+                        pytest.fail(f"node ended early: {lines.seen[-5:]}\n{stderr.read()}")
+                    message = json.loads(raw)
+                    if isinstance(message, list):
+                        got.append((message[0], message[1]))
+                    else:
+                        events.append(message)
+
+            read_until(lambda: len(got) > 40 and any("sockets" in e for e in events), 20,
+                       "quotes in every mode")
+            setup = next(e for e in events if "sockets" in e)
+            assert setup["refused"] == ["RangeError", "RangeError", "TypeError"]
+            assert setup["mode"] == "every"
+            assert setup["sockets"] == [["conflated", ["OGDC"]], ["every", ["KSE100", "OGDC", "PPL"]]]
+            service.restart()
+            read_until(lambda: any("recovery" in e for e in events), RECONNECT_MS / 1000,
+                       "the resubscription's answer")
+            mark = len(got)
+            read_until(lambda: len(got) > mark + 30, 15, "quotes after the restart")
+            recovery = next(e for e in events if "recovery" in e)
+            assert recovery["recovery"] == {"recovered": True, "unrecovered": []}
+            assert recovery["recovered"] is True
+            assert {"feed": "reconnecting"} in events
+
+            publisher.stop()
+            layout = Layout()
+            client = redis.Redis.from_url(server.url, socket_timeout=2)
+            try:
+                tape = {s: [json.loads(fields[b"q"])["seq"] for _, fields in client.xrange(layout.tape(s))]
+                        for s in SYMBOLS}
+            finally:
+                client.close()
+
+            def caught_up() -> bool:
+                last: dict[str, int] = {}
+                for symbol, seq in got:
+                    last[symbol] = seq
+                return all(last.get(s) == seqs[-1] for s, seqs in tape.items())
+
+            read_until(caught_up, 15, "the last quote of each symbol")
+            proc.stdin.close()
+            read_until(lambda: any("positions" in e for e in events), 10, "the positions")
+            assert proc.wait(10) == 0, "the process did not end by itself after close()"
+        finally:
+            stop(proc)
+    positions = next(e for e in events if "positions" in e)["positions"]
+    assert positions == {s: seqs[-1] for s, seqs in tape.items()}
+    for symbol, seqs in tape.items():
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"{symbol}'s tape has a hole"
+        mine = [seq for s, seq in got if s == symbol]
+        assert mine == [seq for seq in seqs if seq >= mine[0]], symbol

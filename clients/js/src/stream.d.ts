@@ -35,6 +35,18 @@ export interface QuoteInfo {
   snapshot: boolean;
 }
 
+/** How a socket asks for quotes: `conflated` (the latest per symbol; the default) or
+ * `every` (every published quote, in seq order, recovered after a gap). */
+export type Mode = 'conflated' | 'every';
+
+/** Every mode: the service's answer to a `since` (after a reconnect, or connect's since). */
+export interface Recovery {
+  /** True when the tape covered every gap. */
+  recovered: boolean;
+  /** The symbols it could not cover: they continue from a snapshot (their seq jumps). */
+  unrecovered: string[];
+}
+
 /** An `error` frame from the service (a request it refused). */
 export interface ServerError {
   code: string;
@@ -45,12 +57,15 @@ export interface ServerError {
 export interface StreamEvents {
   /** Each accepted quote (newer `seq` than the one held), one call per quote. */
   quote: (quote: Quote, info: QuoteInfo) => void;
-  /** The accepted quotes of one frame together (at most one per symbol). */
+  /** The accepted quotes of one frame together (at most one per symbol; in every mode
+   * several per symbol may come, in seq order). */
   quotes: (quotes: Quote[], info: QuoteInfo) => void;
   /** The feed state changed. */
   status: (feed: Feed, previous: Feed) => void;
   /** The service refused a request (without a listener: a console warning). */
   error: (error: ServerError) => void;
+  /** Every mode: the service answered a `since` (each resubscription after a reconnect). */
+  recovery: (info: Recovery) => void;
 }
 
 /** The part of the WHATWG WebSocket the client uses (the browser's, Node 22's, or `ws`):
@@ -70,11 +85,22 @@ export type WebSocketConstructor = new (url: string) => WebSocketLike;
 export interface ConnectOptions {
   /** The WebSocket class, where there is no global one (Node 20: `import WebSocket from 'ws'`). */
   WebSocket?: WebSocketConstructor;
+  /** The EventSource class for the SSE fallback, where there is no global one. */
+  EventSource?: unknown;
   /** At most this many `quotes` frames a second for this stream, 0.5 to 50 (default: the
    * service's, 50 as shipped). Quotes stay conflated, so the board is never more than
    * 1/maxHz behind. The shared socket runs at the highest rate of its streams, or at the
-   * service's default if any stream asks for none. RangeError when out of range. */
+   * service's default if any stream asks for none. RangeError when out of range, or with
+   * mode 'every'. */
   maxHz?: number | null;
+  /** 'every': every published quote, in seq order, none repeated, recovered from the
+   * service's tape after a reconnect. Every-mode streams share a socket of their own
+   * (sockets are keyed by URL and mode). Default 'conflated'. */
+  mode?: Mode;
+  /** Every mode: symbol -> the last seq already processed (e.g. persisted by a previous
+   * run), where to resume: the quotes after it come first. A position the socket already
+   * holds for a symbol wins. */
+  since?: Readonly<Record<string, number>> | ReadonlyMap<string, number>;
 }
 
 export interface Stream {
@@ -89,6 +115,15 @@ export interface Stream {
   readonly closed: boolean;
   /** The rate this stream asked for (null: the service's default). */
   readonly maxHz: number | null;
+  /** The socket's mode. */
+  readonly mode: Mode;
+  /** Every mode: the socket's latest answer to a `since` (null before one). */
+  readonly recovered: boolean | null;
+  /** Every mode: the symbols that latest answer could not recover. */
+  readonly unrecovered: string[];
+  /** Every mode: symbol -> the last seq accepted, for this stream's symbols (a copy);
+   * the `since` of the next resubscription. */
+  readonly positions: Map<string, number>;
   /** Ask for at most this many `quotes` frames a second (null: the service's default);
    * see ConnectOptions.maxHz. */
   setMaxHz(maxHz: number | null): this;
@@ -124,6 +159,12 @@ export interface ConnectionInfo {
   maxHz: number | null;
   /** The rate in force, from the service's latest ack (null before one). */
   grantedHz: number | null;
+  /** The socket's mode. */
+  mode: Mode;
+  /** Every mode: the latest answer to a `since` (null before one). */
+  recovered: boolean | null;
+  /** 'sse' after SSE_AFTER_FAILURES websocket attempts in a row never opened. */
+  transport: 'websocket' | 'sse';
   /** The socket's readyState, or -1 between sockets. */
   readyState: number;
 }
@@ -132,8 +173,12 @@ export interface ConnectionInfo {
 export declare function connections(): ConnectionInfo[];
 
 export declare const SYMBOL_RE: RegExp;
+/** Websocket attempts in a row that never opened before the SSE fallback. */
+export declare const SSE_AFTER_FAILURES: number;
 export declare const MIN_HZ: number;
 export declare const MAX_HZ: number;
+/** The modes connect() takes. */
+export declare const MODES: readonly Mode[];
 /** A maxHz option as the client takes it: null, or a number from MIN_HZ to MAX_HZ (else RangeError). */
 export declare function checkMaxHz(value: unknown): number | null;
 export declare function isSymbol(value: unknown): value is string;

@@ -20,6 +20,27 @@
 // 1/maxHz behind). The shared socket runs at the highest rate its streams ask for, and at
 // the service's default as soon as one stream asks for none: a stream may get quotes more
 // often than it asked, never less often.
+//
+// Every update: connect(url, { mode: 'every' }) asks for every published quote, in seq
+// order, never conflated (PROTOCOL.md, "Every update, recovery and the tape"). Its streams
+// share a socket of their own (sockets are keyed by URL and mode: the service gives one
+// connection one mode). The socket remembers each symbol's last accepted seq (`positions`,
+// seeded by `connect(url, { mode: 'every', since })`) and after any reconnect resubscribes
+// with `since` = those seqs, so the service sends what was missed from its tape first; a
+// quote whose seq is not above the position is a duplicate and dropped. Each answer to a
+// `since` is a `recovery` event ({ recovered, unrecovered }) and `stream.recovered`; a
+// symbol the tape could not cover continues from a snapshot (its seq jumps there).
+
+// Without websockets: after SSE_AFTER_FAILURES websocket attempts in a row that never
+// opened (a proxy or filter that blocks the upgrade), the socket falls back to the
+// service's Server-Sent Events (sse-socket.js), where there is an EventSource (browsers;
+// in Node, connect(url, { EventSource })). The same frames, the same reconnects and
+// `since`; when that stream drops, the next attempt tries the websocket again.
+// `connections()` says which is in use (`transport`).
+
+import { SseSocket } from './sse-socket.js';
+
+export const SSE_AFTER_FAILURES = 3;
 
 export const SYMBOL_RE = /^[A-Z0-9.\-]{1,16}$/;
 
@@ -78,28 +99,69 @@ export function checkMaxHz(value) {
   return value;
 }
 
-const registry = new Map(); // url -> Connection
-const EVENTS = ['quote', 'quotes', 'status', 'error'];
+export const MODES = Object.freeze(['conflated', 'every']);
+
+/** A `mode` option: 'conflated' (the default) or 'every'. */
+function checkMode(value) {
+  if (value === undefined || value === null) return 'conflated';
+  if (!MODES.includes(value)) {
+    throw new RangeError(`mode must be 'conflated' or 'every', got ${String(value)}`);
+  }
+  return value;
+}
+
+/** A `since` option (an object or a Map: symbol -> last seq processed) as a Map. */
+function checkSince(since) {
+  const out = new Map();
+  if (since === undefined || since === null) return out;
+  const entries = since instanceof Map ? since.entries() : Object.entries(since);
+  for (const [raw, seq] of entries) {
+    const symbol = typeof raw === 'string' ? raw.toUpperCase() : raw;
+    if (!isSymbol(symbol)) throw new TypeError(`not a symbol: ${JSON.stringify(raw)}`);
+    if (!Number.isSafeInteger(seq) || seq < 0) {
+      throw new RangeError(`since.${symbol} must be an integer >= 0, got ${String(seq)}`);
+    }
+    out.set(symbol, seq);
+  }
+  return out;
+}
+
+const registry = new Map(); // url (+ ' every' for every-mode sockets) -> Connection
+const EVENTS = ['quote', 'quotes', 'status', 'error', 'recovery'];
 
 /**
  * A stream of quotes from the service at `url`. Streams to the same URL share one socket.
  * `options.WebSocket`: the WebSocket class to use where there is no global one (Node 20:
  * the `ws` package); used when this call opens the URL's socket. `options.maxHz`: at most
  * this many `quotes` frames a second for this stream (see above; default: the service's).
+ * `options.mode`: 'every' for every update (see above), with `options.since` (symbol ->
+ * last seq processed) where to resume; `maxHz` cannot go with it (RangeError).
  */
 export function connect(url, options = {}) {
   const href = socketUrl(url);
   const maxHz = checkMaxHz(options.maxHz);
-  let conn = registry.get(href);
+  const mode = checkMode(options.mode);
+  if (mode === 'every' && maxHz !== null) {
+    throw new RangeError("maxHz cannot go with mode 'every' (a rate conflates)");
+  }
+  if (mode !== 'every' && options.since !== undefined && options.since !== null) {
+    throw new TypeError("since needs mode 'every'");
+  }
+  const since = checkSince(options.since);
+  const key = mode === 'every' ? `${href} every` : href;
+  let conn = registry.get(key);
   if (!conn) {
     const WebSocketImpl = options.WebSocket || globalThis.WebSocket;
     if (typeof WebSocketImpl !== 'function') {
       throw new TypeError('no WebSocket here: pass connect(url, { WebSocket }) '
         + "(in Node 20, e.g. `import WebSocket from 'ws'`)");
     }
-    conn = new Connection(href, WebSocketImpl);
-    registry.set(href, conn);
+    conn = new Connection(href, WebSocketImpl, mode, key,
+      options.EventSource || globalThis.EventSource || null);
+    registry.set(key, conn);
   }
+  // A position the socket already holds wins: its quotes up to there were delivered.
+  for (const [symbol, seq] of since) if (!conn.positions.has(symbol)) conn.positions.set(symbol, seq);
   const stream = new Stream(conn, maxHz);
   conn.add(stream);
   return stream;
@@ -114,6 +176,9 @@ export function connections() {
     subscribed: c.sent === '*' ? '*' : [...(c.sent || [])].sort(),
     maxHz: c.rate(),
     grantedHz: c.grantedHz,
+    mode: c.mode,
+    recovered: c.recovered,
+    transport: c.transport,
     readyState: c.ws ? c.ws.readyState : -1,
   }));
 }
@@ -177,10 +242,33 @@ class Stream {
     return this.hz;
   }
 
+  get mode() {
+    return this.conn.mode;
+  }
+
+  /** Every mode: the latest answer to a `since` on the socket (null: none yet). */
+  get recovered() {
+    return this.conn.recovered;
+  }
+
+  get unrecovered() {
+    return [...this.conn.unrecovered];
+  }
+
+  /** Every mode: symbol -> the last seq accepted, for this stream's symbols. */
+  get positions() {
+    const out = new Map();
+    for (const [s, seq] of this.conn.positions) if (this.has(s)) out.set(s, seq);
+    return out;
+  }
+
   /** At most this many `quotes` frames a second (null: the service's default). */
   setMaxHz(maxHz) {
     this.ensureOpen();
     const hz = checkMaxHz(maxHz);
+    if (hz !== null && this.conn.mode === 'every') {
+      throw new RangeError("maxHz cannot go with mode 'every' (a rate conflates)");
+    }
     if (hz !== this.hz) {
       this.hz = hz;
       this.conn.queueSync();
@@ -281,11 +369,21 @@ class Stream {
   }
 }
 
-/** The shared socket of one URL: refcounted streams, the union of their symbols. */
+/** The shared socket of one URL and mode: refcounted streams, the union of their symbols. */
 class Connection {
-  constructor(url, WebSocketImpl) {
+  constructor(url, WebSocketImpl, mode = 'conflated', key = url, EventSourceImpl = null) {
     this.url = url;
+    this.key = key;
+    this.mode = mode;
     this.WebSocket = WebSocketImpl;
+    this.EventSource = EventSourceImpl;
+    this.transport = 'websocket'; // or 'sse', after websockets failed (see above)
+    this.wsFailures = 0; // websocket attempts in a row that never opened
+    this.positions = new Map(); // every mode: symbol -> the last seq accepted
+    this.reset = new Set(); // every mode: symbols whose next snapshot quote is the truth
+    this.requests = new Map(); // every mode: id -> the subscribe/unsubscribe sent
+    this.recovered = null; // every mode: the latest answer to a `since`
+    this.unrecovered = [];
     this.consumers = new Set();
     this.quotes = new Map(); // symbol -> latest accepted quote
     this.feed = 'connecting';
@@ -387,6 +485,55 @@ class Connection {
     return id;
   }
 
+  /** Subscribe `symbols` ('*' or a list): in every mode with `since` from the positions,
+   * in parts that fit max_frame_bytes (a '*' goes last, so the symbols named before it are
+   * held, and recovered, before it adds the rest). */
+  subscribeTo(symbols) {
+    if (this.mode !== 'every') {
+      if (symbols === '*') this.send({ op: 'subscribe', symbols: '*' });
+      else this.sendSymbols('subscribe', symbols);
+      return;
+    }
+    const all = symbols === '*';
+    const named = all ? [...this.positions.keys()].sort() : [...symbols];
+    const message = (chunk) => {
+      const m = { op: 'subscribe', symbols: chunk, mode: 'every' };
+      const since = {};
+      let any = false;
+      for (const s of chunk) {
+        if (this.positions.has(s)) {
+          since[s] = this.positions.get(s);
+          any = true;
+        }
+      }
+      if (any) m.since = since;
+      return m;
+    };
+    const sendEvery = (m) => {
+      const id = this.send(m);
+      if (id !== undefined) this.requests.set(id, m);
+    };
+    let chunk = [];
+    let size = 96;
+    for (const s of named) {
+      const cost = s.length + 3 + (this.positions.has(s) ? s.length + 4 + String(this.positions.get(s)).length : 0);
+      if (chunk.length && size + cost > this.maxFrameBytes) {
+        sendEvery(message(chunk));
+        chunk = [];
+        size = 96;
+      }
+      chunk.push(s);
+      size += cost;
+    }
+    if (all) sendEvery({ ...message(chunk), symbols: '*' });
+    else if (chunk.length) sendEvery(message(chunk));
+  }
+
+  unsubscribeFrom(symbols) {
+    if (symbols === '*') this.send({ op: 'unsubscribe', symbols: '*' });
+    else this.sendSymbols('unsubscribe', symbols);
+  }
+
   /** Lists split so that no frame exceeds the server's max_frame_bytes. */
   sendSymbols(op, symbols) {
     let chunk = [];
@@ -424,35 +571,42 @@ class Connection {
     const want = this.union();
     if (want === '*') {
       if (this.sent !== '*') {
-        this.send({ op: 'subscribe', symbols: '*' });
+        this.subscribeTo('*');
         this.sent = '*';
       }
       return;
     }
     if (this.sent === '*') {
       // Leave "*" for an explicit list: drop everything, then take the list.
-      this.send({ op: 'unsubscribe', symbols: '*' });
+      this.unsubscribeFrom('*');
       this.sent = new Set();
       this.dropHeld((s) => !want.has(s));
-      this.sendSymbols('subscribe', [...want]);
+      this.subscribeTo([...want]);
       for (const s of want) this.sent.add(s);
       return;
     }
     const add = [...want].filter((s) => !this.sent.has(s));
     const drop = [...this.sent].filter((s) => !want.has(s));
     if (drop.length) {
-      this.sendSymbols('unsubscribe', drop);
+      this.unsubscribeFrom(drop);
       for (const s of drop) this.sent.delete(s);
       this.dropHeld((s) => drop.includes(s));
     }
     if (add.length) {
-      this.sendSymbols('subscribe', add);
+      this.subscribeTo(add);
       for (const s of add) this.sent.add(s);
     }
   }
 
   dropHeld(predicate) {
     for (const s of [...this.quotes.keys()]) if (predicate(s)) this.quotes.delete(s);
+    // Every mode: forgotten with the board; subscribing again starts from a snapshot.
+    for (const s of [...this.positions.keys()]) {
+      if (predicate(s)) {
+        this.positions.delete(s);
+        this.reset.delete(s);
+      }
+    }
   }
 
   setFeed(feed) {
@@ -472,8 +626,10 @@ class Connection {
     this.retryTimer = null;
     if (this.consumers.size === 0) return;
     let ws;
+    this.transport = this.EventSource && this.wsFailures >= SSE_AFTER_FAILURES ? 'sse' : 'websocket';
     try {
-      ws = new this.WebSocket(this.url);
+      ws = this.transport === 'sse' ? new SseSocket(this.url, this.EventSource)
+        : new this.WebSocket(this.url);
     } catch (err) {
       console.warn('[quote-stream] cannot open', this.url, err);
       this.scheduleReconnect(1006);
@@ -481,6 +637,8 @@ class Connection {
     }
     this.ws = ws;
     this.sent = new Set();
+    this.requests = new Map();
+    this.reset = new Set();
     this.sentHz = null;
     this.pendingHz = undefined;
     this.rateOnly = new Set();
@@ -543,6 +701,12 @@ class Connection {
       case 'ack':
         if (typeof msg.max_hz === 'number') this.grantedHz = msg.max_hz;
         if (this.rateOnly.delete(msg.id)) break; // a rate change: says nothing of the board
+        if (this.mode === 'every' && this.requests.has(msg.id)) {
+          const sent = this.requests.get(msg.id);
+          this.requests.delete(msg.id);
+          this.everyAck(msg, sent);
+          break;
+        }
         if (msg.op === 'subscribe') {
           const unknown = new Set(Array.isArray(msg.unknown) ? msg.unknown : []);
           const listed = Array.isArray(msg.symbols) ? msg.symbols : [];
@@ -578,8 +742,64 @@ class Connection {
     }
   }
 
+  /** Every mode: what an ack of our subscribe says of recovery and the snapshot to come. */
+  everyAck(msg, sent) {
+    if (msg.mode !== 'every') {
+      console.warn('[quote-stream] the service did not grant mode every (an older service?): '
+        + 'quotes are conflated');
+    }
+    const since = sent.since ? Object.keys(sent.since) : [];
+    let lost = [];
+    if (since.length) {
+      // Not recovered (or no answer, an older service): its snapshot is the truth.
+      if (msg.recovered === false) lost = (Array.isArray(msg.unrecovered) ? msg.unrecovered : []).filter((s) => since.includes(s));
+      else if (msg.recovered !== true) lost = since;
+      for (const s of lost) this.reset.add(s);
+      this.recovered = msg.recovered === true;
+      this.unrecovered = msg.recovered === false ? [...lost] : [];
+      if (msg.recovered === false) {
+        console.warn('[quote-stream] the service could not recover every missed quote of',
+          lost.join(', '), 'from its tape: they continue from a snapshot');
+      }
+      const info = { recovered: this.recovered, unrecovered: [...this.unrecovered] };
+      for (const c of [...this.consumers]) c.emit('recovery', info);
+    }
+    const unknown = new Set(Array.isArray(msg.unknown) ? msg.unknown : []);
+    const listed = sent.symbols === '*' ? (Array.isArray(msg.symbols) ? msg.symbols : []) : sent.symbols;
+    // A snapshot follows for the known symbols without a position, or whose gap the tape
+    // could not cover; the others go on from the tape. (Expecting one that does not come
+    // is harmless: quotes make the feed live too.)
+    const expect = listed.some((s) => !unknown.has(s) && (!this.positions.has(s) || this.reset.has(s)));
+    if (expect) this.pendingSnapshot = true;
+    else if (!this.pendingSnapshot) this.goLive();
+  }
+
+  /** Every mode: each quote above its symbol's position, in the order sent (several per
+   * symbol per frame); anything else is a duplicate. Only a snapshot of a symbol the
+   * service could not recover may set a position back (its record restarted). */
+  applyEvery(list, snapshot) {
+    const accepted = [];
+    for (const q of list) {
+      if (!q || typeof q !== 'object' || typeof q.symbol !== 'string' || typeof q.seq !== 'number') continue;
+      let held = this.positions.get(q.symbol);
+      if (snapshot && this.reset.has(q.symbol)) {
+        this.reset.delete(q.symbol);
+        if (held !== undefined && q.seq < held) held = undefined;
+      }
+      if (held !== undefined && q.seq <= held) continue;
+      this.positions.set(q.symbol, q.seq);
+      this.quotes.set(q.symbol, q);
+      accepted.push(q);
+    }
+    return accepted;
+  }
+
   apply(list, snapshot) {
     if (!Array.isArray(list)) return;
+    if (this.mode === 'every') {
+      this.deliver(this.applyEvery(list, snapshot), snapshot);
+      return;
+    }
     const accepted = [];
     for (const q of list) {
       if (!q || typeof q !== 'object' || typeof q.symbol !== 'string') continue;
@@ -589,6 +809,10 @@ class Connection {
       this.quotes.set(q.symbol, q);
       accepted.push(q);
     }
+    this.deliver(accepted, snapshot);
+  }
+
+  deliver(accepted, snapshot) {
     if (!accepted.length) return;
     for (const c of [...this.consumers]) {
       const mine = accepted.filter((q) => c.has(q.symbol));
@@ -609,6 +833,9 @@ class Connection {
       return;
     }
     if (this.openedAt && Date.now() - this.openedAt >= RECONNECT.healthyAfterMs) this.attempt = 0;
+    if (this.transport === 'sse') this.wsFailures = 0; // try the websocket again first
+    else if (!this.openedAt) this.wsFailures += 1;
+    else this.wsFailures = 0;
     this.setFeed(this.everUp ? 'reconnecting' : 'connecting');
     this.scheduleReconnect(code);
   }
@@ -633,6 +860,6 @@ class Connection {
       } catch (_) { /* already closed */ }
     }
     globalThis.removeEventListener?.('online', this.onOnline);
-    if (registry.get(this.url) === this) registry.delete(this.url);
+    if (registry.get(this.key) === this) registry.delete(this.key);
   }
 }

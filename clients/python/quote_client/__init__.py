@@ -25,13 +25,14 @@ from .quote import Quote, QuoteError, normalize_symbol
 from .ticker_text import TickerLine, format_line, parse_line
 
 if TYPE_CHECKING:
-    from .client import DEFAULT_URL, Ack, Feed, QuoteClient, ServerError, Welcome, retry_delay
+    from .client import DEFAULT_URL, Ack, Feed, Mode, QuoteClient, ServerError, Welcome, retry_delay
 
 __all__ = [
     "ALL",
     "DEFAULT_URL",
     "Ack",
     "Feed",
+    "Mode",
     "Quote",
     "QuoteClient",
     "QuoteError",
@@ -45,8 +46,8 @@ __all__ = [
     "retry_delay",
 ]
 
-_FROM_CLIENT = frozenset({"DEFAULT_URL", "Ack", "Feed", "QuoteClient", "ServerError", "Welcome",
-                          "retry_delay"})
+_FROM_CLIENT = frozenset({"DEFAULT_URL", "Ack", "Feed", "Mode", "QuoteClient", "ServerError",
+                          "Welcome", "retry_delay"})
 
 
 def __getattr__(name: str) -> Any:

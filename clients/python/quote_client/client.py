@@ -9,6 +9,29 @@ the connection drops it reconnects by itself with the project's jittered back-of
 resubscribes to its current set, and takes the new snapshot. It keeps the board by `seq`,
 so an iterator never sees an older quote after a newer one on the same connection.
 
+Every update (`mode="every"`, PROTOCOL.md "Every update, recovery and the tape"): for a
+consumer that must see each quote, not only the latest state (a recorder, a trade log).
+
+    async with QuoteClient(url, symbols="*", mode="every", since=saved) as client:
+        async for quote in client.quotes():
+            record(quote)                      # each quote once, in seq order per symbol
+            saved[quote.symbol] = quote.seq    # persist this to resume after a restart
+
+Every subscribe asks for `"mode": "every"`; the client remembers each symbol's last
+accepted seq (`positions`, seeded by `since`) and after any reconnect resubscribes with
+`since` = those seqs, so the service sends what was missed from its tape before the live
+quotes. `quotes()` then yields every quote once, in order: a quote whose seq is not above
+the last one accepted for its symbol is dropped as a duplicate, nothing is conflated. Its
+queue is bounded by `every_queue` quotes: while it is full the client stops reading the
+socket (nothing is dropped; a consumer that stays behind is closed by the service as a
+slow consumer, 4008, and the client reconnects and recovers from `positions`).
+
+When the tape cannot cover a gap (older than the tape, or more than the service's
+`max_recovery`), the ack says `recovered: false`: the client logs a warning, counts it in
+`recovery_failures`, keeps the ack in `last_recovery` (`Ack.recovered`, `Ack.unrecovered`)
+and calls `on_recovery(ack)`; the unrecovered symbols continue from a snapshot, so their
+seq jumps there. `on_recovery` is called for every ack that answered a `since`.
+
 `python -m quote_client tail ...` (or `quote-tail`) runs the terminal ticker (tail.py).
 """
 
@@ -19,8 +42,9 @@ import contextlib
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType, TracebackType
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -42,17 +66,27 @@ from .protocol import (
 )
 from .quote import Quote, QuoteError, normalize_symbol
 
-__all__ = ["DEFAULT_URL", "Ack", "Feed", "QuoteClient", "ServerError", "Welcome", "retry_delay"]
+__all__ = ["DEFAULT_URL", "Ack", "Feed", "Mode", "QuoteClient", "ServerError", "Welcome", "retry_delay"]
 
 log = logging.getLogger("quote_client")
 
 Feed = Literal["connecting", "live", "stale", "reconnecting"]
+# Subscription modes (PROTOCOL.md, "Every update, recovery and the tape"): `conflated`, the
+# latest per symbol (a ticker), or `every`, every quote in seq order (a recorder).
+Mode = Literal["conflated", "every"]
+MODE_CONFLATED: Literal["conflated"] = "conflated"
+MODE_EVERY: Literal["every"] = "every"
 
 DEFAULT_URL = "ws://127.0.0.1:8000/ws"
 # Close codes that mean "you, slow down" (policy, flood, connection cap): retrying at
 # once would only be refused again, so the back-off starts this many steps up.
 SLOW_DOWN_CODES = frozenset({CLOSE_POLICY, CLOSE_RATE_LIMITED, CLOSE_TRY_AGAIN})
 SLOW_DOWN_ATTEMPT = 5
+# Every mode: quotes queued for the consumer before the client stops reading the socket.
+# Above the service's default max_recovery (10,000), so one recovery burst fits.
+DEFAULT_EVERY_QUEUE = 100_000
+# The service's max_frame_bytes when no welcome said otherwise.
+DEFAULT_MAX_FRAME_BYTES = 4096
 
 
 class ServerError(Exception):
@@ -97,14 +131,27 @@ class Ack:
     # The rate in force: at most this many `quotes` frames a second (None: no cap, or an
     # older service that does not say).
     max_hz: float | None = None
+    # "every" when the service serves every update on this connection (None: conflated,
+    # or an older service).
+    mode: str | None = None
+    # The answer to a `since`: True when the tape covered every gap, False when it did not
+    # (then `unrecovered` names the symbols that continue from a snapshot instead); None
+    # when the request carried no `since`.
+    recovered: bool | None = None
+    unrecovered: tuple[str, ...] = ()
 
     @classmethod
     def from_frame(cls, frame: Mapping[str, Any]) -> Ack:
         max_hz = frame.get("max_hz")
+        mode = frame.get("mode")
+        recovered = frame.get("recovered")
         return cls(tuple(frame.get("symbols") or ()), tuple(frame.get("unknown") or ()),
                    bool(frame.get("all", False)),
                    float(max_hz) if isinstance(max_hz, (int, float))
-                   and not isinstance(max_hz, bool) else None)
+                   and not isinstance(max_hz, bool) else None,
+                   mode if isinstance(mode, str) else None,
+                   recovered if isinstance(recovered, bool) else None,
+                   tuple(frame.get("unrecovered") or ()))
 
     @property
     def subscribed(self) -> Symbols:
@@ -137,6 +184,36 @@ def _check_max_hz(max_hz: float | None) -> float | None:
             or not MIN_HZ <= max_hz <= MAX_HZ):  # also refuses NaN
         raise ValueError(f"max_hz must be a number from {MIN_HZ:g} to {MAX_HZ:g}, got {max_hz!r}")
     return float(max_hz)
+
+
+def _check_mode(mode: str) -> Mode:
+    if mode == MODE_CONFLATED:
+        return MODE_CONFLATED
+    if mode == MODE_EVERY:
+        return MODE_EVERY
+    raise ValueError(f"mode must be {MODE_CONFLATED!r} or {MODE_EVERY!r}, got {mode!r}")
+
+
+def _check_since(since: Mapping[str, int]) -> dict[str, int]:
+    """A resume position: symbol -> the last seq already processed (an integer >= 0), as a
+    previous run persisted it; checked here rather than refused by the service later."""
+    out: dict[str, int] = {}
+    for symbol, seq in since.items():
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise ValueError(f"since[{symbol!r}] must be an integer >= 0, got {seq!r}")
+        out[normalize_symbol(symbol)] = seq
+    return out
+
+
+def _merge_acks(acks: list[Ack]) -> Ack:
+    """One subscription sent in several parts (to fit max_frame_bytes) answered as one: the
+    last ack's set, recovered only if every part that carried a `since` was."""
+    last = acks[-1]
+    answers = [a.recovered for a in acks if a.recovered is not None]
+    if not answers:
+        return last
+    unrecovered = sorted({s for a in acks for s in a.unrecovered})
+    return replace(last, recovered=all(answers), unrecovered=tuple(unrecovered))
 
 
 def _union(a: Symbols, b: Symbols) -> Symbols:
@@ -188,6 +265,48 @@ class _Stream:
         return self.pending.pop(symbol)
 
 
+class _Backlog:
+    """Every mode: each accepted quote, in order, until the consumer takes it. Nothing is
+    conflated or dropped here; when it holds `limit` quotes the connection stops reading
+    (`room`), so memory stays bounded and the service's own limit judges a slow consumer."""
+
+    def __init__(self, limit: int) -> None:
+        self.items: deque[Quote] = deque()
+        self.limit = limit
+        self.wake = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+        self.ended = False
+        self.error: BaseException | None = None
+        self.reading = False
+
+    def put(self, quote: Quote) -> None:
+        self.items.append(quote)
+        self.wake.set()
+        if len(self.items) >= self.limit:
+            self.room.clear()
+
+    def end(self, error: BaseException | None = None) -> None:
+        self.ended = True
+        self.error = error
+        self.wake.set()
+        self.room.set()
+
+    async def get(self) -> Quote | None:
+        """The next quote, or None when the client closed and everything was taken."""
+        while not self.items:
+            if self.error is not None:
+                raise self.error
+            if self.ended:
+                return None
+            self.wake.clear()
+            await self.wake.wait()
+        quote = self.items.popleft()
+        if len(self.items) < self.limit:
+            self.room.set()
+        return quote
+
+
 class QuoteClient:
     """An async context manager around a self-healing connection to the quote service.
 
@@ -205,10 +324,16 @@ class QuoteClient:
     needs no more than a few (None: the service's default, 50 as shipped). It holds on
     every reconnection; `set_max_hz` changes it, and `rate` is what the service granted.
 
+    `mode="every"` asks for every update instead (see the module doc): `since` (symbol ->
+    last seq processed, from a previous run) is where it resumes, `every_queue` bounds the
+    quotes waiting for `quotes()`, and `on_recovery(ack)` hears each answer to a `since`.
+    It cannot be combined with `max_hz` (the service refuses it: a rate means conflation).
+
     Also readable: `welcome` (the service's limits and node, from the latest connection),
     `reconnects` (how many times the connection was lost and brought back in sync),
     `last_close_code` (the close code that ended the latest connection, 1006 if none
-    came) and `last_error` (why the latest attempt failed or ended).
+    came) and `last_error` (why the latest attempt failed or ended); in every mode also
+    `positions`, `last_recovery` and `recovery_failures`.
     """
 
     def __init__(
@@ -220,8 +345,34 @@ class QuoteClient:
         open_timeout: float | None = 10.0,
         on_status: Callable[[Feed], object] | None = None,
         max_hz: float | None = None,
+        mode: Mode = MODE_CONFLATED,
+        since: Mapping[str, int] | None = None,
+        every_queue: int = DEFAULT_EVERY_QUEUE,
+        on_recovery: Callable[[Ack], object] | None = None,
     ) -> None:
+        self.mode: Mode = _check_mode(mode)
         self.max_hz = _check_max_hz(max_hz)
+        if self.mode == MODE_EVERY and self.max_hz is not None:
+            raise ValueError("max_hz cannot be combined with mode='every' (a rate conflates)")
+        if since is not None and self.mode != MODE_EVERY:
+            raise ValueError("since needs mode='every'")
+        if every_queue < 1:
+            raise ValueError(f"every_queue must be at least 1, got {every_queue!r}")
+        # Every mode: symbol -> the last seq accepted (what `since` says after a reconnect).
+        self._positions: dict[str, int] = _check_since(since or {})
+        self._backlog = _Backlog(every_queue) if self.mode == MODE_EVERY else None
+        # Symbols whose next snapshot quote is taken whatever its seq: the service could
+        # not recover them, and its snapshot is its record (seq may even have restarted).
+        self._reset: set[str] = set()
+        # The subscribes of the connection's opening (several when split), by id.
+        self._opening_sent: dict[int, dict[str, Any]] = {}
+        self._opening_parts: list[dict[str, Any]] = []
+        self._opening_acks: list[Ack] = []
+        # The subscribe/unsubscribe messages waiting for their ack, by id.
+        self._sent: dict[int, dict[str, Any]] = {}
+        self.on_recovery = on_recovery
+        self.last_recovery: Ack | None = None
+        self.recovery_failures = 0
         self.rate: float | None = None
         self.url, from_query = self._split_query(url)
         wanted: Symbols = frozenset() if symbols is None else _symbols_arg(symbols)
@@ -287,6 +438,13 @@ class QuoteClient:
         """The set the service acknowledged last: `"*"` or a frozenset of symbols."""
         return self._wanted
 
+    @property
+    def positions(self) -> Mapping[str, int]:
+        """Every mode: each symbol's last seq the client accepted (read-only), the `since`
+        of the next resubscription. It may be ahead of what `quotes()` has yielded yet;
+        to resume in another run, persist the seqs your consumer processed."""
+        return MappingProxyType(self._positions)
+
     # Lifetime
 
     async def __aenter__(self) -> QuoteClient:
@@ -341,6 +499,8 @@ class QuoteClient:
     def _end_streams(self, error: BaseException | None) -> None:
         for stream in self._streams:
             stream.end(error)
+        if self._backlog is not None:
+            self._backlog.end(error)
         for queue in self._status_queues:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(self._feed)
@@ -358,12 +518,29 @@ class QuoteClient:
         freeze the board. (The embedded broker starts `seq` from the clock, so it never
         goes backwards; Redis without persistence can.) The iterator ends when the client
         is closed.
+
+        In every mode it yields each quote the client accepted, once, in order: from the
+        first snapshot (or the first quote after `since`) on, continuing where an earlier
+        iterator stopped. One iterator at a time (two would split the quotes between
+        them); with `symbols`, quotes of other symbols it meets are skipped for good.
         """
         only: frozenset[str] | None = None
         if symbols is not None:
             wanted = _symbols_arg(symbols)
             await self._change("subscribe", wanted, 10.0)
             only = wanted if isinstance(wanted, frozenset) else None
+        backlog = self._backlog
+        if backlog is not None:
+            if backlog.reading:
+                raise RuntimeError("in mode='every' only one quotes() iterator may run at a time")
+            backlog.reading = True
+            try:
+                while (quote := await backlog.get()) is not None:
+                    if only is None or quote.symbol in only:
+                        yield quote
+            finally:
+                backlog.reading = False
+            return
         stream = _Stream(only)
         for held in self._board.values():
             stream.put(held)
@@ -407,6 +584,8 @@ class QuoteClient:
     async def set_max_hz(self, max_hz: float, *, timeout: float | None = 10.0) -> Ack:
         """Ask for at most `max_hz` quotes frames a second from now on (and after every
         reconnection); returns the ack, whose `max_hz` is the rate in force."""
+        if self.mode == MODE_EVERY:
+            raise ValueError("max_hz cannot be combined with mode='every' (a rate conflates)")
         self.max_hz = _check_max_hz(max_hz)
         async with self._ops:
             frame = await self._request({"op": "subscribe", "symbols": [], "max_hz": max_hz},
@@ -423,8 +602,73 @@ class QuoteClient:
         wire: list[str] | str = ALL if symbols == ALL else sorted(symbols)
         # One change at a time, so acks are adopted in the order they were asked for.
         async with self._ops:
+            if self.mode == MODE_EVERY and op == "subscribe":
+                parts = self._every_subscribes(symbols)
+                acks = []
+                async with asyncio.timeout(timeout):
+                    for message in parts:
+                        acks.append(Ack.from_frame(await self._request(message, None)))
+                ack = _merge_acks(acks)
+                if any("since" in m for m in parts):
+                    self._recovery(ack)
+                return ack
             frame = await self._request({"op": op, "symbols": wire}, timeout)
         return Ack.from_frame(frame)
+
+    def _every_subscribes(self, symbols: Symbols) -> list[dict[str, Any]]:
+        """Every mode: the subscribe messages for `symbols`, with `since` from the positions
+        held, split so that none exceeds the service's max_frame_bytes (a `"*"` with a
+        position for each of 500 symbols would). A `"*"` goes last: the symbols named in
+        the parts before it are held, and recovered, before it adds the rest."""
+        if symbols == ALL:
+            since = dict(self._positions)
+            named = sorted(since)
+        else:
+            named = sorted(symbols)
+            since = {s: self._positions[s] for s in named if s in self._positions}
+        limit = DEFAULT_MAX_FRAME_BYTES
+        if self.welcome is not None:
+            limit = int(self.welcome.limits.get("max_frame_bytes", limit))
+        budget = max(limit - 96, 64)  # op, id, mode and the punctuation around them
+        parts: list[dict[str, Any]] = []
+        chunk: list[str] = []
+        size = 0
+        for symbol in named:
+            cost = len(symbol) + 3 + (len(symbol) + 4 + len(str(since[symbol])) if symbol in since else 0)
+            if chunk and size + cost > budget:
+                parts.append(self._every_message(chunk, since))
+                chunk, size = [], 0
+            chunk.append(symbol)
+            size += cost
+        if symbols == ALL:
+            last = self._every_message(chunk, since)
+            last["symbols"] = ALL
+            parts.append(last)
+        elif chunk or not parts:
+            parts.append(self._every_message(chunk, since))
+        return parts
+
+    @staticmethod
+    def _every_message(chunk: list[str], since: Mapping[str, int]) -> dict[str, Any]:
+        message: dict[str, Any] = {"op": "subscribe", "symbols": chunk, "mode": MODE_EVERY}
+        part = {s: since[s] for s in chunk if s in since}
+        if part:
+            message["since"] = part
+        return message
+
+    def _recovery(self, ack: Ack) -> None:
+        """An answer to a `since` (merged over its parts): note it, and say so loudly when
+        the tape could not cover a gap, since the consumer then misses quotes."""
+        self.last_recovery = ack
+        if ack.recovered is False:
+            self.recovery_failures += 1
+            log.warning("the service could not recover every missed quote of %s from its "
+                        "tape: they continue from a snapshot", ", ".join(ack.unrecovered) or "?")
+        if self.on_recovery is not None:
+            try:
+                self.on_recovery(ack)
+            except Exception:
+                log.exception("on_recovery callback failed")
 
     async def _request(self, message: dict[str, Any], timeout: float | None) -> dict[str, Any]:
         if self._task is None or self._closed:
@@ -435,6 +679,7 @@ class QuoteClient:
                 id = next(self._ids)
                 future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
                 self._waiting[id] = future
+                self._sent[id] = message
                 try:
                     await ws.send(orjson.dumps({**message, "id": id}).decode())
                     return await future
@@ -442,6 +687,7 @@ class QuoteClient:
                     continue
                 finally:
                     self._waiting.pop(id, None)
+                    self._sent.pop(id, None)
 
     async def _connection(self) -> ClientConnection:
         """The open connection, once there is one; ConnectionError if the client stops."""
@@ -513,7 +759,12 @@ class QuoteClient:
             # The service sends something at least every heartbeat_s; twice that in
             # silence means the connection is dead even if TCP has not noticed.
             silence = 2 * self.welcome.heartbeat_s + 2
+            backlog = self._backlog
             while True:
+                if backlog is not None and not backlog.room.is_set() and self._synced.is_set():
+                    # Every mode, the consumer behind: read nothing until it catches up
+                    # (not before the first sync, so that start() cannot wait on itself).
+                    await backlog.room.wait()
                 async with asyncio.timeout(silence):
                     message = await ws.recv()
                 self._dispatch(message)
@@ -527,6 +778,18 @@ class QuoteClient:
     async def _open(self, ws: ClientConnection) -> None:
         """The first request on a connection: subscribe to the current set, or a ping when
         there is none, so its reply marks the moment the board is in sync."""
+        if self.mode == MODE_EVERY and (self._wanted == ALL or self._wanted):
+            # Every mode: with `since` = the positions held, so that the service sends
+            # what this client missed, from its tape, before the live quotes.
+            self._reset.clear()
+            self._opening_acks = []
+            parts = self._opening_parts = self._every_subscribes(self._wanted)
+            for part in parts:
+                id = next(self._ids)
+                self._opening_sent[id] = part
+                self._opening_id = id
+                await ws.send(orjson.dumps({**part, "id": id}).decode())
+            return
         id = next(self._ids)
         self._opening_id = id
         if self._wanted == ALL or self._wanted or self.max_hz is not None:
@@ -543,6 +806,9 @@ class QuoteClient:
         self._connected.clear()
         self._synced_here = False
         self._opening_id = None
+        self._opening_sent.clear()
+        self._opening_parts = []
+        self._opening_acks = []
         self._expect_snapshot = False
         for future in self._waiting.values():
             if not future.done():
@@ -591,6 +857,8 @@ class QuoteClient:
         ack = Ack.from_frame(frame)
         self._wanted = ack.subscribed
         self.rate = ack.max_hz
+        if self.mode == MODE_EVERY and self._take_every_ack(frame, ack):
+            return
         if frame.get("id") == self._opening_id:
             # A fresh connection: the service's record replaces ours. Symbols it has no
             # quote for leave the board, or their old seq would shadow the new ones.
@@ -605,6 +873,57 @@ class QuoteClient:
             for symbol in self._board.keys() - set(ack.symbols):
                 del self._board[symbol]
         self._reply(frame)
+
+    def _take_every_ack(self, frame: dict[str, Any], ack: Ack) -> bool:
+        """Every mode: note what an ack says of recovery and positions. True when it was
+        (a part of) the connection's opening, which this handles whole."""
+        id = frame.get("id")
+        opening = self._opening_sent.pop(id, None) if isinstance(id, int) else None
+        message = opening if opening is not None else self._sent.get(id)  # type: ignore[arg-type]
+        if message is None:
+            return False
+        if message.get("op") == "unsubscribe":
+            # Forgotten with the board: subscribing again later starts from a snapshot.
+            dropped = set(self._positions) if message.get("symbols") == ALL else set(message["symbols"])
+            for symbol in dropped:
+                self._positions.pop(symbol, None)
+                self._reset.discard(symbol)
+            return False
+        if ack.mode != MODE_EVERY:
+            error = ServerError("bad_request", "the service did not grant mode 'every' "
+                                "(an older service?): quotes would be conflated", id)
+            log.error("%s", error)
+            if opening is not None and self.welcome is not None and not self._synced.is_set():
+                self._first_error = error
+        since: Mapping[str, int] = message.get("since") or {}
+        if since:
+            # Not recovered (or no answer, an older service): its snapshot is the truth.
+            lost = set(ack.unrecovered) if ack.recovered is False else set() if ack.recovered else set(since)
+            self._reset |= lost & since.keys()
+        if opening is None:
+            return False
+        self._opening_acks.append(ack)
+        if id != self._opening_id:
+            return True  # an earlier part: the last one's ack completes the opening
+        merged = _merge_acks(self._opening_acks)
+        if any("since" in m for m in self._opening_parts):
+            self._recovery(merged)
+        known = set(ack.symbols) - set(ack.unknown)
+        for symbol in self._board.keys() - known:
+            del self._board[symbol]
+        # A snapshot follows the last part for its symbols that had no position, or whose
+        # gap the tape could not cover; the others go on from the tape, with no snapshot.
+        if message.get("symbols") == ALL:
+            asked = known - {s for m in self._opening_parts if m["symbols"] != ALL for s in m["symbols"]}
+        else:
+            asked = known & set(message["symbols"])
+        recovered = set(since) - self._reset
+        if asked - recovered:
+            self._expect_snapshot = True
+        else:
+            self._in_sync()
+        self._reply(frame)
+        return True
 
     def _take_error(self, frame: dict[str, Any]) -> None:
         error = ServerError(str(frame.get("code")), str(frame.get("message")), frame.get("id"))
@@ -623,6 +942,9 @@ class QuoteClient:
     def _take_quotes(self, raw: object, *, authoritative: bool) -> None:
         if not isinstance(raw, list):
             return
+        if self._backlog is not None:
+            self._take_every(raw, self._backlog, authoritative=authoritative)
+            return
         board = self._board
         for item in raw:
             try:
@@ -638,6 +960,33 @@ class QuoteClient:
             board[quote.symbol] = quote
             for stream in self._streams:
                 stream.put(quote)
+
+    def _take_every(self, raw: list[Any], backlog: _Backlog, *, authoritative: bool) -> None:
+        """Every mode: each quote above the symbol's position, in the order sent (several
+        per symbol per frame), into the consumer's queue; anything else is a duplicate.
+        Only a snapshot of a symbol the service could not recover may set a position
+        back: its record is the truth (a Redis that lost its memory counts seq afresh)."""
+        positions = self._positions
+        for item in raw:
+            try:
+                quote = Quote.from_dict(item, require_seq=True)
+            except QuoteError as exc:
+                log.warning("dropping an invalid quote from the service: %s", exc)
+                continue
+            symbol, seq = quote.symbol, quote.seq
+            assert seq is not None  # require_seq
+            held = positions.get(symbol)
+            if authoritative and symbol in self._reset:
+                self._reset.discard(symbol)
+                if held is not None and seq < held:
+                    log.warning("%s: the service's seq went back from %d to %d (its record "
+                                "was lost); following it", symbol, held, seq)
+                    held = None
+            if held is not None and seq <= held:
+                continue
+            positions[symbol] = seq
+            self._board[symbol] = quote
+            backlog.put(quote)
 
     def _in_sync(self) -> None:
         if self._synced.is_set() and not self._synced_here:
