@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from . import page, rest
 from .connection import SERVER_SEND, Connection
 from .feeds import Feed, make_feed
 from .hub import Hub
@@ -27,6 +28,7 @@ from .metrics import CONTENT_TYPE, Metrics
 from .node import NODE_ID
 from .protocol import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
 from .settings import Settings
+from .sse import SSE_PATH, EventStream, SseEndpoint
 from .tape import Tape, make_tape
 
 log = logging.getLogger("service.app")
@@ -76,7 +78,8 @@ class QuoteService:
         self.hub = Hub(settings.max_symbols, default_hz=default_hz(settings), tape=self.tape,
                        max_recovery=settings.max_recovery,
                        every_queue_bytes=settings.every_queue_bytes)
-        self.connections: set[Connection] = set()
+        # Websockets and SSE streams (service/sse.py): admitted, swept and drained alike.
+        self.connections: set[Connection | EventStream] = set()
         self._all_closed = asyncio.Event()
         self.feed: Feed = self._make_feed()
         self._feed_task: asyncio.Task[None] | None = None
@@ -185,6 +188,15 @@ class QuoteService:
             return f"over {self.settings.max_connects_per_s} new connections/s"
         return None
 
+    def add_stream(self, stream: EventStream) -> None:
+        """An SSE stream (service/sse.py), counted, swept and drained as a websocket is."""
+        self.connections.add(stream)
+
+    def remove_stream(self, stream: EventStream) -> None:
+        self.connections.discard(stream)
+        if not self.connections:
+            self._all_closed.set()
+
     async def websocket(self, websocket: WebSocket) -> None:
         if self.draining:  # accepted just before the listener closed: go elsewhere
             await websocket.accept()
@@ -240,7 +252,12 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR,
             await service.stop()
 
     async def index(request: Request) -> Response:
-        return FileResponse(web_dir / "index.html", media_type="text/html; charset=utf-8")
+        """The page with the board already in its tickers (service/page.py): prices without
+        JavaScript, and a first paint the widget takes over without a flash."""
+        html = page.load(web_dir / "index.html", web_dir / "widget" / "styles.js").render(
+            service.hub.board, request.query_params.get("symbols"))
+        return Response(html, media_type="text/html; charset=utf-8",
+                        headers={"Cache-Control": page.CACHE_CONTROL})
 
     async def widget(request: Request) -> Response:
         return FileResponse(web_dir / "widget.js", media_type=JS_TYPE, headers=OPEN_TO_ALL)
@@ -288,7 +305,9 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR,
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
+            *rest.routes(service),  # GET /quotes and /history (service/rest.py)
             Route(WS_PATH, ws_plain_get),  # the websocket itself: QuoteApp
+            Route(SSE_PATH, SseEndpoint(), methods=["GET", "OPTIONS"]),  # service/sse.py
             Route("/asyncapi.yaml", asyncapi),
             Route("/asyncapi.json", asyncapi),
             # /widget.js imports ./js/*.js and ./widget/*.js, relative to itself.

@@ -32,7 +32,7 @@ SYNC_INTERVAL_S = 1.0
 
 # name -> (help, how workers combine in multiprocess mode)
 _GAUGES = {
-    "connections": ("Open websocket connections.", "livesum"),
+    "connections": ("Open websocket connections and SSE streams.", "livesum"),
     "subscriptions": ("Symbols subscribed, summed over connections ('*' counts once).", "livesum"),
     "groups": ("Groups (a subscription at a rate, large rated ones in phases); members of one "
                "share every frame.", "livesum"),

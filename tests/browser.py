@@ -36,10 +36,14 @@ def chromium() -> Iterator[Browser]:
 
 
 @contextmanager
-def checked_page(browser: Browser, width: int, height: int, timeout_ms: float | None = None
-                 ) -> Iterator[Page]:
-    """A page in a context of its own; an uncaught error in it fails the test."""
-    context = browser.new_context(viewport={"width": width, "height": height})
+def checked_page(browser: Browser, width: int, height: int, timeout_ms: float | None = None,
+                 javascript: bool = True) -> Iterator[Page]:
+    """A page in a context of its own; an uncaught error in it fails the test.
+    `javascript=False`: the page's scripts never run (Playwright's javaScriptEnabled, CDP
+    Emulation.setScriptExecutionDisabled), as for a reader without them or a crawler; the
+    test's own locators and evaluate() still work."""
+    context = browser.new_context(viewport={"width": width, "height": height},
+                                  java_script_enabled=javascript)
     page = context.new_page()
     if timeout_ms is not None:
         page.set_default_timeout(timeout_ms)

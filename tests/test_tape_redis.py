@@ -116,3 +116,22 @@ async def test_a_tape_of_the_wrong_type_fails_the_batch_whole(client: aioredis.R
     with pytest.raises(ResponseError, match=re.escape(f"WRONGTYPE {s.layout.tape('PPL')}")):
         await sink.publish([q(same_partition), q("PPL")])
     assert await client.xlen(s.layout.tape(same_partition)) == 0
+
+
+async def test_the_light_read_gives_ids_times_and_prices_and_skips_junk(
+        client: aioredis.Redis, redis_url: str) -> None:  # noqa: F811
+    s = settings(redis_url)
+    await RedisSink(client, s).publish([q("OGDC", 10.5), q("OGDC", 11.25)])
+    key = s.layout.tape("OGDC")
+    await client.xadd(key, {"q": b'{"ts": 1, "price": "NaN"}'})
+    await client.xadd(key, {"q": b"not json"})
+    await RedisSink(client, s).publish([q("OGDC", 12.0)])
+    tape = RedisTape(s)
+    try:
+        ids = [i.decode() for i, _ in await client.xrange(key)]
+        forward = await tape.prices("OGDC", "-", 10)
+        assert [(p[0], p[2]) for p in forward] == [(ids[0], 10.5), (ids[1], 11.25), (ids[4], 12.0)]
+        assert all(p[1] == 1_700_000_000_000 for p in forward)
+        assert await tape.prices("OGDC", "+", 2, back=True) == [forward[2]]  # junk skipped
+    finally:
+        await tape.aclose()

@@ -384,3 +384,38 @@ def test_page_recovers_after_the_service_restarts(own_service: Stack, page: Page
     own_service.replay(update)
     expect_line(page, "HBL", update)
     assert direction(page, "HBL") == [["up"], UP_RGB]
+
+
+# --- 8. websockets blocked: the SSE fallback ---------------------------------------------
+
+# A network that refuses the upgrade, as some proxies and filters do: every websocket
+# fails before it opens. The service and its /sse are real; only the browser's socket is not.
+BLOCK_WEBSOCKETS = """
+window.WebSocket = class BlockedWebSocket {
+  constructor(url) {
+    this.url = url; this.readyState = 0;
+    setTimeout(() => { this.readyState = 3; this.onerror?.({}); this.onclose?.({ code: 1006 }); }, 20);
+  }
+  send() { throw new Error('not open'); }
+  close() {}
+};
+"""
+
+
+def test_the_widget_falls_back_to_sse_when_websockets_fail(
+        seeded: Stack, page_and_log: tuple[Page, PageLog]) -> None:
+    page, log = page_and_log
+    page.add_init_script(BLOCK_WEBSOCKETS)
+    # Three failed attempts with back-off (0.5, 1, 2 s at most), then the event stream.
+    page.goto(seeded.service.url + "/")
+    strip = page.locator(STRIP)
+    expect(strip).to_have_attribute("data-feed", "live", timeout=RECONNECT_MS)
+    expect(strip).to_have_attribute("data-count", str(len(SEED)))
+    transports = page.evaluate(
+        "async () => (await import('/js/stream.js')).connections().map((c) => c.transport)")
+    assert transports and set(transports) == {"sse"}, transports
+    assert any("/sse?symbols=" in url for url in log.requests), log.requests
+    update = line("PPL", 127.50, prev_close("PPL"))
+    seeded.replay(update)
+    expect_line(page, "PPL", update)
+    expect_line(page, "PPL", update, PANEL)

@@ -14,6 +14,22 @@ await import('/widget.js');
 // One Pause for the page: the strip's button also holds the side panel still (WCAG 2.2.2).
 const strip = document.getElementById('ticker-strip');
 const panel = document.getElementById('ticker-panel');
+
+// The panel's sparklines start from the day's path on the tape (GET /history, reduced
+// to about as many points as a sparkline can show, the high and low kept); the widget
+// extends them with every quote after. Without it they start from the first quote.
+const SPARK_POINTS = 160;
+if (panel && typeof panel.setHistory === 'function') {
+  const wanted = panel.symbols;
+  const query = new URLSearchParams({ points: String(SPARK_POINTS) });
+  if (wanted !== '*') query.set('symbols', wanted.join(','));
+  if (wanted === '*' || wanted.length) {
+    fetch(`/history?${query}`)
+      .then((response) => (response.ok ? response.json() : null))
+      .then((body) => body && body.history && panel.setHistory(body.history))
+      .catch((err) => console.info('[page] no history for the sparklines:', err));
+  }
+}
 if (strip && panel) {
   strip.addEventListener('pausechange', (event) => {
     panel.paused = event.detail.paused;

@@ -12,7 +12,7 @@ from quote_client.quote import decode_payload
 from .. import topology
 from ..partitions import Layout
 from ..settings import Settings
-from . import Entry
+from . import Entry, Priced, priced
 
 log = logging.getLogger("service.tape")
 
@@ -34,6 +34,14 @@ class RedisTape:
                     ) -> list[Entry]:
         rows = await self.client.xrange(self.layout.tape(symbol), start, "+", count=count)
         return self._entries(symbol, rows)
+
+    async def prices(self, symbol: str, at: str, count: int, *, back: bool = False
+                     ) -> list[Priced]:
+        key = self.layout.tape(symbol)
+        rows: Any = await (self.client.xrevrange(key, at, "-", count=count) if back
+                           else self.client.xrange(key, at, "+", count=count))
+        found = (priced(id.decode(), fields.get(b"q", b"")) for id, fields in rows)
+        return [p for p in found if p is not None]
 
     def _entries(self, symbol: str, rows: Any) -> list[Entry]:
         entries = []

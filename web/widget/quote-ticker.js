@@ -60,8 +60,33 @@ const FEED_TEXT = {
   reconnecting: 'Reconnecting\u2026',
 };
 const FLASH_MIN_GAP_MS = 400; // at most 2.5 flashes a second per item (WCAG 2.3.1: < 3)
-const HISTORY_MAX = 240; // sparkline points kept per symbol (older ones are thinned)
+const HISTORY_MAX = 240; // sparkline points kept per symbol (thinned past twice that)
 const SVG_NS = 'http://www.w3.org/2000/svg';
+
+/** At most `n` (>= 4) of `points` ([ts, price], oldest first): the first, the last, and
+ * the lowest and highest of each bucket between them, in order, so thinning never loses
+ * the high or the low (the service's /history reduces the same way: service/history.py). */
+export function thinPoints(points, n) {
+  if (points.length <= n) return points;
+  const out = [points[0]];
+  const inner = points.length - 2;
+  const buckets = Math.min(Math.floor((n - 2) / 2), inner);
+  for (let k = 0; k < buckets; k += 1) {
+    const lo = 1 + Math.floor((k * inner) / buckets);
+    const hi = 1 + Math.floor(((k + 1) * inner) / buckets);
+    let low = lo;
+    let high = lo;
+    for (let i = lo + 1; i < hi; i += 1) {
+      if (points[i][1] < points[low][1]) low = i;
+      if (points[i][1] > points[high][1]) high = i;
+    }
+    if (low === high) out.push(points[low]);
+    else if (low < high) out.push(points[low], points[high]);
+    else out.push(points[high], points[low]);
+  }
+  out.push(points[points.length - 1]);
+  return out;
+}
 
 function el(tag, attrs = {}, text) {
   const node = document.createElement(tag);
@@ -84,11 +109,12 @@ export class QuoteTicker extends ElementBase {
 
   constructor() {
     super();
-    this.root = this.attachShadow({ mode: 'open' });
+    // A declarative shadow root the server rendered is taken over (adopt()), not replaced.
+    this.root = this.shadowRoot || this.attachShadow({ mode: 'open' });
     styleFor(this.root);
     this.wants = '*'; // '*' or the array of symbols of the `symbols` attribute
     this.quotes = new Map(); // latest state, tracked even while paused
-    this.history = new Map(); // symbol -> prices received this session
+    this.history = new Map(); // symbol -> [[ts, price], ...]: setHistory()'s, then received
     this.rows = new Map(); // symbol -> {row, item, parts, spark}
     this.dirty = new Set();
     this.flashedAt = new Map();
@@ -144,6 +170,28 @@ export class QuoteTicker extends ElementBase {
     return this.rendered();
   }
 
+  /** The day so far for the sparklines, e.g. the `history` of the service's
+   * `GET /history`: `{SYMBOL: [[ts, price], ...]}`, oldest first. Quotes received after
+   * its last point are kept after it; later quotes extend it. Resolves once drawn. */
+  setHistory(history) {
+    for (const [symbol, points] of Object.entries(history || {})) {
+      if (!wants(this, symbol) || !Array.isArray(points)) continue;
+      const day = [];
+      for (const p of points) {
+        const ts = Array.isArray(p) ? Number(p[0]) : NaN;
+        const price = Array.isArray(p) ? Number(p[1]) : NaN;
+        if (Number.isFinite(ts) && Number.isFinite(price)) day.push([ts, price]);
+      }
+      if (!day.length) continue;
+      const last = day[day.length - 1][0];
+      const live = (this.history.get(symbol) || []).filter((p) => p[0] > last);
+      this.history.set(symbol, thinPoints([...day, ...live], HISTORY_MAX * 2));
+      this.dirty.add(symbol);
+    }
+    this.schedule();
+    return this.rendered();
+  }
+
   /** Resolves after the next render (or at once if nothing is pending / paused). */
   rendered() {
     if (!this.frame || this.paused) return Promise.resolve();
@@ -176,7 +224,7 @@ export class QuoteTicker extends ElementBase {
     switch (name) {
       case 'symbols': {
         this.wants = parseSymbols(value);
-        for (const s of [...this.quotes.keys()]) {
+        for (const s of new Set([...this.quotes.keys(), ...this.rows.keys()])) {
           if (!wants(this, s)) {
             this.quotes.delete(s);
             this.history.delete(s);
@@ -230,11 +278,13 @@ export class QuoteTicker extends ElementBase {
       if (Number.isFinite(price)) {
         let h = this.history.get(q.symbol);
         if (!h) this.history.set(q.symbol, (h = []));
-        h.push(price);
-        if (h.length > HISTORY_MAX * 2) {
-          const last = h.length - 1;
-          this.history.set(q.symbol, h.filter((_, i) => (last - i) % 2 === 0));
-        }
+        const ts = Number.isFinite(Number(q.ts)) ? Number(q.ts) : Date.now();
+        const last = h[h.length - 1];
+        // The same instant as the last point (the snapshot's quote is the last point of
+        // /history), or a clock behind it: that point moves to the latest price.
+        if (last && ts <= last[0]) last[1] = price;
+        else h.push([ts, price]);
+        if (h.length > HISTORY_MAX * 2) this.history.set(q.symbol, thinPoints(h, HISTORY_MAX));
       }
       const flash = !snapshot && prev && Number(prev.price) !== price;
       if (flash) this.pendingFlash.set(q.symbol, price > Number(prev.price) ? 'up' : 'down');
@@ -261,6 +311,58 @@ export class QuoteTicker extends ElementBase {
   }
 
   build() {
+    if (!this.adopt()) this.create();
+    this.applyLayout();
+    this.applyPaused();
+  }
+
+  /** Take over what the server rendered into a declarative shadow root (service/page.py
+   * writes what create(), makeRow() and fill() make), so the items on screen stay and
+   * are updated in place when the snapshot comes: no flash. False if there is none. */
+  adopt() {
+    const wrap = [...this.root.children].find((e) => e.matches('div.wrap'));
+    const find = (selector) => wrap && wrap.querySelector(selector);
+    const nodes = {
+      controls: find('.controls'), statusText: find('.status'), pauseButton: find('button.pause'),
+      pauseIcon: find('button.pause .icon'), viewport: find('.viewport'), list: find('ul.track'),
+      empty: find('.empty'),
+    };
+    if (!wrap || Object.values(nodes).some((n) => !n)) {
+      this.root.replaceChildren();
+      return false;
+    }
+    Object.assign(this, nodes);
+    this.wrap = wrap;
+    for (const e of [...this.root.children]) if (e.localName === 'style') e.remove(); // styleFor's is in
+    this.rowsLayout = wrap.classList.contains('panel') ? 'panel' : 'strip';
+    for (const row of [...this.list.children]) {
+      const item = row.querySelector('.item[data-symbol]');
+      const symbol = item && item.getAttribute('data-symbol');
+      const parts = item && {
+        sym: item.querySelector('.sym'), px: item.querySelector('.px'), vh: item.querySelector('.vh'),
+        br: item.querySelector('.br'), arw: item.querySelector('.arw, .tri'),
+        chg: item.querySelector('.chg'), pct: item.querySelector('.pct'),
+      };
+      if (!symbol || this.rows.has(symbol) || Object.values(parts).some((n) => !n)) {
+        row.remove();
+        continue;
+      }
+      const svg = row.querySelector('svg.spark');
+      const spark = svg && { svg, base: svg.querySelector('.base'), line: svg.querySelector('.line') };
+      const kind = parts.arw.classList.contains('tri') ? 'index' : 'stock';
+      this.rows.set(symbol, { row, item, kind, parts, spark: spark && spark.line ? spark : null });
+    }
+    this.listenPause();
+    return true;
+  }
+
+  listenPause() {
+    this.pauseButton.addEventListener('click', () => {
+      this.paused = !this.paused;
+    });
+  }
+
+  create() {
     this.wrap = el('div', { class: 'wrap', part: 'container' });
     this.controls = el('div', { class: 'controls', part: 'controls' });
     const state = el('span', { class: 'state' });
@@ -272,9 +374,7 @@ export class QuoteTicker extends ElementBase {
     this.pauseIcon = el('span', { class: 'icon', 'aria-hidden': 'true' }); // drawn by CSS
     this.pauseButton.append(this.pauseIcon, document.createTextNode('Pause'));
     this.pauseButton.title = 'Pause live updates';
-    this.pauseButton.addEventListener('click', () => {
-      this.paused = !this.paused;
-    });
+    this.listenPause();
     this.controls.append(state, this.pauseButton);
     // The quotes: a named region, deliberately NOT a live region (no announcement per tick).
     this.viewport = el('div', { class: 'viewport', part: 'viewport', role: 'region', tabindex: '0' });
@@ -283,8 +383,6 @@ export class QuoteTicker extends ElementBase {
     this.viewport.append(this.list, this.empty);
     this.wrap.append(this.controls, this.viewport);
     this.root.append(this.wrap);
-    this.applyLayout();
-    this.applyPaused();
   }
 
   applyLayout() {
@@ -292,6 +390,8 @@ export class QuoteTicker extends ElementBase {
     this.wrap.classList.toggle('strip', layout === 'strip');
     this.wrap.classList.toggle('panel', layout === 'panel');
     this.viewport.setAttribute('aria-label', this.label());
+    if (layout === this.rowsLayout) return; // e.g. the rows the server rendered
+    this.rowsLayout = layout;
     for (const s of [...this.rows.keys()]) this.removeRow(s);
     this.renderAll();
   }
@@ -520,11 +620,16 @@ export class QuoteTicker extends ElementBase {
     if (r.spark) this.drawSpark(r.spark, q);
   }
 
+  /** The day's path, by time (by order where every point has the same ts). */
   drawSpark(spark, q) {
     const h = this.history.get(q.symbol) || [];
     const prev = Number(q.prev_close);
-    let lo = Math.min(...h);
-    let hi = Math.max(...h);
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (const p of h) {
+      if (p[1] < lo) lo = p[1];
+      if (p[1] > hi) hi = p[1];
+    }
     if (Number.isFinite(prev)) {
       lo = Math.min(lo, prev);
       hi = Math.max(hi, prev);
@@ -536,8 +641,11 @@ export class QuoteTicker extends ElementBase {
     const pad = 2;
     const y = (v) => (hi === lo ? 13 : pad + (1 - (v - lo) / (hi - lo)) * (26 - 2 * pad));
     const pts = h.length === 1 ? [h[0], h[0]] : h;
+    const t0 = pts.length ? pts[0][0] : 0;
+    const span = pts.length ? pts[pts.length - 1][0] - t0 : 0;
     const step = 100 / Math.max(1, pts.length - 1);
-    spark.line.setAttribute('points', pts.map((v, i) => `${(i * step).toFixed(2)},${y(v).toFixed(2)}`).join(' '));
+    const x = span > 0 ? (p) => ((p[0] - t0) / span) * 100 : (p, i) => i * step;
+    spark.line.setAttribute('points', pts.map((p, i) => `${x(p, i).toFixed(2)},${y(p[1]).toFixed(2)}`).join(' '));
     if (Number.isFinite(prev)) {
       const yb = y(prev).toFixed(2);
       spark.base.setAttribute('y1', yb);

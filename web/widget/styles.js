@@ -136,6 +136,10 @@ button:focus-visible, .viewport:focus-visible, .list:focus-visible {
 .row.up .line { stroke: var(--_up); }
 .row.down .line { stroke: var(--_down); }
 .row.flat .line { stroke: var(--_flat); }
+/* Rendered by the server (service/page.py) and not yet taken over by the script, or with
+   no script at all: no status or Pause that cannot work, and no sparkline not drawn yet. */
+:host(:not(:defined)) .controls { visibility: hidden; }
+.spark:not(:has(.line[points])) { visibility: hidden; }
 .empty { padding: .35em .9em; color: var(--_muted); }
 .empty[hidden] { display: none; }
 
