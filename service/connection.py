@@ -120,15 +120,7 @@ class Connection:
         await self.websocket.accept()
         self.hub.add(self)
         try:
-            self.outbox.put_control(protocol.welcome(
-                node=NODE_ID,
-                heartbeat_s=settings.heartbeat_s,
-                max_symbols=settings.max_symbols,
-                max_client_msgs_per_s=settings.max_client_msgs_per_s,
-                max_frame_bytes=settings.max_frame_bytes,
-                every_queue_bytes=settings.every_queue_bytes,
-                max_recovery=settings.max_recovery,
-            ))
+            self.outbox.put_control(welcome(settings))
             self.hub.greet(self)
             self._subscribe_from_query()
             self.wake()
@@ -302,6 +294,19 @@ class Connection:
         transport = getattr(protocol_, "transport", None)
         if transport is not None:
             transport.abort()
+
+
+def welcome(settings: Settings) -> str:
+    """The first frame of every websocket and SSE stream: this worker and its limits."""
+    return protocol.welcome(
+        node=NODE_ID,
+        heartbeat_s=settings.heartbeat_s,
+        max_symbols=settings.max_symbols,
+        max_client_msgs_per_s=settings.max_client_msgs_per_s,
+        max_frame_bytes=settings.max_frame_bytes,
+        every_queue_bytes=settings.every_queue_bytes,
+        max_recovery=settings.max_recovery,
+    )
 
 
 def _raw_writer(websocket: WebSocket) -> Any:

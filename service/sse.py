@@ -32,8 +32,8 @@ from starlette.types import Message, Receive, Scope, Send
 from quote_client.quote import QuoteError, normalize_symbol, now_ms
 
 from . import protocol
+from .connection import welcome
 from .hub import Hub
-from .node import NODE_ID
 from .outbox import Outbox
 from .protocol import ALL, BAD_REQUEST, Mode, ProtocolError, Symbols
 from .settings import Settings
@@ -297,15 +297,7 @@ class EventStream:
         hub = self.hub
         hub.add(self)
         try:
-            self.outbox.put_control(protocol.welcome(
-                node=NODE_ID,
-                heartbeat_s=settings.heartbeat_s,
-                max_symbols=settings.max_symbols,
-                max_client_msgs_per_s=settings.max_client_msgs_per_s,
-                max_frame_bytes=settings.max_frame_bytes,
-                every_queue_bytes=settings.every_queue_bytes,
-                max_recovery=settings.max_recovery,
-            ))
+            self.outbox.put_control(welcome(settings))
             hub.greet(self)
             self._recovery = hub.subscribe(self, None, request.symbols, request.max_hz,
                                            mode=request.mode, since=request.since)

@@ -16,10 +16,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -28,8 +27,9 @@ import redis
 from quote_client.client import Ack, Feed, QuoteClient
 from quote_client.quote import Quote
 from service.partitions import Layout
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, redis_server
 from tests.service_proc import ROOT, PublisherProcess, ServiceProcess
+from tests.test_faults import until
 
 LAYOUT = Layout()
 # Fast fault detection, and no drain: a restart is over in about a second.
@@ -39,33 +39,18 @@ RATE = 200  # quotes a second over the market's 34 symbols
 SYMBOLS = ["OGDC", "PPL", "KSE100"]
 
 
-async def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        await asyncio.sleep(0.05)
-    pytest.fail(f"not within {timeout}s: {what}")
-
-
 @contextmanager
-def persistent_redis(workdir: Path) -> Iterator[RedisServer]:
+def persistent_redis() -> Iterator[RedisServer]:
     """A redis-server whose every write is in its append-only file before it answers, so
     that a restart on the same port and directory comes back with the whole tape."""
-    server = RedisServer(workdir, args=["--appendonly", "yes", "--appendfsync", "always"])
-    if not server.start():
-        pytest.fail(f"redis-server did not start:\n{server.log()}")
-    try:
+    with redis_server(args=["--appendonly", "yes", "--appendfsync", "always"]) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @contextmanager
 def stack(workdir: Path) -> Iterator[tuple[RedisServer, ServiceProcess, PublisherProcess]]:
     """Redis, the service and `publisher simulate` (retrying fast through an outage)."""
-    with persistent_redis(workdir) as server:
+    with persistent_redis() as server:
         service = ServiceProcess({"REDIS_URL": server.url, **SERVICE_ENV})
         publisher = PublisherProcess(server.url, rate=RATE, env={"REDIS_RETRY_MAX_S": "0.5"})
         try:
@@ -177,7 +162,7 @@ async def test_every_quote_once_across_a_service_restart(tmp_path: Path) -> None
     `since` = its positions (over max_frame_bytes here, so in parts), and the consumer's
     quotes are the tape's exactly."""
     env = {"MAX_FRAME_BYTES": "300"}
-    with persistent_redis(tmp_path) as server:
+    with persistent_redis() as server:
         service = ServiceProcess({"REDIS_URL": server.url, **SERVICE_ENV, **env})
         publisher = PublisherProcess(server.url, rate=RATE, env={"REDIS_RETRY_MAX_S": "0.5"})
         recoveries: list[Ack] = []
@@ -264,7 +249,7 @@ async def test_since_older_than_the_tape_or_over_max_recovery_is_not_recovered(
     A second service with MAX_RECOVERY=3 refuses the same PPL gap of 5: unrecovered too."""
     ogdc = [quote_line("OGDC", 100 + i / 100) for i in range(300)]
     ppl = [quote_line("PPL", 50 + i / 100) for i in range(10)]
-    with persistent_redis(tmp_path) as server:
+    with persistent_redis() as server:
         publish_lines(server.url, ogdc + ppl, {"TAPE_MAX_LEN": "20"}, tmp_path / "day.txt")
         tapes = tape(server.url, ["OGDC", "PPL"])
         assert tapes["OGDC"][0] > 1 and tapes["OGDC"][-1] == 300, "OGDC's tape was trimmed"
@@ -347,7 +332,7 @@ async def test_a_since_answered_before_the_service_has_its_board_is_still_recove
     knows no symbol. A subscribe with since {PPL: 5} must not be answered as if nothing
     were missing: the answer waits for the feed, and then PPL 6..10 come from the tape,
     then 11 live (or, were the tape short, `recovered: false` and a snapshot)."""
-    with persistent_redis(tmp_path) as server:
+    with persistent_redis() as server:
         publish_lines(server.url, [quote_line("PPL", 50 + i) for i in range(10)], {},
                       tmp_path / "day.txt")
         server.stop()

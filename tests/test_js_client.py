@@ -21,8 +21,6 @@ import shutil
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,7 +32,7 @@ from playwright.sync_api import Browser, Page, expect
 from quote_client.quote import Quote
 from quote_client.ticker_text import format_line, parse_line
 from tests.browser import checked_page
-from tests.service_proc import ROOT, ServiceProcess, end_process, run_service
+from tests.service_proc import ROOT, ServiceProcess, end_process, http_fetch as fetch, run_service
 
 JS = ROOT / "clients" / "js"
 NODE_MODULES = JS / "node_modules"
@@ -174,15 +172,6 @@ def declared_names(dts: Path) -> set[str]:
 
 
 # --- how the service serves the modules ---------------------------------------------------
-
-def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
-
 
 def module_imports(path: Path) -> list[str]:
     return re.findall(r"^(?:import|export)\s[^;()]*?\sfrom\s'([^']+)';", path.read_text(encoding="utf-8"),

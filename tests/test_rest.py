@@ -22,7 +22,7 @@ import redis
 from quote_client.quote import Quote
 from service.history import Point, Series
 from tests.redis_server import LAYOUT, start_redis_server
-from tests.service_proc import PublisherProcess, ServiceProcess, replay_file, run_service
+from tests.service_proc import PublisherProcess, ServiceProcess, http_fetch as get, replay_file, run_service
 from tests.test_history import check_reduced
 from tests.wsclient import connect, recv_type
 
@@ -40,15 +40,6 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 10.0) ->
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
-
-
-def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
 
 
 def get_json(url: str) -> Any:

@@ -229,16 +229,43 @@ def _symbols_arg(symbols: Iterable[str] | str) -> Symbols:
     return frozenset(normalize_symbol(s) for s in symbols)
 
 
-class _Stream:
+class _Waiting:
+    """What the two queues below share: an end (with the error that caused it, if any),
+    and a wait for the next item that honours it."""
+
+    def __init__(self) -> None:
+        self.wake = asyncio.Event()
+        self.ended = False
+        self.error: BaseException | None = None
+
+    def end(self, error: BaseException | None = None) -> None:
+        self.ended = True
+        self.error = error
+        self.wake.set()
+
+    async def ready(self) -> bool:
+        """True once an item is waiting; False when the client closed (and none is)."""
+        while not self._has():
+            if self.error is not None:
+                raise self.error
+            if self.ended:
+                return False
+            self.wake.clear()
+            await self.wake.wait()
+        return True
+
+    def _has(self) -> bool:
+        raise NotImplementedError
+
+
+class _Stream(_Waiting):
     """One consumer's pending quotes, conflated per symbol as the service's outbox is:
     a slow consumer costs one entry per symbol and gets the latest of each."""
 
     def __init__(self, only: frozenset[str] | None) -> None:
+        super().__init__()
         self.only = only
         self.pending: dict[str, Quote] = {}
-        self.wake = asyncio.Event()
-        self.ended = False
-        self.error: BaseException | None = None
 
     def put(self, quote: Quote) -> None:
         if self.only is not None and quote.symbol not in self.only:
@@ -247,37 +274,28 @@ class _Stream:
         self.pending[quote.symbol] = quote
         self.wake.set()
 
-    def end(self, error: BaseException | None = None) -> None:
-        self.ended = True
-        self.error = error
-        self.wake.set()
+    def _has(self) -> bool:
+        return bool(self.pending)
 
     async def get(self) -> Quote | None:
         """The next quote, or None when the client closed."""
-        while not self.pending:
-            if self.error is not None:
-                raise self.error
-            if self.ended:
-                return None
-            self.wake.clear()
-            await self.wake.wait()
+        if not await self.ready():
+            return None
         symbol = next(iter(self.pending))
         return self.pending.pop(symbol)
 
 
-class _Backlog:
+class _Backlog(_Waiting):
     """Every mode: each accepted quote, in order, until the consumer takes it. Nothing is
     conflated or dropped here; when it holds `limit` quotes the connection stops reading
     (`room`), so memory stays bounded and the service's own limit judges a slow consumer."""
 
     def __init__(self, limit: int) -> None:
+        super().__init__()
         self.items: deque[Quote] = deque()
         self.limit = limit
-        self.wake = asyncio.Event()
         self.room = asyncio.Event()
         self.room.set()
-        self.ended = False
-        self.error: BaseException | None = None
         self.reading = False
 
     def put(self, quote: Quote) -> None:
@@ -287,20 +305,16 @@ class _Backlog:
             self.room.clear()
 
     def end(self, error: BaseException | None = None) -> None:
-        self.ended = True
-        self.error = error
-        self.wake.set()
+        super().end(error)
         self.room.set()
+
+    def _has(self) -> bool:
+        return bool(self.items)
 
     async def get(self) -> Quote | None:
         """The next quote, or None when the client closed and everything was taken."""
-        while not self.items:
-            if self.error is not None:
-                raise self.error
-            if self.ended:
-                return None
-            self.wake.clear()
-            await self.wake.wait()
+        if not await self.ready():
+            return None
         quote = self.items.popleft()
         if len(self.items) < self.limit:
             self.room.set()
