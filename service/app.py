@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from . import page, rest
+from .auth import Authenticator
 from .connection import SERVER_SEND, Connection
 from .feeds import Feed, make_feed
 from .hub import Hub
@@ -80,6 +81,8 @@ class QuoteService:
                        every_queue_bytes=settings.every_queue_bytes)
         # Websockets and SSE streams (service/sse.py): admitted, swept and drained alike.
         self.connections: set[Connection | EventStream] = set()
+        # Tokens and entitlements (service/auth.py), shared by every route.
+        self.auth = Authenticator(settings)
         self._all_closed = asyncio.Event()
         self.feed: Feed = self._make_feed()
         self._feed_task: asyncio.Task[None] | None = None
@@ -211,7 +214,7 @@ class QuoteService:
             await websocket.accept()
             await websocket.close(CLOSE_TRY_AGAIN, "try again later")
             return
-        connection = Connection(websocket, self.hub, self.settings)
+        connection = Connection(websocket, self.hub, self.settings, self.auth)
         self.connections.add(connection)
         try:
             await connection.serve()

@@ -14,14 +14,18 @@ the direct path is open again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from typing import Any
 
+from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from quote_client.quote import now_ms
 
 from . import protocol
+from .auth import Authenticator, AuthError, Grant, bearer
 from .hub import Hub
 from .limits import RateLimiter
 from .node import NODE_ID
@@ -30,6 +34,8 @@ from .protocol import (
     BAD_REQUEST,
     FRAME_TOO_LARGE,
     RATE_LIMITED,
+    TOKEN_EXPIRED,
+    Auth,
     Ping,
     ProtocolError,
     Subscribe,
@@ -46,13 +52,20 @@ SERVER_SEND = "quotes.server_send"
 class Connection:
     # Slots, a bare future instead of Events, and a sender task only while one is needed:
     # memory per connection is what decides how many idle clients a process holds.
-    __slots__ = ("_raw", "_sender", "_taken", "_waiter", "_writer", "closing", "hub",
+    __slots__ = ("_raw", "_sender", "_taken", "_waiter", "_writer", "auth", "closing",
+                 "expired_at", "grant", "hub",
                  "last_sent", "limiter", "outbox", "sending_since", "settings", "websocket")
 
-    def __init__(self, websocket: WebSocket, hub: Hub, settings: Settings) -> None:
+    def __init__(self, websocket: WebSocket, hub: Hub, settings: Settings,
+                 auth: Authenticator) -> None:
         self.websocket = websocket
         self.hub = hub
         self.settings = settings
+        self.auth = auth
+        # What the client may see (None: nothing yet, its token must come first), and
+        # since when (loop time) its token has been expired.
+        self.grant: Grant | None = auth.anonymous
+        self.expired_at: float | None = None
         self.outbox = Outbox()
         self.limiter = RateLimiter(settings.max_client_msgs_per_s)
         self.closing: tuple[int, str] | None = None
@@ -118,11 +131,19 @@ class Connection:
     async def serve(self) -> None:
         settings = self.settings
         await self.websocket.accept()
+        token = token_of(self.websocket)
+        if token is not None:
+            try:
+                self.grant = self.auth.verify(token)
+            except AuthError as exc:  # before anything is sent: no quote leaks
+                await self._refuse(str(exc))
+                return
         self.hub.add(self)
         try:
             self.outbox.put_control(welcome(settings))
             self.hub.greet(self)
-            self._subscribe_from_query()
+            if self.grant is not None:
+                self._subscribe_from_query()
             self.wake()
             # The reader runs in this task, the only one a connection keeps. Whatever ends
             # the connection (peer gone, close sent, transport aborted) ends the reader
@@ -152,7 +173,8 @@ class Connection:
             symbols = None if raw is None else protocol.parse_query_symbols(
                 raw, self.settings.max_symbols)
             if symbols is not None:
-                self.hub.subscribe(self, None, symbols, max_hz)
+                assert self.grant is not None
+                self.hub.subscribe(self, None, symbols, max_hz, entitled=self.grant.symbols)
             elif max_hz is not None:
                 self.hub.set_rate(self, max_hz)
         except ProtocolError as exc:
@@ -196,17 +218,65 @@ class Connection:
                 self._reply(exc.frame())
 
     def _handle(self, command: protocol.Command) -> asyncio.Task[None] | None:
+        if isinstance(command, Auth):
+            self._authenticate(command)
+            return None
+        grant = self.grant
+        if grant is None:
+            self._deny('authentication required: send {"op": "auth", "token": ...} first')
+            return None
         if isinstance(command, Ping):
             self._reply(protocol.pong(command.id, now_ms()))
         elif isinstance(command, Subscribe):
             return self.hub.subscribe(self, command.id, command.symbols, command.max_hz,
-                                      mode=command.mode, since=command.since)
+                                      mode=command.mode, since=command.since,
+                                      entitled=grant.symbols)
         else:
             self.hub.unsubscribe(self, command.id, command.symbols)
         return None
 
     def _reply(self, frame: str) -> None:
         self.hub.queue_frame(self, frame)
+
+    def _authenticate(self, command: Auth) -> None:
+        """A token as a message: the first one, or a fresh one before the last expires.
+        One that does not pass closes the connection, as it would on the URL."""
+        try:
+            grant = self.auth.verify(command.token)
+        except AuthError as exc:
+            self._deny(str(exc))
+            return
+        first = self.grant is None
+        held = self.hub.subscriptions(self)
+        if self.grant is not None and grant.tier != self.grant.tier:
+            self._deny("a token may not change the tier of a connection: reconnect with it")
+            return
+        self.grant = grant
+        self.expired_at = None
+        if held != protocol.ALL and grant.symbols != protocol.ALL and held - grant.symbols:
+            self.hub.unsubscribe(self, None, held - grant.symbols)  # no longer covered
+        held = self.hub.subscriptions(self)
+        everything = held == protocol.ALL
+        self._reply(protocol.auth_ack(
+            command.id, self.hub.board.keys() if everything else held, all=everything,
+            tier=grant.tier, entitled=grant.symbols, sub=grant.sub,
+            expires=None if grant.exp is None else int(grant.exp * 1000)))
+        if first:
+            self._subscribe_from_query()
+
+    def _deny(self, reason: str) -> None:
+        self.hub.stats["auth_refused"] += 1
+        log.warning("closing %s: %s", self.peer, reason,
+                    extra={"event": "client_closed", "code": protocol.CLOSE_POLICY})
+        self.close(protocol.CLOSE_POLICY, reason)
+
+    async def _refuse(self, reason: str) -> None:
+        """Close at once with 1008, before the hub knows the connection."""
+        self.hub.stats["auth_refused"] += 1
+        log.warning("refusing %s: %s", self.peer, reason,
+                    extra={"event": "client_refused", "code": protocol.CLOSE_POLICY})
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            await self.websocket.close(protocol.CLOSE_POLICY, reason)
 
     async def _send_loop(self) -> None:
         """Send through ASGI what could not be written at once, then the close if one is
@@ -259,6 +329,7 @@ class Connection:
         if self.closing is not None:
             return
         settings = self.settings
+        self._check_token(now)
         taken = self.outbox.frames_taken
         if taken != self._taken:  # something was written since the last look
             self._taken = taken
@@ -275,6 +346,22 @@ class Connection:
             self.outbox.put_control(protocol.heartbeat(now_ms()))
             self.last_sent = now
             self.wake()
+
+    def _check_token(self, now: float) -> None:
+        """A token that expired: an error at once, the close after TOKEN_GRACE_S unless a
+        fresh one comes (auth). No token at all under ANONYMOUS=deny: closed as soon."""
+        grant = self.grant
+        if grant is not None and (grant.exp is None or time.time() < grant.exp):
+            return
+        grace = self.settings.token_grace_s
+        if self.expired_at is None:
+            self.expired_at = now
+            if grant is not None:
+                self._reply(protocol.error(TOKEN_EXPIRED, f"token expired: send "
+                                           f'{{"op": "auth", "token": ...}} with a fresh one '
+                                           f"within {grace:g}s"))
+        elif now - self.expired_at >= grace:
+            self._deny("token expired" if grant is not None else "no token came")
 
     async def _close_or_abort(self, code: int, reason: str) -> None:
         """Send the close frame if the socket takes it soon; a peer that stopped reading
@@ -307,6 +394,11 @@ def welcome(settings: Settings) -> str:
         every_queue_bytes=settings.every_queue_bytes,
         max_recovery=settings.max_recovery,
     )
+
+
+def token_of(conn: HTTPConnection) -> str | None:
+    """A token on the URL (`?token=`) or in an `Authorization: Bearer` header."""
+    return conn.query_params.get("token") or bearer(conn.headers.get("authorization"))
 
 
 def _raw_writer(websocket: WebSocket) -> Any:

@@ -28,12 +28,14 @@ from .outbox import EveryQueue, Group, Outbox, OutboxFull
 from .protocol import (
     ALL,
     BAD_REQUEST,
+    FORBIDDEN,
     TOO_MANY_SYMBOLS,
     Id,
     Mode,
     ProtocolError,
     Symbols,
     ack,
+    error,
     quotes_frame,
     status,
 )
@@ -121,6 +123,8 @@ class Hub:
         # Subscribers reading their `since` from the tape: what arrived for them meanwhile.
         self.recovering: dict[Subscriber, list[tuple[str, int, str]]] = {}
         self._every_due: set[Subscriber] = set()
+        # A subscribe's symbols its token does not cover: (its id, them), until its ack.
+        self.refused: dict[Subscriber, tuple[Id, list[str]]] = {}
         # Set while the feed is live: a `since` that came before waits for it.
         self._live = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -135,6 +139,7 @@ class Hub:
             return
         self._set_every(sub, None)
         self.recovering.pop(sub, None)
+        self.refused.pop(sub, None)
         self._move(sub, None, keep=())
         del self.members[sub]
         self.rates.pop(sub, None)
@@ -218,12 +223,27 @@ class Hub:
 
     def subscribe(self, sub: Subscriber, id: Id, symbols: Symbols,
                   max_hz: float | None = None, *, mode: Mode = "conflated",
-                  since: Mapping[str, int] | None = None) -> asyncio.Task[None] | None:
+                  since: Mapping[str, int] | None = None,
+                  entitled: Symbols = ALL) -> asyncio.Task[None] | None:
         """Add symbols, then queue the ack and the snapshot of what was added. A `max_hz`
         sets the client's rate for all its symbols (None: it stays as it is).
 
         In every mode with `since`, the ack waits for the tape: the task returned reads
-        it (the caller awaits it before the client's next command); otherwise None."""
+        it (the caller awaits it before the client's next command); otherwise None.
+
+        `entitled`: the symbols the client's token covers. "*" then means all of those;
+        the others asked for are left out, and a `forbidden` error naming them follows
+        the ack."""
+        if entitled != ALL:
+            if symbols == ALL:
+                symbols = entitled
+            else:
+                refused = sorted(symbols - entitled)
+                if refused:
+                    self.refused[sub] = (id, refused)
+                    symbols = symbols & entitled
+            if since:
+                since = {s: seq for s, seq in since.items() if s in entitled}
         held = self.mode(sub)
         if held is not None and held != mode:
             raise ProtocolError(BAD_REQUEST, f"this connection's subscriptions are {held}: "
@@ -296,6 +316,12 @@ class Hub:
         self.queue_frame(sub, ack(id, op, symbols, unknown, all=everything,
                                   max_hz=None if mode == "every" else self.max_hz(sub),
                                   mode=mode, unrecovered=unrecovered))
+        refused = self.refused.pop(sub, None) if op == "subscribe" else None
+        if refused is not None:
+            self.stats[f"error_{FORBIDDEN}"] += 1
+            self.queue_frame(sub, error(FORBIDDEN, "not covered by your token: "
+                                        + ", ".join(refused[1][:20])
+                                        + (" ..." if len(refused[1]) > 20 else ""), refused[0]))
 
     # Every mode
 

@@ -28,12 +28,14 @@ from quote_client.protocol import (
     CLOSE_SLOW_CONSUMER as CLOSE_SLOW_CONSUMER,
     CLOSE_TOO_LARGE as CLOSE_TOO_LARGE,
     CLOSE_TRY_AGAIN as CLOSE_TRY_AGAIN,
+    FORBIDDEN as FORBIDDEN,
     FRAME_TOO_LARGE as FRAME_TOO_LARGE,
     INTERNAL as INTERNAL,
     MAX_HZ as MAX_HZ,
     MIN_HZ as MIN_HZ,
     PROTOCOL_VERSION as PROTOCOL_VERSION,
     RATE_LIMITED as RATE_LIMITED,
+    TOKEN_EXPIRED as TOKEN_EXPIRED,
     TOO_MANY_SYMBOLS as TOO_MANY_SYMBOLS,
     UNKNOWN_OP as UNKNOWN_OP,
     Symbols as Symbols,
@@ -72,7 +74,19 @@ class Ping:
     id: Id
 
 
-Command = Subscribe | Unsubscribe | Ping
+# The longest token taken: a JWT with a few hundred symbols fits well under it.
+MAX_TOKEN_LENGTH = 16384
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """A token, as the first message (instead of the URL) or to refresh one expiring."""
+
+    id: Id
+    token: str
+
+
+Command = Subscribe | Unsubscribe | Ping | Auth
 
 
 class ProtocolError(Exception):
@@ -213,6 +227,12 @@ def parse_command(text: str | bytes, *, max_symbols: int) -> Command:
         raise ProtocolError(BAD_REQUEST, 'missing "op"', id)
     if op == "ping":
         return Ping(id)
+    if op == "auth":
+        token = message.get("token")
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+            raise ProtocolError(BAD_REQUEST, f"token must be a string of 1 to "
+                                f"{MAX_TOKEN_LENGTH} characters", id)
+        return Auth(id, token)
     if op in ("subscribe", "unsubscribe"):
         if "symbols" not in message:
             raise ProtocolError(BAD_REQUEST, 'missing "symbols"', id)
@@ -234,7 +254,8 @@ def parse_command(text: str | bytes, *, max_symbols: int) -> Command:
             raise ProtocolError(BAD_REQUEST, "max_hz must be a number, got str", id)
         return Subscribe(id, symbols, parse_max_hz(raw_hz, id))
     shown = op if isinstance(op, str) and len(op) <= 32 else type(op).__name__
-    raise ProtocolError(UNKNOWN_OP, f"unknown op {shown!r}; use subscribe, unsubscribe or ping", id)
+    raise ProtocolError(UNKNOWN_OP, f"unknown op {shown!r}; use subscribe, unsubscribe, ping "
+                        "or auth", id)
 
 
 # Server frames. Built as text once; quotes arrive already serialised (see Hub).
@@ -292,6 +313,22 @@ def _number(value: float) -> int | float:
 def quotes_frame(kind: Literal["snapshot", "quotes"], quote_jsons: Iterable[str]) -> str:
     """Splice pre-serialised quotes into a frame without decoding them again."""
     return '{"type":"' + kind + '","quotes":[' + ",".join(quote_jsons) + "]}"
+
+
+def auth_ack(id: Id, symbols: Iterable[str], *, all: bool, tier: str, entitled: Symbols,
+             expires: int | None, sub: str | None) -> str:
+    """The answer to `auth`: the token's entitlements (`entitled`: its symbols, or "*"),
+    its tier and expiry (ms), and the subscription set as it stands."""
+    frame: dict[str, Any] = {"type": "ack", "id": id, "op": "auth", "symbols": sorted(symbols),
+                             "unknown": [], "tier": tier,
+                             "entitled": entitled if entitled == ALL else sorted(entitled)}
+    if all:
+        frame["all"] = True
+    if expires is not None:
+        frame["expires"] = expires
+    if sub is not None:
+        frame["sub"] = sub
+    return _dumps(frame)
 
 
 def pong(id: Id, ts: int) -> str:

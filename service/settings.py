@@ -56,6 +56,18 @@ class Settings:
     # closed with 4008, and the most quotes one subscribe's `since` may recover.
     every_queue_bytes: int = 1 << 20
     max_recovery: int = 10000
+    # Signed tokens (service/auth.py): HS256 with TOKEN_SECRET, or RS256/ES256 with the
+    # PEM public key in TOKEN_PUBLIC_KEY_FILE (TOKEN_ALGORITHM may name it); optional
+    # issuer and audience. A token that expires while connected is closed this long after
+    # its `token_expired` error unless a fresh one comes. ANONYMOUS: what a client without
+    # a token gets, realtime, delayed or deny.
+    token_secret: str | None = None
+    token_public_key_file: str | None = None
+    token_algorithm: str | None = None
+    token_issuer: str | None = None
+    token_audience: str | None = None
+    token_grace_s: float = 30.0
+    anonymous: str = "realtime"
     # Limits announced in `welcome`.
     heartbeat_s: float = 15.0
     max_symbols: int = 500
@@ -137,6 +149,7 @@ class Settings:
         if not self.redis_prefix or any(c in self.redis_prefix for c in "{} "):
             raise ConfigError(f"REDIS_PREFIX must be a non-empty name without braces or "
                               f"spaces, got {self.redis_prefix!r}")
+        self._check_tokens()
         if self.redis_url is not None:
             from .topology import check
 
@@ -144,6 +157,28 @@ class Settings:
                 check(self.redis_url)
             except ValueError as exc:
                 raise ConfigError(f"REDIS_URL {exc}: got {self.redis_url!r}") from None
+
+    def _check_tokens(self) -> None:
+        if self.anonymous not in ("realtime", "deny"):
+            raise ConfigError(f"ANONYMOUS must be realtime or deny (the delayed tier is not "
+                              f"served yet), got {self.anonymous!r}")
+        if self.token_secret is not None and self.token_public_key_file is not None:
+            raise ConfigError("set TOKEN_SECRET (HS256) or TOKEN_PUBLIC_KEY_FILE (RS256/ES256), "
+                              "not both: one algorithm is accepted")
+        if self.token_secret is not None and len(self.token_secret.encode()) < 32:
+            raise ConfigError("TOKEN_SECRET must be at least 32 bytes: HS256 needs a key as "
+                              "long as its hash (RFC 7518 3.2)")
+        algorithm = self.token_algorithm
+        if algorithm is not None and algorithm not in ("HS256", "RS256", "ES256"):
+            raise ConfigError(f"TOKEN_ALGORITHM must be HS256, RS256 or ES256, got {algorithm!r}")
+        if algorithm is not None and (algorithm == "HS256") != (self.token_secret is not None):
+            raise ConfigError(f"TOKEN_ALGORITHM={algorithm} does not fit the key given: HS256 "
+                              "goes with TOKEN_SECRET, RS256/ES256 with TOKEN_PUBLIC_KEY_FILE")
+        if self.anonymous == "deny" and self.token_secret is None and self.token_public_key_file is None:
+            raise ConfigError("ANONYMOUS=deny needs TOKEN_SECRET or TOKEN_PUBLIC_KEY_FILE: "
+                              "otherwise no client could ever connect")
+        if self.token_grace_s < 0:
+            raise ConfigError(f"TOKEN_GRACE_S must be 0 or positive, got {self.token_grace_s}")
 
     @property
     def layout(self) -> Layout:

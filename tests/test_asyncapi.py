@@ -31,7 +31,7 @@ from tests.wsclient import ClientConnection, connect, recv
 DOC_PATH = ROOT / "docs" / "asyncapi.yaml"
 DOC: dict[str, Any] = yaml.safe_load(DOC_PATH.read_text(encoding="utf-8"))
 SERVER_TYPES = {"welcome", "ack", "snapshot", "quotes", "pong", "status", "heartbeat", "error"}
-CLIENT_OPS = {"subscribe", "unsubscribe", "ping"}
+CLIENT_OPS = {"subscribe", "unsubscribe", "ping", "auth"}
 BASE = "urn:psx-quotes:asyncapi"
 
 

@@ -19,6 +19,10 @@ TOO_MANY_SYMBOLS = "too_many_symbols"
 RATE_LIMITED = "rate_limited"
 FRAME_TOO_LARGE = "frame_too_large"
 INTERNAL = "internal"
+# Entitlements (signed tokens): symbols the token does not cover, and a token that expired
+# while connected (a fresh one must come within the grace the message names).
+FORBIDDEN = "forbidden"
+TOKEN_EXPIRED = "token_expired"
 
 # Close codes.
 CLOSE_NORMAL = 1000
