@@ -21,6 +21,7 @@ from typing import Any, Literal
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from starlette.requests import HTTPConnection
 
 from quote_client.quote import QuoteError, normalize_symbol
 
@@ -80,6 +81,14 @@ class Authenticator:
     @property
     def takes_tokens(self) -> bool:
         return self.key is not None
+
+    def grant_for(self, token: str | None) -> Grant:
+        """An HTTP request's grant: its token's, or ANONYMOUS's when it has none."""
+        if token is not None:
+            return self.verify(token)
+        if self.anonymous is None:
+            raise AuthError("a token is required (ANONYMOUS=deny)")
+        return self.anonymous
 
     def verify(self, token: str) -> Grant:
         """The grant a token carries, or AuthError saying why it does not pass."""
@@ -149,6 +158,11 @@ def load_key(path: str, algorithm: str | None) -> tuple[Any, str]:
         raise ConfigError(f"TOKEN_ALGORITHM={algorithm} does not fit the key in "
                           f"TOKEN_PUBLIC_KEY_FILE ({fits})")
     return key, fits
+
+
+def token_of(conn: HTTPConnection) -> str | None:
+    """A token on the URL (`?token=`) or in an `Authorization: Bearer` header."""
+    return conn.query_params.get("token") or bearer(conn.headers.get("authorization"))
 
 
 def bearer(authorization: str | None) -> str | None:

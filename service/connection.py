@@ -19,13 +19,12 @@ import logging
 import time
 from typing import Any
 
-from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from quote_client.quote import now_ms
 
 from . import protocol
-from .auth import Authenticator, AuthError, Grant, bearer
+from .auth import Authenticator, AuthError, Grant, token_of
 from .hub import Hub
 from .limits import RateLimiter
 from .node import NODE_ID
@@ -394,11 +393,6 @@ def welcome(settings: Settings) -> str:
         every_queue_bytes=settings.every_queue_bytes,
         max_recovery=settings.max_recovery,
     )
-
-
-def token_of(conn: HTTPConnection) -> str | None:
-    """A token on the URL (`?token=`) or in an `Authorization: Bearer` header."""
-    return conn.query_params.get("token") or bearer(conn.headers.get("authorization"))
 
 
 def _raw_writer(websocket: WebSocket) -> Any:

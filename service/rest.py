@@ -33,8 +33,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .auth import AuthError, token_of
 from .history import DEFAULT_POINTS, MAX_POINTS, MIN_POINTS, Series, parse_id
-from .protocol import ALL, BAD_REQUEST, ProtocolError, Symbols, parse_query_symbols
+from .protocol import ALL, BAD_REQUEST, FORBIDDEN, ProtocolError, Symbols, parse_query_symbols
 from .tape import Priced, Tape
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ OPEN_TO_ALL = {"Access-Control-Allow-Origin": "*"}
 CACHE_CONTROL = "public, max-age=1"
 HEADERS = {"Cache-Control": CACHE_CONTROL, **OPEN_TO_ALL}
 UNAVAILABLE = "unavailable"
+# A token that does not pass (HTTP 401); the websocket closes with 1008 instead.
+UNAUTHORIZED = "unauthorized"
 # Bodies above this are gzipped for a client that accepts it (34 symbols at 300 points is
 # some 250 KB of JSON; its digits compress several times over).
 GZIP_ABOVE = 1400
@@ -72,10 +75,13 @@ _DIGITS = re.compile(r"[0-9]{1,16}")
 
 
 class BadQuery(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, status: int = 400,
+                 headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.status = status
+        self.headers = headers
 
 
 class TapeUnavailable(Exception):
@@ -281,22 +287,41 @@ def routes(service: QuoteService) -> list[Route]:
     settings = service.settings
     cache = HistoryCache(service.tape, max_len=settings.tape_max_len)
 
+    def entitled(request: Request, symbols: Symbols) -> Symbols:
+        """The symbols asked for, as the request's token (or ANONYMOUS) allows: 401 for a
+        token that does not pass, 403 naming the symbols it does not cover; "*" is every
+        entitled symbol."""
+        try:
+            grant = service.auth.grant_for(token_of(request))
+        except AuthError as exc:
+            raise BadQuery(UNAUTHORIZED, str(exc), 401,
+                           {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+        if grant.symbols == ALL:
+            return symbols
+        if symbols == ALL:
+            return grant.symbols
+        _, refused = grant.split(symbols)
+        if refused:
+            raise BadQuery(FORBIDDEN, "not covered by your token: " + ", ".join(refused[:20]),
+                           403)
+        return symbols
+
     async def quotes(request: Request) -> Response:
         try:
-            symbols = query_symbols(request, settings.max_symbols)
+            symbols = entitled(request, query_symbols(request, settings.max_symbols))
         except BadQuery as exc:
-            return error(exc.code, exc.message)
+            return error(exc.code, exc.message, exc.status, exc.headers)
         hub = service.hub
         return Response(board_json(hub.board, symbols, hub.feed), media_type="application/json",
                         headers=HEADERS)
 
     async def history(request: Request) -> Response:
         try:
-            symbols = query_symbols(request, settings.max_symbols)
+            symbols = entitled(request, query_symbols(request, settings.max_symbols))
             since = query_int(request, "since", None, 0, 2**53)
             points = query_int(request, "points", DEFAULT_POINTS, MIN_POINTS, MAX_POINTS)
         except BadQuery as exc:
-            return error(exc.code, exc.message)
+            return error(exc.code, exc.message, exc.status, exc.headers)
         assert points is not None
         board = service.hub.board
         known = on_board(board, symbols)

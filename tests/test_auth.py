@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from service.auth import Authenticator, AuthError, Grant, bearer
 from service.protocol import ALL, Auth, ProtocolError, parse_command
 from service.settings import ConfigError, Settings
-from tests.service_proc import ServiceProcess
+from tests.service_proc import ServiceProcess, http_fetch
 from tests.test_asyncapi import check_frame
 from tests.wsclient import ClientConnection, connect, recv, recv_type
 
@@ -269,3 +269,21 @@ async def test_anonymous_deny_takes_a_token_as_the_first_message(
         code, reason, seen = await closed_with(ws)
         assert code == 1008 and reason.startswith("authentication required")
         assert "snapshot" not in seen and "quotes" not in seen
+
+
+def test_rest_takes_the_same_tokens(service: ServiceProcess, closed_service: ServiceProcess) -> None:
+    status, headers, body = http_fetch(f"{service.url}/quotes?token={unsigned({})}")
+    assert status == 401 and orjson.loads(body) == {
+        "error": "unauthorized", "message": "token not signed with HS256"}
+    assert headers["www-authenticate"].startswith("Bearer")
+    entitled = token({"symbols": ["OGDC", "PPL"]})
+    status, _, body = http_fetch(f"{service.url}/quotes",
+                                 {"Authorization": f"Bearer {entitled}"})
+    assert status == 200 and [q["symbol"] for q in orjson.loads(body)["quotes"]] == ["OGDC", "PPL"]
+    status, _, body = http_fetch(f"{service.url}/history?symbols=OGDC,HBL&token={entitled}")
+    assert status == 403 and orjson.loads(body) == {
+        "error": "forbidden", "message": "not covered by your token: HBL"}
+    status, _, body = http_fetch(f"{service.url}/history?token={entitled}")
+    assert status == 200 and sorted(orjson.loads(body)["history"]) == ["OGDC", "PPL"]
+    assert http_fetch(f"{closed_service.url}/quotes")[0] == 401
+    assert http_fetch(f"{closed_service.url}/quotes?token={token({})}")[0] == 200
