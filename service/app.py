@@ -12,6 +12,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
@@ -19,9 +20,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from . import page, rest
-from .auth import Authenticator
+from . import page, rest, security
+from .auth import Authenticator, Tier
 from .connection import SERVER_SEND, Connection
+from .delayed import DelayedFeed
 from .feeds import Feed, make_feed
 from .hub import Hub
 from .limits import TokenBucket
@@ -80,6 +82,11 @@ class QuoteService:
                        max_recovery=settings.max_recovery,
                        every_queue_bytes=settings.every_queue_bytes)
         # Websockets and SSE streams (service/sse.py): admitted, swept and drained alike.
+        # The delayed tier (service/delayed.py): a hub of its own, fed from the tape.
+        self.delayed_hub = Hub(settings.max_symbols, default_hz=default_hz(settings),
+                               every_queue_bytes=settings.every_queue_bytes, delayed=True)
+        self.delayed = DelayedFeed(settings, self.hub, self.delayed_hub, self.tape)
+        self.hubs: dict[Tier, Hub] = {"realtime": self.hub, "delayed": self.delayed_hub}
         self.connections: set[Connection | EventStream] = set()
         # Tokens and entitlements (service/auth.py), shared by every route.
         self.auth = Authenticator(settings)
@@ -87,9 +94,12 @@ class QuoteService:
         self.feed: Feed = self._make_feed()
         self._feed_task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._delayed_task: asyncio.Task[None] | None = None
         self.metrics = Metrics(self)
         self.connect_rate = TokenBucket(settings.max_connects_per_s)
         self._refusal_log = TokenBucket(1)
+        # Origins and connections per address (service/security.py), websockets and SSE.
+        self.gate = security.Gate(settings, self.hub.stats)
         self.draining = False
         # Set when the feed cannot go on: the process exits with it (see server.py), so a
         # supervisor restarts the worker (1) or gives up on a configuration error.
@@ -102,6 +112,7 @@ class QuoteService:
     async def start(self) -> None:
         self._feed_task = asyncio.create_task(self._run_feed(), name="feed")
         self._sweeper = asyncio.create_task(self._sweep(), name="sweeper")
+        self._delayed_task = asyncio.create_task(self.delayed.run(), name="delayed")
 
     async def _sweep(self) -> None:
         """One task walks every connection for heartbeats and stuck sends, instead of a
@@ -172,12 +183,13 @@ class QuoteService:
 
     async def stop(self) -> None:
         await self.close_all()
-        for task in (self._feed_task, self._sweeper):
+        for task in (self._feed_task, self._sweeper, self._delayed_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
         await self.hub.aclose()
+        await self.delayed_hub.aclose()
         await self.feed.aclose()
         await self.tape.aclose()
 
@@ -214,7 +226,7 @@ class QuoteService:
             await websocket.accept()
             await websocket.close(CLOSE_TRY_AGAIN, "try again later")
             return
-        connection = Connection(websocket, self.hub, self.settings, self.auth)
+        connection = Connection(websocket, self.hubs, self.settings, self.auth)
         self.connections.add(connection)
         try:
             await connection.serve()
@@ -236,7 +248,15 @@ class QuoteApp(Starlette):
         if scope["type"] == "websocket" and scope["path"] == WS_PATH:
             scope["app"] = self
             scope[SERVER_SEND] = send
-            await self.state.service.websocket(WebSocket(scope, receive, send))
+            service: QuoteService = self.state.service
+            # Origin (403) and the address's share (1008), before anything else.
+            admitted, address = await service.gate.websocket(scope, receive, send)
+            if not admitted:
+                return
+            try:
+                await service.websocket(WebSocket(scope, receive, send))
+            finally:
+                service.gate.leave(address)
             return
         await super().__call__(scope, receive, send)
 
@@ -245,6 +265,7 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR,
                js_dir: Path = JS_CLIENT_DIR) -> QuoteApp:
     settings = settings or Settings.from_env()
     service = QuoteService(settings)
+    frame_ancestors = security.parse_frame_ancestors(settings.frame_ancestors)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -257,10 +278,20 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR,
     async def index(request: Request) -> Response:
         """The page with the board already in its tickers (service/page.py): prices without
         JavaScript, and a first paint the widget takes over without a flash."""
-        html = page.load(web_dir / "index.html", web_dir / "widget" / "styles.js").render(
-            service.hub.board, request.query_params.get("symbols"))
+        news = page.load(web_dir / "index.html", web_dir / "widget" / "styles.js")
+        # A reader's browser shows no token: the page holds what ANONYMOUS may see.
+        anonymous = service.auth.anonymous
+        board: dict[str, tuple[int, str]] = {}
+        if anonymous is not None:
+            if anonymous.tier == "delayed":
+                await service.delayed.fresh()
+            board = service.hubs[anonymous.tier].board
+        html = news.render(board, request.query_params.get("symbols"))
+        # Its one inline stylesheet, the widget's in each shadow root, allowed by its hash.
+        csp = security.page_policy(news.css, frame_ancestors)
         return Response(html, media_type="text/html; charset=utf-8",
-                        headers={"Cache-Control": page.CACHE_CONTROL})
+                        headers={"Cache-Control": page.CACHE_CONTROL,
+                                 "Content-Security-Policy": csp})
 
     async def widget(request: Request) -> Response:
         return FileResponse(web_dir / "widget.js", media_type=JS_TYPE, headers=OPEN_TO_ALL)
@@ -280,6 +311,9 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR,
         )
 
     async def metrics(request: Request) -> Response:
+        refusal = security.metrics_refusal(request.headers, settings.metrics_token)
+        if refusal is not None:
+            return refusal
         return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
     async def ws_plain_get(request: Request) -> Response:
@@ -321,6 +355,8 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR,
             Mount("/static", StaticFiles(directory=web_dir, check_dir=False), name="static"),
         ],
         lifespan=lifespan,
+        # nosniff, Referrer-Policy and a CSP on every HTTP response (service/security.py).
+        middleware=[Middleware(security.SecurityHeaders, frame_ancestors=frame_ancestors)],
     )
     app.state.service = service
     return app

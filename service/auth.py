@@ -31,9 +31,6 @@ from .settings import ConfigError, Settings
 Tier = Literal["realtime", "delayed"]
 TIERS: tuple[Tier, ...] = ("realtime", "delayed")
 ALGORITHMS = ("HS256", "RS256", "ES256")
-# The delayed tier is refused until it is served: a delayed client must never be given
-# real-time prices.
-DELAYED_SERVED = False
 
 
 class AuthError(Exception):
@@ -112,10 +109,7 @@ class Authenticator:
             raise AuthError(f"token {str(exc).lower()}") from None
         except jwt.InvalidTokenError:
             raise AuthError("token malformed") from None
-        grant = grant_from(claims)
-        if grant.tier == "delayed" and not DELAYED_SERVED:
-            raise AuthError("this service does not serve the delayed tier yet")
-        return grant
+        return grant_from(claims)
 
 
 def grant_from(claims: dict[str, Any]) -> Grant:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -24,7 +25,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from quote_client.quote import now_ms
 
 from . import protocol
-from .auth import Authenticator, AuthError, Grant, token_of
+from .auth import Authenticator, AuthError, Grant, Tier, token_of
 from .hub import Hub
 from .limits import RateLimiter
 from .node import NODE_ID
@@ -52,18 +53,20 @@ class Connection:
     # Slots, a bare future instead of Events, and a sender task only while one is needed:
     # memory per connection is what decides how many idle clients a process holds.
     __slots__ = ("_raw", "_sender", "_taken", "_waiter", "_writer", "auth", "closing",
-                 "expired_at", "grant", "hub",
+                 "expired_at", "grant", "hub", "hubs",
                  "last_sent", "limiter", "outbox", "sending_since", "settings", "websocket")
 
-    def __init__(self, websocket: WebSocket, hub: Hub, settings: Settings,
+    def __init__(self, websocket: WebSocket, hubs: Mapping[Tier, Hub], settings: Settings,
                  auth: Authenticator) -> None:
         self.websocket = websocket
-        self.hub = hub
+        # One hub per tier (service/delayed.py): the connection is in its grant's.
+        self.hubs = hubs
         self.settings = settings
         self.auth = auth
         # What the client may see (None: nothing yet, its token must come first), and
         # since when (loop time) its token has been expired.
         self.grant: Grant | None = auth.anonymous
+        self.hub = hubs[self.grant.tier if self.grant is not None else "realtime"]
         self.expired_at: float | None = None
         self.outbox = Outbox()
         self.limiter = RateLimiter(settings.max_client_msgs_per_s)
@@ -137,9 +140,10 @@ class Connection:
             except AuthError as exc:  # before anything is sent: no quote leaks
                 await self._refuse(str(exc))
                 return
+            self.hub = self.hubs[self.grant.tier]
         self.hub.add(self)
         try:
-            self.outbox.put_control(welcome(settings))
+            self.outbox.put_control(welcome(settings, self.hub.delayed))
             self.hub.greet(self)
             if self.grant is not None:
                 self._subscribe_from_query()
@@ -252,6 +256,12 @@ class Connection:
             return
         self.grant = grant
         self.expired_at = None
+        if first and self.hubs[grant.tier] is not self.hub:
+            # The first token of a connection that waited for one (ANONYMOUS=deny): it
+            # holds nothing yet, so it moves to its tier's hub whole.
+            self.hub.remove(self)
+            self.hub = self.hubs[grant.tier]
+            self.hub.add(self)
         if held != protocol.ALL and grant.symbols != protocol.ALL and held - grant.symbols:
             self.hub.unsubscribe(self, None, held - grant.symbols)  # no longer covered
         held = self.hub.subscriptions(self)
@@ -259,7 +269,8 @@ class Connection:
         self._reply(protocol.auth_ack(
             command.id, self.hub.board.keys() if everything else held, all=everything,
             tier=grant.tier, entitled=grant.symbols, sub=grant.sub,
-            expires=None if grant.exp is None else int(grant.exp * 1000)))
+            expires=None if grant.exp is None else int(grant.exp * 1000),
+            delay_s=self.settings.delay_s if grant.tier == "delayed" else None))
         if first:
             self._subscribe_from_query()
 
@@ -382,9 +393,11 @@ class Connection:
             transport.abort()
 
 
-def welcome(settings: Settings) -> str:
-    """The first frame of every websocket and SSE stream: this worker and its limits."""
+def welcome(settings: Settings, delayed: bool = False) -> str:
+    """The first frame of every websocket and SSE stream: this worker and its limits (and,
+    in the delayed tier, the delay)."""
     return protocol.welcome(
+        delay_s=settings.delay_s if delayed else None,
         node=NODE_ID,
         heartbeat_s=settings.heartbeat_s,
         max_symbols=settings.max_symbols,

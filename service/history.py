@@ -17,7 +17,7 @@ against each other.
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from itertools import pairwise
 
@@ -171,23 +171,26 @@ class Series:
             i += 1
         self.drop_first(i)
 
-    def points(self, since: int | None = None) -> list[Point]:
-        """Every point (with ts >= since), in order."""
-        return [p for p in zip(self.ts, self.price, strict=True) if since is None or p[0] >= since]
+    def points(self, since: int | None = None, until: int | None = None) -> list[Point]:
+        """Every point (with since <= ts <= until), in order."""
+        return [p for p in zip(self.ts, self.price, strict=True)
+                if (since is None or p[0] >= since) and (until is None or p[0] <= until)]
 
-    def reduced(self, n: int, since: int | None = None) -> list[Point]:
-        """`reduce(self.points(since), n)`, with buckets rounded to whole blocks where
-        they span several: the same guarantees, at the cost of the block summaries."""
+    def reduced(self, n: int, since: int | None = None, until: int | None = None
+                ) -> list[Point]:
+        """`reduce(self.points(since, until), n)`, with buckets rounded to whole blocks
+        where they span several: the same guarantees, at the cost of the block summaries.
+        `until` is the delayed tier's: nothing newer than now - DELAY_S."""
         if n < MIN_POINTS:
             raise ValueError(f"n must be at least {MIN_POINTS}, got {n}")
-        start = 0
-        if since is not None:
-            if not self.ts_sorted:
-                return reduce(self.points(since), n)
-            start = bisect_left(self.ts, since)
-        size = len(self.price)
+        if (since is not None or until is not None) and not self.ts_sorted:
+            return reduce(self.points(since, until), n)
+        start = 0 if since is None else bisect_left(self.ts, since)
+        size = len(self.price) if until is None else bisect_right(self.ts, until)
+        if size <= start:
+            return []
         if size - start <= n:
-            return list(zip(self.ts[start:], self.price[start:], strict=True))
+            return list(zip(self.ts[start:size], self.price[start:size], strict=True))
         base = self.base
         picked = [start]
         edges = bucket_edges(base + start + 1, base + size - 1, (n - 2) // 2, self.block)

@@ -84,8 +84,10 @@ class Hub:
                  clock: Callable[[], float] = _loop_time,
                  call_later: Callable[[float, Callable[[], None]], Any] = _loop_call_later,
                  tape: Tape | None = None, max_recovery: int = 10_000,
-                 every_queue_bytes: int = 1 << 20) -> None:
+                 every_queue_bytes: int = 1 << 20, delayed: bool = False) -> None:
         self.max_symbols = max_symbols
+        # The delayed tier's hub (service/delayed.py): every quote it sends says so.
+        self.delayed = delayed
         # The rate of a client that asks for none: the fan-out's own (1000 /
         # FANOUT_INTERVAL_MS), or None when that has no cap. A client asking at least this
         # much is in the default groups; one asking less gets groups of its own rate.
@@ -128,6 +130,11 @@ class Hub:
         # Set while the feed is live: a `since` that came before waits for it.
         self._live = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def text(self, quote: Quote) -> str:
+        """A quote's JSON as this hub sends it (with `"delayed": true` in the delayed tier)."""
+        text = quote.to_json().decode()
+        return text[:-1] + ',"delayed":true}' if self.delayed else text
 
     # Subscribers
 
@@ -405,7 +412,7 @@ class Hub:
         try:
             for symbol, quotes in found.items():
                 for quote in quotes:
-                    queue.put(quote.to_json().decode(), backlog=True)
+                    queue.put(self.text(quote), backlog=True)
                 last[symbol] = quotes[-1].seq or 0 if quotes else since[symbol]
             for symbol, seq, text in held:
                 if seq > last.get(symbol, -1):
@@ -520,7 +527,7 @@ class Hub:
                                     "clients see a jump there", symbol, last + 1, upto)
                     for quote in quotes:
                         self.every_seq[symbol] = quote.seq or 0
-                        self._every_deliver(symbol, quote.to_json().decode())
+                        self._every_deliver(symbol, self.text(quote))
                     self.every_seq[symbol] = max(last, upto)
                     self.stats["every_filled_quotes"] += len(quotes)
                 held = self.holding.get(symbol, [])
@@ -589,7 +596,7 @@ class Hub:
             if held is not None and seq <= held[0]:
                 self.stats["quotes_stale_dropped"] += 1
                 continue
-            text = quote.to_json().decode()
+            text = self.text(quote)
             board[symbol] = (seq, text)
             sent += 1
             if every:
@@ -656,7 +663,7 @@ class Hub:
             seq = quote.seq or 0
             held = fresh.get(quote.symbol)
             if held is None or seq > held[0]:
-                fresh[quote.symbol] = (seq, quote.to_json().decode())
+                fresh[quote.symbol] = (seq, self.text(quote))
         # In place: groups hold this board for members that fell too far behind.
         self.board.clear()
         self.board.update(fresh)

@@ -50,17 +50,18 @@ _COUNTERS = {
     "feed_junk_dropped": "Unparseable or invalid payloads dropped from Redis.",
     "redis_reconnects": "Times the Redis subscription was lost and retried.",
     "slow_client_disconnects": "Clients closed (4008) for not reading.",
-    "connections_refused": "Connections turned away with 1013.",
     "frames_sent": "Websocket frames sent to clients.",
     "quotes_sent": "Quote entries sent to clients in `quotes` frames.",
     "quotes_conflated": "Updates replaced by a newer one before they were sent.",
     "every_recovered_quotes": "Quotes read from the tape to answer a subscribe's `since`.",
     "every_filled_quotes": "Quotes read from the tape to fill what pub/sub missed, in every mode.",
 }
+# Connections turned away, by reason (label) -> the hub's stats key.
+_REFUSED = {"capacity": "connections_refused", "origin": "refused_origin",
+            "per_address": "refused_per_address"}
 _STATS = {"quotes_received": "quotes_in", "quotes_stale_dropped": "quotes_stale_dropped",
           "feed_junk_dropped": "junk_dropped", "redis_reconnects": "redis_reconnects",
           "slow_client_disconnects": "slow_consumer_closed",
-          "connections_refused": "connections_refused",
           "every_recovered_quotes": "every_recovered_quotes",
           "every_filled_quotes": "every_filled_quotes"}
 
@@ -75,6 +76,14 @@ class Metrics:
                        for name, (help_text, mode) in _GAUGES.items()}
         self.counters = {name: Counter(f"quote_service_{name}", help_text, registry=registry)
                          for name, help_text in _COUNTERS.items()}
+        self.refused = Counter(
+            "quote_service_connections_refused",
+            "Websockets and SSE streams turned away, by reason: capacity (MAX_CONNECTIONS or "
+            "MAX_CONNECTS_PER_S: close 1013, SSE 503), origin (ALLOWED_ORIGINS: HTTP 403), "
+            "per_address (MAX_CONNECTIONS_PER_IP: close 1008, SSE 429).",
+            ["reason"], registry=registry)
+        for reason in _REFUSED:
+            self.refused.labels(reason)
         self.client_errors = Counter("quote_service_client_errors", "Error frames sent, by code.",
                                      ["code"], registry=registry)
         self.feed_lag = Histogram(
@@ -104,6 +113,8 @@ class Metrics:
         stats = hub.stats
         outboxes = [c.outbox for c in service.connections]
         values: dict[str, float] = {name: stats[key] for name, key in _STATS.items()}
+        for reason, key in _REFUSED.items():
+            values[f"refused:{reason}"] = stats[key]
         values["frames_sent"] = stats["retired_frames_sent"] + sum(o.frames_taken for o in outboxes)
         values["quotes_sent"] = stats["retired_quotes_sent"] + sum(o.quotes_taken for o in outboxes)
         values["quotes_conflated"] = (stats["retired_quotes_conflated"]
@@ -133,6 +144,8 @@ class Metrics:
             pushed[name] = value
             if name.startswith("error_"):
                 self.client_errors.labels(name.removeprefix("error_")).inc(delta)
+            elif name.startswith("refused:"):
+                self.refused.labels(name.removeprefix("refused:")).inc(delta)
             else:
                 self.counters[name].inc(delta)
 

@@ -266,9 +266,11 @@ def _dumps(frame: dict[str, Any]) -> str:
 
 
 def welcome(*, node: str, heartbeat_s: float, max_symbols: int, max_client_msgs_per_s: int,
-            max_frame_bytes: int, every_queue_bytes: int, max_recovery: int) -> str:
-    """`node` is the worker process's opaque id (service/node.py)."""
-    return _dumps({
+            max_frame_bytes: int, every_queue_bytes: int, max_recovery: int,
+            delay_s: float | None = None) -> str:
+    """`node` is the worker process's opaque id (service/node.py). `delay_s`: the
+    connection is in the delayed tier, that many seconds behind."""
+    frame: dict[str, Any] = {
         "type": "welcome",
         "protocol": PROTOCOL_VERSION,
         "node": node,
@@ -280,7 +282,11 @@ def welcome(*, node: str, heartbeat_s: float, max_symbols: int, max_client_msgs_
             "every_queue_bytes": every_queue_bytes,
             "max_recovery": max_recovery,
         },
-    })
+    }
+    if delay_s is not None:
+        frame["tier"] = "delayed"
+        frame["delay_s"] = _number(delay_s)
+    return _dumps(frame)
 
 
 def ack(id: Id, op: str, symbols: Iterable[str], unknown: Iterable[str], *, all: bool,
@@ -316,7 +322,7 @@ def quotes_frame(kind: Literal["snapshot", "quotes"], quote_jsons: Iterable[str]
 
 
 def auth_ack(id: Id, symbols: Iterable[str], *, all: bool, tier: str, entitled: Symbols,
-             expires: int | None, sub: str | None) -> str:
+             expires: int | None, sub: str | None, delay_s: float | None = None) -> str:
     """The answer to `auth`: the token's entitlements (`entitled`: its symbols, or "*"),
     its tier and expiry (ms), and the subscription set as it stands."""
     frame: dict[str, Any] = {"type": "ack", "id": id, "op": "auth", "symbols": sorted(symbols),
@@ -328,6 +334,8 @@ def auth_ack(id: Id, symbols: Iterable[str], *, all: bool, tier: str, entitled: 
         frame["expires"] = expires
     if sub is not None:
         frame["sub"] = sub
+    if delay_s is not None:
+        frame["delay_s"] = _number(delay_s)
     return _dumps(frame)
 
 

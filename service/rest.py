@@ -33,13 +33,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .auth import AuthError, token_of
+from .auth import AuthError, Grant, token_of
 from .history import DEFAULT_POINTS, MAX_POINTS, MIN_POINTS, Series, parse_id
 from .protocol import ALL, BAD_REQUEST, FORBIDDEN, ProtocolError, Symbols, parse_query_symbols
 from .tape import Priced, Tape
 
 if TYPE_CHECKING:
     from .app import QuoteService
+    from .hub import Hub
 
 log = logging.getLogger("service.rest")
 
@@ -287,7 +288,7 @@ def routes(service: QuoteService) -> list[Route]:
     settings = service.settings
     cache = HistoryCache(service.tape, max_len=settings.tape_max_len)
 
-    def entitled(request: Request, symbols: Symbols) -> Symbols:
+    def entitled(request: Request, symbols: Symbols) -> tuple[Grant, Symbols]:
         """The symbols asked for, as the request's token (or ANONYMOUS) allows: 401 for a
         token that does not pass, 403 naming the symbols it does not cover; "*" is every
         entitled symbol."""
@@ -297,40 +298,48 @@ def routes(service: QuoteService) -> list[Route]:
             raise BadQuery(UNAUTHORIZED, str(exc), 401,
                            {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
         if grant.symbols == ALL:
-            return symbols
+            return grant, symbols
         if symbols == ALL:
-            return grant.symbols
+            return grant, grant.symbols
         _, refused = grant.split(symbols)
         if refused:
             raise BadQuery(FORBIDDEN, "not covered by your token: " + ", ".join(refused[:20]),
                            403)
-        return symbols
+        return grant, symbols
+
+    async def hub_for(grant: Grant) -> Hub:
+        """The grant's tier's hub; the delayed one brought up to its mark first."""
+        if grant.tier == "delayed":
+            await service.delayed.fresh()
+        return service.hubs[grant.tier]
 
     async def quotes(request: Request) -> Response:
         try:
-            symbols = entitled(request, query_symbols(request, settings.max_symbols))
+            grant, symbols = entitled(request, query_symbols(request, settings.max_symbols))
         except BadQuery as exc:
             return error(exc.code, exc.message, exc.status, exc.headers)
-        hub = service.hub
+        hub = await hub_for(grant)
         return Response(board_json(hub.board, symbols, hub.feed), media_type="application/json",
                         headers=HEADERS)
 
     async def history(request: Request) -> Response:
         try:
-            symbols = entitled(request, query_symbols(request, settings.max_symbols))
+            grant, symbols = entitled(request, query_symbols(request, settings.max_symbols))
             since = query_int(request, "since", None, 0, 2**53)
             points = query_int(request, "points", DEFAULT_POINTS, MIN_POINTS, MAX_POINTS)
         except BadQuery as exc:
             return error(exc.code, exc.message, exc.status, exc.headers)
         assert points is not None
-        board = service.hub.board
+        board = (await hub_for(grant)).board
+        # The delayed tier's day ends at its mark: nothing younger than DELAY_S.
+        until = service.delayed.mark_ms() if grant.tier == "delayed" else None
         known = on_board(board, symbols)
         try:
             held = await cache.series(known)
         except TapeUnavailable as exc:
             return error(UNAVAILABLE, f"{exc}; try again", 503, {"Retry-After": "1"})
         wanted = known if symbols == ALL else sorted(symbols)
-        out = {s: held[s].reduced(points, since) if s in held else [] for s in wanted}
+        out = {s: held[s].reduced(points, since, until) if s in held else [] for s in wanted}
         cache.evict()
         headers = dict(HEADERS)
         body = maybe_gzip(request, orjson.dumps({"history": out, "points": points}), headers)

@@ -68,6 +68,8 @@ class Settings:
     token_audience: str | None = None
     token_grace_s: float = 30.0
     anonymous: str = "realtime"
+    # The delayed tier (service/delayed.py): its clients see the board as of now - DELAY_S.
+    delay_s: float = 900.0
     # Limits announced in `welcome`.
     heartbeat_s: float = 15.0
     max_symbols: int = 500
@@ -96,6 +98,14 @@ class Settings:
     # of one second's worth); past either a client is closed with 1013 (try again later).
     max_connections: int = 20000
     max_connects_per_s: int = 1000
+    # Security (service/security.py). Origins whose pages may open a websocket or an SSE
+    # stream ("*": any; a request without Origin is not refused for it); open connections
+    # from one client address per process (0: no cap); who may frame the page (the CSP's
+    # frame-ancestors); the bearer token /metrics wants (None: open).
+    allowed_origins: str = "*"
+    max_connections_per_ip: int = 100
+    frame_ancestors: str = "'self'"
+    metrics_token: str | None = None
     # Simulated market.
     sim_rate: float = 20.0
     sim_band_pct: float = 10.0
@@ -144,6 +154,7 @@ class Settings:
             raise ConfigError(f"PORT must be 1-65535, got {self.port}")
         if self.ws_max_size < self.max_frame_bytes:
             raise ConfigError("WS_MAX_SIZE must be at least MAX_FRAME_BYTES")
+        self._check_security()
         if not 1 <= self.redis_partitions <= 1024:
             raise ConfigError(f"REDIS_PARTITIONS must be 1-1024, got {self.redis_partitions}")
         if not self.redis_prefix or any(c in self.redis_prefix for c in "{} "):
@@ -159,9 +170,10 @@ class Settings:
                 raise ConfigError(f"REDIS_URL {exc}: got {self.redis_url!r}") from None
 
     def _check_tokens(self) -> None:
-        if self.anonymous not in ("realtime", "deny"):
-            raise ConfigError(f"ANONYMOUS must be realtime or deny (the delayed tier is not "
-                              f"served yet), got {self.anonymous!r}")
+        if self.anonymous not in ("realtime", "delayed", "deny"):
+            raise ConfigError(f"ANONYMOUS must be realtime, delayed or deny, got {self.anonymous!r}")
+        if self.delay_s <= 0:
+            raise ConfigError(f"DELAY_S must be positive, got {self.delay_s}")
         if self.token_secret is not None and self.token_public_key_file is not None:
             raise ConfigError("set TOKEN_SECRET (HS256) or TOKEN_PUBLIC_KEY_FILE (RS256/ES256), "
                               "not both: one algorithm is accepted")
@@ -179,6 +191,25 @@ class Settings:
                               "otherwise no client could ever connect")
         if self.token_grace_s < 0:
             raise ConfigError(f"TOKEN_GRACE_S must be 0 or positive, got {self.token_grace_s}")
+
+    def _check_security(self) -> None:
+        from . import security
+
+        if self.max_connections_per_ip < 0:
+            raise ConfigError(f"MAX_CONNECTIONS_PER_IP must be 0 (no cap) or positive, "
+                              f"got {self.max_connections_per_ip}")
+        checks = (("allowed_origins", security.parse_origins),
+                  ("frame_ancestors", security.parse_frame_ancestors),
+                  ("metrics_token", security.check_metrics_token))
+        for name, check in checks:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            try:
+                check(value)
+            except ValueError as exc:
+                shown = "" if name == "metrics_token" else f": got {value!r}"
+                raise ConfigError(f"{name.upper()} {exc}{shown}") from None
 
     @property
     def layout(self) -> Layout:

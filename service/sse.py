@@ -20,18 +20,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.datastructures import Headers, QueryParams
+from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from quote_client.quote import QuoteError, normalize_symbol, now_ms
 
-from . import protocol
+from . import protocol, security
+from .auth import AuthError, Grant, token_of
 from .connection import welcome
 from .hub import Hub
 from .outbox import Outbox
@@ -209,12 +212,17 @@ def error_response(exc: ProtocolError, status: int = 400) -> Response:
 class EventStream:
     """One SSE client: a hub Subscriber whose outbox a writer task turns into events."""
 
-    __slots__ = ("_recovery", "_send", "_waiter", "_writer", "closing", "hub", "last_sent",
-                 "outbox", "peer", "position", "request", "sending_since", "settings")
+    __slots__ = ("_recovery", "_send", "_waiter", "_writer", "closing", "expired_at", "grant",
+                 "hub", "last_sent", "outbox", "peer", "position", "request", "sending_since",
+                 "settings")
 
     def __init__(self, hub: Hub, settings: Settings, request: StreamRequest,
-                 peer: str = "?") -> None:
+                 peer: str = "?", grant: Grant | None = None) -> None:
         self.hub = hub
+        # What its token allows (service/auth.py); it cannot send a fresh one, so when it
+        # expires the stream ends after TOKEN_GRACE_S and the client comes back with one.
+        self.grant = grant or Grant()
+        self.expired_at: float | None = None
         self.settings = settings
         self.request = request
         self.peer = peer
@@ -258,6 +266,16 @@ class EventStream:
         `heartbeat_s` of silence; a write stuck past `send_timeout_s` ends the stream
         (the peer stopped reading: its buffers must not grow, nor its task live on)."""
         settings = self.settings
+        exp = self.grant.exp
+        if exp is not None and self.closing is None and time.time() >= exp:
+            if self.expired_at is None:
+                self.expired_at = now
+                self.outbox.put_control(protocol.error(
+                    protocol.TOKEN_EXPIRED, f"token expired: reconnect with a fresh one within "
+                    f"{settings.token_grace_s:g}s"))
+                self.wake()
+            elif now - self.expired_at >= settings.token_grace_s:
+                self.close(protocol.CLOSE_POLICY, "token expired")
         since = self.sending_since
         if since is not None:
             if now - since > settings.send_timeout_s:
@@ -297,10 +315,11 @@ class EventStream:
         hub = self.hub
         hub.add(self)
         try:
-            self.outbox.put_control(welcome(settings))
+            self.outbox.put_control(welcome(settings, hub.delayed))
             hub.greet(self)
             self._recovery = hub.subscribe(self, None, request.symbols, request.max_hz,
-                                           mode=request.mode, since=request.since)
+                                           mode=request.mode, since=request.since,
+                                           entitled=self.grant.symbols)
         except BaseException:
             hub.remove(self)
             raise
@@ -410,10 +429,21 @@ class SseEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         service: QuoteService = scope["app"].state.service
         method = scope.get("method", "GET")
+        if not service.gate.origin_allowed(scope):  # ALLOWED_ORIGINS (service/security.py)
+            await security.forbidden_origin_response()(scope, receive, send)
+            return
         if method == "OPTIONS":
             await Response(status_code=204, headers=PREFLIGHT_HEADERS)(scope, receive, send)
             return
         settings = service.settings
+        try:
+            grant = service.auth.grant_for(token_of(HTTPConnection(scope)))
+        except AuthError as exc:
+            service.hub.stats["auth_refused"] += 1
+            await JSONResponse({"error": "unauthorized", "message": str(exc)}, status_code=401,
+                               headers={**OPEN_TO_ALL, "WWW-Authenticate":
+                                        'Bearer error="invalid_token"'})(scope, receive, send)
+            return
         try:
             request = parse_request(QueryParams(scope.get("query_string", b"")),
                                     Headers(scope=scope), settings.max_symbols)
@@ -425,6 +455,20 @@ class SseEndpoint:
             await Response(headers=dict(
                 (k.decode(), v.decode()) for k, v in STREAM_HEADERS))(scope, receive, send)
             return
+        # The address's share (MAX_CONNECTIONS_PER_IP) is held while the stream is served.
+        address = security.client_address(scope)
+        if not service.gate.enter(address):
+            await security.too_many_response()(scope, receive, send)
+            return
+        try:
+            await self._serve(service, request, grant, scope, receive, send)
+        finally:
+            service.gate.leave(address)
+
+    async def _serve(self, service: QuoteService, request: StreamRequest, grant: Grant,
+                     scope: Scope, receive: Receive, send: Send) -> None:
+        """Admission (MAX_CONNECTIONS, MAX_CONNECTS_PER_S, draining), then the stream."""
+        settings = service.settings
         refusal = "the server is shutting down" if service.draining else service.admit()
         if refusal is not None:
             if not service.draining:
@@ -435,8 +479,8 @@ class SseEndpoint:
                                )(scope, receive, send)
             return
         client = scope.get("client")
-        stream = EventStream(service.hub, settings, request,
-                             f"{client[0]}:{client[1]}" if client else "?")
+        stream = EventStream(service.hubs[grant.tier], settings, request,
+                             f"{client[0]}:{client[1]}" if client else "?", grant)
         try:
             stream.open()
         except ProtocolError as exc:

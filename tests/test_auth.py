@@ -22,6 +22,7 @@ from service.auth import Authenticator, AuthError, Grant, bearer
 from service.protocol import ALL, Auth, ProtocolError, parse_command
 from service.settings import ConfigError, Settings
 from tests.service_proc import ServiceProcess, http_fetch
+from tests.sseclient import open_sse
 from tests.test_asyncapi import check_frame
 from tests.wsclient import ClientConnection, connect, recv, recv_type
 
@@ -60,8 +61,8 @@ def unsigned(claims: dict[str, Any]) -> str:
 def test_hs256_tokens_carry_their_entitlements() -> None:
     auth = Authenticator(Settings(token_secret=SECRET))
     assert auth.verify(token({})) == Grant(ALL, "realtime", None, auth.verify(token({})).exp)
-    grant = auth.verify(token({"sub": "reader-7", "symbols": ["ogdc", "PPL"]}))
-    assert (grant.symbols, grant.tier, grant.sub) == (frozenset({"OGDC", "PPL"}), "realtime", "reader-7")
+    grant = auth.verify(token({"sub": "reader-7", "symbols": ["ogdc", "PPL"], "tier": "delayed"}))
+    assert (grant.symbols, grant.tier, grant.sub) == (frozenset({"OGDC", "PPL"}), "delayed", "reader-7")
     assert grant.split({"PPL", "HBL", "OGDC"}) == (["OGDC", "PPL"], ["HBL"])
 
 
@@ -77,8 +78,6 @@ def test_hs256_tokens_carry_their_entitlements() -> None:
     (lambda: token({"symbols": "OGDC"}), 'token\'s symbols claim must be a list or "*"'),
     (lambda: token({"symbols": ["<b>"]}), "token's symbols claim holds an invalid symbol"),
     (lambda: token({"tier": "gold"}), 'token\'s tier claim must be "realtime" or "delayed"'),
-    # Until it is served, a delayed client is refused rather than given real-time prices.
-    (lambda: token({"tier": "delayed"}), "this service does not serve the delayed tier yet"),
 ])
 def test_bad_tokens_are_refused_with_a_reason(make: Any, reason: str) -> None:
     with pytest.raises(AuthError) as refused:
@@ -287,3 +286,15 @@ def test_rest_takes_the_same_tokens(service: ServiceProcess, closed_service: Ser
     assert status == 200 and sorted(orjson.loads(body)["history"]) == ["OGDC", "PPL"]
     assert http_fetch(f"{closed_service.url}/quotes")[0] == 401
     assert http_fetch(f"{closed_service.url}/quotes?token={token({})}")[0] == 200
+
+
+async def test_sse_takes_the_same_tokens(service: ServiceProcess) -> None:
+    status, headers, body = http_fetch(f"{service.url}/sse?symbols=OGDC&token={unsigned({})}")
+    assert status == 401 and orjson.loads(body)["message"] == "token not signed with HS256"
+    entitled = token({"symbols": ["OGDC"]})
+    async with await open_sse(f"{service.url}/sse?symbols=OGDC,HBL&token={entitled}") as events:
+        assert (await events.event_of("ack")).json["symbols"] == ["OGDC"]
+        refused = (await events.event()).json
+        assert refused["code"] == "forbidden" and "HBL" in refused["message"]
+        snapshot = (await events.event_of("snapshot")).json
+        assert [q["symbol"] for q in snapshot["quotes"]] == ["OGDC"]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import yaml
@@ -29,7 +30,8 @@ def test_three_services_started_in_order_of_health(compose: dict[str, Any]) -> N
     assert set(services) >= {"redis", "publisher", "service"}
     for name in ("publisher", "service"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
-        assert services[name]["environment"]["REDIS_URL"].startswith("redis://redis:6379")
+        redis_url = urlsplit(interpolated(services[name]["environment"]["REDIS_URL"]))
+        assert (redis_url.scheme, redis_url.hostname, redis_url.port) == ("redis", "redis", 6379)
         assert services[name]["build"] == "."
         assert services[name]["restart"] in ("unless-stopped", "always", "on-failure")
     for name in ("redis", "service"):
@@ -135,7 +137,7 @@ def test_the_cluster_profile_has_six_cluster_nodes(compose: dict[str, Any]) -> N
         # resolves only names, and each node must announce its own.
         assert given["--cluster-announce-hostname"] == name
         assert given["--cluster-preferred-endpoint-type"] == "hostname", name
-        assert node["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"], name
+        assert node["healthcheck"] == services["redis"]["healthcheck"], name
         assert node["restart"] == "unless-stopped", name
 
 
@@ -144,10 +146,15 @@ def test_the_cluster_is_formed_once_with_a_replica_per_primary(compose: dict[str
     assert init["image"] == compose["services"]["redis"]["image"]
     assert init["command"][0] == "sh"
     script = init["command"][-1]
-    create = re.search(r"redis-cli --cluster create ([^\n]+)", script)
+    create = re.search(r"redis-cli [^\n]*--cluster create ([^\n]+)", script)
     assert create is not None, script
     words = create.group(1).split()
     assert [w for w in words if not w.startswith("-")][:6] == [f"{n}:6379" for n in CLUSTER_NODES]
+    # The nodes' default user is off: every redis-cli logs in as admin, its password
+    # from REDISCLI_AUTH (so on no command line), the nodes' own.
+    for call in re.findall(r"redis-cli [^|\n]*", script):
+        assert call.startswith("redis-cli --user admin "), call
+    assert init["environment"]["REDISCLI_AUTH"] == node_password("redis-node-1", "admin", compose)
     assert "--cluster-replicas 1" in create.group(1)
     assert "--cluster-yes" in words, "nothing answers its question in a container"
     # Run again on a formed cluster, `create` would fail: the job checks first.
@@ -159,17 +166,18 @@ def test_the_cluster_is_formed_once_with_a_replica_per_primary(compose: dict[str
     assert init.get("restart", "no") == "no", "a one-shot job"
 
 
-def test_publisher_and_service_share_one_cluster_url(compose: dict[str, Any]) -> None:
+def test_publisher_and_service_share_the_cluster_nodes(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    urls = {name: services[name]["environment"]["REDIS_URL"]
+    urls = {name: interpolated(services[name]["environment"]["REDIS_URL"])
             for name in ("publisher-cluster", "service-cluster")}
-    assert len(set(urls.values())) == 1, urls
-    url = urls["service-cluster"]
-    assert url.startswith("redis+cluster://")
-    Settings(redis_url=url).check()
-    for host, port in cluster.parse(url).nodes:
-        assert host in CLUSTER_NODES, host
-        assert port == 6379
+    # One cluster, the same startup nodes; each logs in as its own user (below).
+    assert len({urlsplit(url).netloc.rpartition("@")[2] for url in urls.values()}) == 1, urls
+    for url in urls.values():
+        assert url.startswith("redis+cluster://")
+        Settings(redis_url=url).check()
+        for host, port in cluster.parse(url).nodes:
+            assert host in CLUSTER_NODES, host
+            assert port == 6379
     for name in urls:
         assert services[name]["depends_on"] == {
             "redis-cluster-init": {"condition": "service_completed_successfully"}}, name
@@ -179,3 +187,112 @@ def test_publisher_and_service_share_one_cluster_url(compose: dict[str, Any]) ->
     published = [p for s in services.values() for p in s.get("ports", [])]
     assert len(published) == len(set(published)), "two services on one host port"
     assert service["healthcheck"] == services["service"]["healthcheck"]
+
+
+# Least-privilege Redis: deploy/redis/users.acl, written out with the passwords by
+# deploy/redis/entrypoint.sh (tests/test_redis_acl.py runs both on real servers).
+
+ACL_DIR = ROOT / "deploy" / "redis"
+ACL_MOUNT = "/usr/local/etc/redis-acl"
+REDIS_SERVERS = ["redis", *CLUSTER_NODES]
+# Who logs in as whom: every process that reads REDIS_URL has a user of its own side.
+USER_OF = {"publisher": "publisher", "service": "quotes-service"}
+
+
+def interpolated(value: str) -> str:
+    """What compose makes of each `${VAR:-default}` with VAR unset: its default."""
+    assert re.search(r"\$\{(?!\w+:-)", value) is None, f"only ${{VAR:-default}} here: {value}"
+    return re.sub(r"\$\{\w+:-([^}]*)\}", lambda m: m.group(1), value)
+
+
+def acl_users() -> dict[str, list[str]]:
+    """users.acl: each user's rules, the words after its name."""
+    users = {}
+    for line in (ACL_DIR / "users.acl").read_text().splitlines():
+        words = line.split()
+        assert words[0] == "user" and words[1] not in users, line
+        users[words[1]] = words[2:]
+    return users
+
+
+def password_variable(user: str) -> str:
+    tokens = [m.group(1) for w in acl_users()[user] if (m := re.fullmatch(r"<(REDIS_\w+_PASSWORD)>", w))]
+    assert len(tokens) == 1, (user, tokens)
+    return tokens[0]
+
+
+def node_password(server: str, user: str, compose: dict[str, Any]) -> str:
+    """The `${VAR:-default}` a Redis server's entrypoint reads that user's password from."""
+    value: str = compose["services"][server]["environment"][password_variable(user)]
+    return value
+
+
+def test_every_redis_server_writes_its_acl_from_users_acl(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert (ACL_DIR / "entrypoint.sh").is_file() and (ACL_DIR / "users.acl").is_file()
+    variables = {password_variable(u) for u, rules in acl_users().items()
+                 if any(w.startswith("<REDIS_") for w in rules)}
+    assert variables == {"REDIS_PUBLISHER_PASSWORD", "REDIS_SERVICE_PASSWORD",
+                         "REDIS_ADMIN_PASSWORD", "REDIS_REPLICATION_PASSWORD"}
+    for name in REDIS_SERVERS:
+        server = services[name]
+        assert server["entrypoint"] == ["sh", f"{ACL_MOUNT}/entrypoint.sh"], name
+        assert f"./deploy/redis:{ACL_MOUNT}:ro" in server["volumes"], name
+        # The entrypoint puts its config file (aclfile, masteruser) first after this.
+        assert server["command"][0] == "redis-server", name
+        for variable in variables:
+            # Set from the shell or a .env file; the same on every server.
+            value = server["environment"][variable]
+            assert value.startswith(f"${{{variable}:-"), (name, value)
+            assert value == services["redis"]["environment"][variable], name
+            assert re.fullmatch(r"[A-Za-z0-9._~-]+", interpolated(value)), "entrypoint.sh's rule"
+
+
+def test_the_default_user_is_off_and_the_healthcheck_may_only_ping(compose: dict[str, Any]) -> None:
+    users = acl_users()
+    assert users["default"] == ["reset", "off"]
+    assert users["healthcheck"] == ["reset", "on", "nopass", "+ping"]
+    test = compose["services"]["redis"]["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL"
+    assert "redis-cli --user healthcheck " in test[1] and test[1].endswith("ping | grep -q PONG")
+
+
+def test_publishers_and_services_log_in_as_their_own_users(compose: dict[str, Any]) -> None:
+    users = acl_users()
+    seen = set()
+    for name, spec in compose["services"].items():
+        command = spec.get("command", [])
+        if command[:2] != ["python", "-m"]:
+            assert "REDIS_URL" not in spec.get("environment", {}), name
+            continue
+        user = USER_OF[command[2]]
+        raw = spec["environment"]["REDIS_URL"]
+        url = urlsplit(interpolated(raw))
+        assert url.username == user, (name, raw)
+        assert users[user][:2] == ["reset", "on"], user
+        # Its password is the one its Redis servers hash into the ACL file.
+        server = "redis-node-1" if url.scheme == "redis+cluster" else "redis"
+        assert urlsplit(raw).password == node_password(server, user, compose), name
+        assert unquote(url.password or "") == interpolated(node_password(server, user, compose))
+        Settings(redis_url=url.geturl()).check()
+        seen.add((command[2], url.scheme))
+    assert seen == {("publisher", "redis"), ("service", "redis"),
+                    ("publisher", "redis+cluster"), ("service", "redis+cluster")}, seen
+
+
+def test_the_two_users_hold_their_own_keys_and_channels() -> None:
+    """What each may touch, in words a reviewer can check (the behaviour is proven on a
+    real server in tests/test_redis_acl.py)."""
+    publisher, service = acl_users()["publisher"], acl_users()["quotes-service"]
+    assert "~quotes:*" in publisher and "&quotes:{*}" in publisher
+    assert {"+evalsha", "+script|load", "+publish", "+spublish"} <= set(publisher)
+    assert not {"+eval", "+del", "+subscribe", "+ssubscribe", "+@all", "+keys"} & set(publisher)
+    # Read-only keys, every partition's channel to listen on, and a selector that lets it
+    # publish on its probe channels and nowhere else.
+    assert "%R~quotes:*" in service and "&quotes:*" in service
+    assert " (+publish +spublish &quotes:{*}:probe:*)" in " " + " ".join(service)
+    root = service[:service.index("(+publish")]
+    assert not {"+publish", "+spublish", "+hset", "+xadd", "+evalsha", "+eval",
+                "+script|load", "+fcall", "+@all", "+@write"} & set(root)
+    for rules in (publisher, service):
+        assert not any(w.startswith(("~*", "&*", "allkeys", "allchannels", "+@all")) for w in rules)

@@ -333,3 +333,15 @@ async def test_cache_drops_the_least_recently_used_symbols_past_its_bound() -> N
     await cache.series(["A"])
     cache.evict()
     assert list(cache.cached) == ["B", "A"]
+
+
+def test_until_cuts_the_day_at_the_delayed_tiers_mark() -> None:
+    series = Series()
+    for i in range(1000):
+        series.append(f"{i + 1}-0", TS + i * 10, 100 + (i % 37) / 10)
+    mark = TS + 5000
+    for n in (4, 50, 2000):
+        got = series.reduced(n, until=mark)
+        assert got and all(ts <= mark for ts, _ in got) and got[-1][0] == mark
+        check_reduced(series.points(until=mark), n, got)
+    assert series.reduced(10, since=TS + 9000, until=TS + 100) == []

@@ -12,6 +12,7 @@ an outage, and the day's path (/history) is drawn from it. One module per store 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -53,6 +54,11 @@ class Tape(Protocol):
         """(id, ts, price) of the entries range() (or, `back`, back()) would give: all
         the day's path needs, read without validating whole quotes, which costs ten times
         more and would make a process's first /history of a full day take seconds."""
+
+    async def window(self, starts: Mapping[str, str], end: str, count: int
+                     ) -> dict[str, list[Entry]]:
+        """For each symbol, up to `count` entries after its start ("(ID", or "-") up to
+        `end` (an id or "MS"), oldest first: the delayed tier's tick, in one round trip."""
 
     async def aclose(self) -> None: ...
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from quote_client.quote import Quote
 
@@ -94,6 +94,15 @@ class MemoryTape:
                      else bisect.bisect_left)(tape.keys, key)
         stop = len(tape.keys) if count is None else first + count
         return tape.entries[first:stop]
+
+    async def window(self, starts: Mapping[str, str], end: str, count: int
+                     ) -> dict[str, list[Entry]]:
+        out: dict[str, list[Entry]] = {}
+        last = _key(end) if "-" in end else (int(end), 2**63)  # "MS": all of that ms
+        for symbol, start in starts.items():
+            entries = await self.range(symbol, start, count)
+            out[symbol] = [e for e in entries if _key(e.id) <= last]
+        return out
 
     async def prices(self, symbol: str, at: str, count: int, *, back: bool = False
                      ) -> list[Priced]:

@@ -5,6 +5,7 @@ is on its partition's shard, and the cluster client routes by key)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from quote_client.quote import decode_payload
@@ -42,6 +43,15 @@ class RedisTape:
                            else self.client.xrange(key, at, "+", count=count))
         found = (priced(id.decode(), fields.get(b"q", b"")) for id, fields in rows)
         return [p for p in found if p is not None]
+
+    async def window(self, starts: Mapping[str, str], end: str, count: int
+                     ) -> dict[str, list[Entry]]:
+        symbols = list(starts)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for symbol in symbols:
+                pipe.xrange(self.layout.tape(symbol), starts[symbol], end, count=count)
+            replies = await pipe.execute()
+        return {s: self._entries(s, rows) for s, rows in zip(symbols, replies, strict=True)}
 
     def _entries(self, symbol: str, rows: Any) -> list[Entry]:
         entries = []
