@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pytest
 from redis.asyncio.sentinel import SentinelConnectionPool, SentinelManagedConnection
+from redis.exceptions import AuthenticationError
 
 from service import topology
 from service.settings import ConfigError, Settings
 from service.topology import cluster, sentinel
+from tests.redis_server import redis_server
 
 
 @pytest.mark.parametrize("url", [
@@ -73,3 +75,12 @@ async def test_sentinel_connections_ask_the_sentinels_on_every_reconnect() -> No
         assert client.connection_pool.is_master
     finally:
         await client.aclose()
+
+
+async def test_a_cluster_that_refuses_us_everywhere_is_a_refusal_not_an_outage() -> None:
+    """Every startup node says no (wrong password): the feed must see the refusal, which is
+    fatal before it ever subscribed, not a ConnectionError it would retry for ever."""
+    with redis_server(args=["--requirepass", "right-password"]) as server:
+        spec = cluster.parse(f"redis+cluster://:wrong@127.0.0.1:{server.port}")
+        with pytest.raises(AuthenticationError):
+            await cluster.slot_owners(spec, [], 1.0)

@@ -17,6 +17,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError
 
 from .addresses import Address, addresses, credentials
 
@@ -79,6 +80,7 @@ async def slot_owners(spec: ClusterURL, known: list[Address], timeout_s: float
     A primary the cluster has marked failed is left out: its replica is about to take its
     slots, and a session on it would only wait out a timeout (a frozen node)."""
     errors: list[str] = []
+    refusals: list[aioredis.RedisError] = []
     for host, port in dict.fromkeys([*known, *spec.nodes]):
         # No retries: the next node is the retry.
         client = aioredis.Redis(host=host, port=port, socket_connect_timeout=timeout_s,
@@ -88,10 +90,16 @@ async def slot_owners(spec: ClusterURL, known: list[Address], timeout_s: float
             shards = await client.execute_command("CLUSTER SHARDS")  # type: ignore[no-untyped-call]
         except (aioredis.RedisError, OSError) as exc:
             errors.append(f"{host}:{port}: {exc}")
+            if isinstance(exc, (AuthenticationError, AuthorizationError, NoPermissionError)):
+                refusals.append(exc)
             continue
         finally:
             await client.aclose()
         return _owners(shards, host)
+    if refusals and len(refusals) == len(errors):
+        # Every node said no (a wrong password, or a user without CLUSTER SHARDS): the
+        # feed's refusal, fatal before it ever subscribed, not an outage to wait out.
+        raise refusals[0]
     raise aioredis.ConnectionError("no cluster node answered CLUSTER SHARDS: " + "; ".join(errors))
 
 
