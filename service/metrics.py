@@ -13,6 +13,7 @@ over live workers only).
 from __future__ import annotations
 
 import os
+from collections import Counter as Tally
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -109,8 +110,11 @@ class Metrics:
 
     def _counter_values(self) -> dict[str, float]:
         service = self.service
-        hub = service.hub
-        stats = hub.stats
+        hubs = list(service.hubs.values())
+        # What clients were sent counts in both tiers; what came from the feed, once.
+        stats = Tally(service.hub.stats)
+        for other in hubs[1:]:
+            stats.update({k: v for k, v in other.stats.items() if k != "quotes_in"})
         outboxes = [c.outbox for c in service.connections]
         values: dict[str, float] = {name: stats[key] for name, key in _STATS.items()}
         for reason, key in _REFUSED.items():
@@ -118,7 +122,7 @@ class Metrics:
         values["frames_sent"] = stats["retired_frames_sent"] + sum(o.frames_taken for o in outboxes)
         values["quotes_sent"] = stats["retired_quotes_sent"] + sum(o.quotes_taken for o in outboxes)
         values["quotes_conflated"] = (stats["retired_quotes_conflated"]
-                                      + sum(g.conflated for g in hub.groups.values()))
+                                      + sum(g.conflated for h in hubs for g in h.groups.values()))
         for key, value in stats.items():
             if key.startswith("error_"):
                 values[key] = value
@@ -129,13 +133,14 @@ class Metrics:
         hub = service.hub
         gauges = self.gauges
         gauges["connections"].set(len(service.connections))
+        groups = [g for h in service.hubs.values() for g in h.groups.values()]
         gauges["subscriptions"].set(sum(len(g.members) * (1 if g.key == ALL else len(g.key))
-                                        for g in hub.groups.values()))
-        gauges["groups"].set(len(hub.groups))
+                                        for g in groups))
+        gauges["groups"].set(len(groups))
         gauges["symbols"].set(len(hub.board))
         gauges["feed_live"].set(1 if hub.feed == "live" else 0)
         gauges["workers"].set(1)
-        gauges["every_subscribers"].set(len(hub.every_subs))
+        gauges["every_subscribers"].set(sum(len(h.every_subs) for h in service.hubs.values()))
         pushed = self._pushed
         for name, value in self._counter_values().items():
             delta = value - pushed.get(name, 0)
