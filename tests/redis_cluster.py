@@ -5,6 +5,7 @@ primaries, three replicas) joined with `redis-cli --cluster create`, built on Re
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -38,13 +39,17 @@ def distinct_ports(n: int) -> list[int]:
 
 
 class RedisCluster:
-    def __init__(self, workdir: Path, nodes: int = 6, node_timeout_ms: int = 1000) -> None:
+    def __init__(self, workdir: Path, nodes: int = 6, node_timeout_ms: int = 1000,
+                 config: Path | None = None, admin: tuple[str, str] | None = None) -> None:
+        """`config`: a file every node loads (ACL rules); `admin`: the user and password
+        redis-cli forms the cluster as, when the default user is off."""
+        self.admin = admin
         self.nodes: list[RedisServer] = []
         ports = distinct_ports(2 * nodes)
         for i in range(nodes):
             path = workdir / f"node{i}"
             path.mkdir()
-            self.nodes.append(RedisServer(path, port=ports[2 * i], args=[
+            self.nodes.append(RedisServer(path, port=ports[2 * i], config=config, args=[
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(node_timeout_ms),
                 # The bus is port + 10000 by default, which a free port may not have.
@@ -68,12 +73,17 @@ class RedisCluster:
         cli = shutil.which("redis-cli")
         if cli is None:
             pytest.fail("redis-cli not found: apt-get install redis-tools")
+        user = ["--user", self.admin[0]] if self.admin else []
+        env = {**os.environ, **({"REDISCLI_AUTH": self.admin[1]} if self.admin else {})}
         result = subprocess.run(
-            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+            [cli, *user, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
              "--cluster-replicas", "1", "--cluster-yes"],
-            capture_output=True, text=True, timeout=60, check=False)
+            env=env, capture_output=True, text=True, timeout=60, check=False)
         if result.returncode != 0:
             pytest.fail(f"redis-cli --cluster create failed:\n{result.stdout}\n{result.stderr}")
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
         self.wait_ok()
         self.wait_replicas()
 

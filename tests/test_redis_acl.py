@@ -35,7 +35,7 @@ from redis.crc import key_slot
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 from redis.retry import Retry
 
-from tests.redis_cluster import distinct_ports
+from tests.redis_cluster import RedisCluster
 from tests.redis_server import LAYOUT, RedisServer
 from tests.service_proc import (
     ROOT,
@@ -417,44 +417,18 @@ def test_the_compose_default_passwords_are_warned_about(tmp_path: Path) -> None:
 # The cluster profile: every node on the same rules.
 
 
-class AclCluster:
+class AclCluster(RedisCluster):
     """Six nodes (three primaries, three replicas) on the rules, formed as compose's
     redis-cluster-init job does it: `redis-cli --user admin` with REDISCLI_AUTH."""
 
     def __init__(self, workdir: Path) -> None:
-        conf = acl_conf(workdir)
-        ports = distinct_ports(12)
-        self.nodes: list[RedisServer] = []
-        for i in range(6):
-            path = workdir / f"node{i}"
-            path.mkdir()
-            self.nodes.append(RedisServer(path, port=ports[2 * i], config=conf, args=[
-                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", "1000", "--cluster-port", str(ports[2 * i + 1]),
-                "--cluster-replica-validity-factor", "0", "--repl-diskless-sync-delay", "0"]))
+        super().__init__(workdir, config=acl_conf(workdir), admin=("admin", PASSWORDS["admin"]))
 
-    def url(self, user: str) -> str:
+    def url_for(self, user: str) -> str:
         return (f"redis+cluster://{user}:{PASSWORDS[user]}@"
                 + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:2]))
 
-    def live(self) -> list[RedisServer]:
-        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
-
-    def start(self) -> None:
-        for node in self.nodes:
-            if not node.start():
-                pytest.fail(f"cluster node did not start:\n{node.log()}")
-        cli = shutil.which("redis-cli")
-        if cli is None:
-            pytest.fail("redis-cli not found: apt-get install redis-tools")
-        result = subprocess.run(
-            [cli, "--user", "admin", "--cluster", "create",
-             *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-replicas", "1",
-             "--cluster-yes"],
-            env={**os.environ, "REDISCLI_AUTH": PASSWORDS["admin"]},
-            capture_output=True, text=True, timeout=60, check=False)
-        if result.returncode != 0:
-            pytest.fail(f"redis-cli --cluster create failed:\n{result.stdout}\n{result.stderr}")
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.settled():
@@ -510,9 +484,9 @@ async def test_a_cluster_on_the_same_rules_survives_a_failover() -> None:
 async def cluster_stack(cluster: AclCluster) -> None:
     for node in cluster.nodes:
         reset_acl_log(node.port)
-    publisher = PublisherProcess(cluster.url("publisher"), rate=50,
+    publisher = PublisherProcess(cluster.url_for("publisher"), rate=50,
                                  env={"REDIS_RETRY_MAX_S": "1"})
-    service = ServiceProcess({"REDIS_URL": cluster.url("quotes-service"), **FAST_PROBES})
+    service = ServiceProcess({"REDIS_URL": cluster.url_for("quotes-service"), **FAST_PROBES})
     slot = int(key_slot(OGDC_TAPE.encode()))
     ogdc_channel = LAYOUT.channel(LAYOUT.partition("OGDC"))  # the tape's slot
     try:

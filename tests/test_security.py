@@ -10,8 +10,7 @@ import os
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tests.nginx_server import nginx
 from tests.redis_server import free_port
 from tests.service_proc import ROOT, ServiceProcess, http_fetch, run_service
 from tests.sseclient import open_sse
+from tests.test_sse import wait_until
 from tests.wsclient import closed_code, connect, recv_type
 
 serving = contextmanager(run_service)
@@ -34,14 +34,6 @@ ALLOWED = "https://news.example.com"
 TOKEN = "s3cret-metrics-token-0123456789"
 NOSNIFF = ("x-content-type-options", "nosniff")
 REFERRER = ("referrer-policy", "strict-origin-when-cross-origin")
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
 
 
 def refused(service: ServiceProcess, reason: str, token: str | None = None) -> float:
