@@ -289,7 +289,7 @@ def test_rest_takes_the_same_tokens(service: ServiceProcess, closed_service: Ser
 
 
 async def test_sse_takes_the_same_tokens(service: ServiceProcess) -> None:
-    status, headers, body = http_fetch(f"{service.url}/sse?symbols=OGDC&token={unsigned({})}")
+    status, _, body = http_fetch(f"{service.url}/sse?symbols=OGDC&token={unsigned({})}")
     assert status == 401 and orjson.loads(body)["message"] == "token not signed with HS256"
     entitled = token({"symbols": ["OGDC"]})
     async with await open_sse(f"{service.url}/sse?symbols=OGDC,HBL&token={entitled}") as events:
