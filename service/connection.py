@@ -249,19 +249,21 @@ class Connection:
         except AuthError as exc:
             self._deny(str(exc))
             return
-        first = self.grant is None
-        held = self.hub.subscriptions(self)
-        if self.grant is not None and grant.tier != self.grant.tier:
+        # The first token (tokens always carry `exp`; ANONYMOUS's grant has none).
+        first = self.grant is None or self.grant.exp is None
+        if not first and self.grant is not None and grant.tier != self.grant.tier:
             self._deny("a token may not change the tier of a connection: reconnect with it")
             return
         self.grant = grant
         self.expired_at = None
-        if first and self.hubs[grant.tier] is not self.hub:
-            # The first token of a connection that waited for one (ANONYMOUS=deny): it
-            # holds nothing yet, so it moves to its tier's hub whole.
+        moved = first and self.hubs[grant.tier] is not self.hub
+        if moved:
+            # The first token moves the connection to its tier's hub; what it held as
+            # an anonymous client is dropped there and the URL's subscription redone.
             self.hub.remove(self)
             self.hub = self.hubs[grant.tier]
             self.hub.add(self)
+        held = self.hub.subscriptions(self)
         if held != protocol.ALL and grant.symbols != protocol.ALL and held - grant.symbols:
             self.hub.unsubscribe(self, None, held - grant.symbols)  # no longer covered
         held = self.hub.subscriptions(self)
@@ -271,7 +273,7 @@ class Connection:
             tier=grant.tier, entitled=grant.symbols, sub=grant.sub,
             expires=None if grant.exp is None else int(grant.exp * 1000),
             delay_s=self.settings.delay_s if grant.tier == "delayed" else None))
-        if first:
+        if self.grant is not None and (moved or (first and self.auth.anonymous is None)):
             self._subscribe_from_query()
 
     def _deny(self, reason: str) -> None:
