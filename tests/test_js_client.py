@@ -695,3 +695,130 @@ def test_stream_client_every_mode_across_a_service_restart(tmp_path: Path) -> No
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"{symbol}'s tape has a hole"
         mine = [seq for s, seq in got if s == symbol]
         assert mine == [seq for seq in seqs if seq >= mine[0]], symbol
+
+
+# --- tokens ---------------------------------------------------------------------------------
+
+TOKEN_SCRIPT = r"""
+import { createHmac } from 'node:crypto';
+import WebSocket from 'ws';
+import { connect, connections } from 'quote-stream';
+
+// HS256 tokens signed here, as an identity service would sign them.
+const [url, secret] = process.argv.slice(1);
+const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
+function sign(claims) {
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
+  return `${body}.${createHmac('sha256', secret).update(body).digest('base64url')}`;
+}
+const soon = (s, sub) => sign({ exp: Math.floor(Date.now() / 1000) + s, sub });
+
+const spies = [];
+const closes = [];
+class Spy extends WebSocket {
+  constructor(u) {
+    super(u);
+    this.ops = [];
+    spies.push(this);
+    this.addEventListener('close', (ev) => closes.push(ev.code));
+  }
+  send(data) { this.ops.push(JSON.parse(data).op); super.send(data); }
+}
+const wait = (ms) => new Promise((r) => setTimeout(r, ms));
+async function until(predicate, ms, what) {
+  const deadline = Date.now() + ms;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await wait(20);
+  }
+}
+
+// A function returning a Promise: called on open and on each token_expired.
+let calls = 0;
+const fresh = async () => {
+  calls += 1;
+  await wait(30); // e.g. a fetch to the identity service
+  return soon(3, `call-${calls}`);
+};
+const stream = connect(url, { WebSocket: Spy, token: fresh });
+const twin = connect(url, { WebSocket: Spy, token: fresh }); // the same source: one socket
+const auths = [];
+const requests = [];
+const statuses = [];
+let perSecond = [];
+stream.on('auth', (info) => auths.push(info));
+stream.on('token', (r) => requests.push(r.reason));
+stream.on('status', (feed) => statuses.push(feed));
+stream.on('quotes', (_q, info) => {
+  const second = Math.floor((Date.now() - started) / 1000);
+  if (!info.snapshot) perSecond[second] = (perSecond[second] || 0) + 1;
+});
+stream.subscribe(['OGDC', 'PPL']);
+twin.subscribe(['KSE100']);
+
+// A string answered on the 'token' event with stream.authenticate(fresh string).
+const plain = connect(url, { WebSocket: Spy, token: soon(3, 'plain-1') });
+const plainAuths = [];
+plain.on('auth', (info) => plainAuths.push(info.sub));
+plain.on('token', (r) => { if (r.reason === 'expired') plain.authenticate(soon(600, 'plain-2')); });
+plain.subscribe(['HBL']);
+
+// No token at all: the service (ANONYMOUS=deny) closes it, and says why.
+const anonymous = connect(url, { WebSocket });
+const refusals = [];
+anonymous.on('token', (r) => refusals.push(r));
+anonymous.subscribe(['OGDC']);
+
+const started = Date.now();
+await until(() => stream.feed === 'live' && plain.feed === 'live', 10000, 'live');
+const firstOps = spies.map((spy) => spy.ops.slice(0, 2));
+const sockets = connections().map((c) => [c.token, c.consumers]).sort();
+await wait(9000 - (Date.now() - started));
+perSecond = Array.from({ length: 9 }, (_, i) => perSecond[i] || 0);
+await until(() => refusals.length > 0, 10000, 'the refusal of the anonymous socket');
+const report = {
+  firstOps, calls, sockets, statuses, perSecond, requests, closes,
+  subs: auths.map((a) => a.sub), auth: stream.auth, tier: stream.tier, delayS: stream.delayS,
+  plainAuths, refusals, board: [...stream.board.keys()].sort(),
+};
+stream.close(); twin.close(); plain.close(); anonymous.close();
+console.log(JSON.stringify(report));
+"""
+
+
+@pytest.fixture(scope="module")
+def token_service() -> Iterator[ServiceProcess]:
+    from tests.test_auth import SECRET
+
+    yield from run_service({**SERVICE_ENV, "TOKEN_SECRET": SECRET, "TOKEN_GRACE_S": "2",
+                            "ANONYMOUS": "deny"}, ready="/readyz")
+
+
+def test_stream_client_token_function_refreshes_in_node(token_service: ServiceProcess) -> None:
+    """connect(url, {token: async () => ...}) against ANONYMOUS=deny and tokens of 2-3 s
+    with TOKEN_GRACE_S=2: the token is the socket's first message, each token_expired is
+    answered from the function, so the socket lives on past several graces with quotes all
+    along; a string is refreshed from the 'token' event; streams share a socket only with
+    the same token source; a socket without a token hears why it was refused."""
+    from tests.test_auth import SECRET
+
+    node = require_node()
+    result = subprocess.run([node, "--input-type=module", "-e", TOKEN_SCRIPT, token_service.ws_url,
+                             SECRET], cwd=JS, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["firstOps"] == [["auth", "subscribe"]] * 2, "the token first, on each socket"
+    assert report["sockets"] == [[False, 1], [True, 1], [True, 2]], "one socket per token source"
+    assert report["calls"] >= 3, report
+    assert report["subs"][0] == "call-1" and len(report["subs"]) >= 3, report["subs"]
+    assert set(report["requests"]) == {"expired"}
+    assert report["closes"] == [], "no socket with a token was closed"
+    assert report["statuses"] == ["live"], report["statuses"]
+    assert all(n > 0 for n in report["perSecond"]), report["perSecond"]
+    assert report["auth"]["tier"] == "realtime" and report["auth"]["entitled"] == "*"
+    assert report["auth"]["expires"] > 0
+    assert (report["tier"], report["delayS"]) == ("realtime", 0)
+    assert report["plainAuths"][:2] == ["plain-1", "plain-2"]
+    assert report["refusals"][0]["reason"] == "refused"
+    assert report["refusals"][0]["message"].startswith("authentication required")
+    assert report["board"] == ["OGDC", "PPL"]

@@ -59,6 +59,29 @@ const FEED_TEXT = {
   stale: 'Feed stale',
   reconnecting: 'Reconnecting\u2026',
 };
+// Tokens: ask the page for a fresh one this long before the current one expires (at most
+// half its remaining life), and wait this long for an answer when one is needed now.
+const TOKEN_LEAD_MS = 60000;
+const TOKEN_WAIT_MS = 20000;
+
+/** The label of the delayed tier: "Delayed 15 min", "Delayed 30 s" ("Delayed" when the
+ * delay is not known). */
+export function delayText(seconds) {
+  if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds <= 0) return 'Delayed';
+  return seconds < 60 ? `Delayed ${Math.round(seconds)} s` : `Delayed ${Math.round(seconds / 60)} min`;
+}
+
+/** A JWT's `exp` in ms (null when it is not a JWT we can read: the service decides then). */
+function tokenExpiry(token) {
+  try {
+    const part = String(token).split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const exp = JSON.parse(atob(part + '='.repeat((4 - (part.length % 4)) % 4))).exp;
+    return typeof exp === 'number' ? exp * 1000 : null;
+  } catch (_) {
+    return null;
+  }
+}
+
 const FLASH_MIN_GAP_MS = 400; // at most 2.5 flashes a second per item (WCAG 2.3.1: < 3)
 const HISTORY_MAX = 240; // sparkline points kept per symbol (thinned past twice that)
 const SVG_NS = 'http://www.w3.org/2000/svg';
@@ -104,7 +127,7 @@ const ElementBase = globalThis.HTMLElement || class {};
 
 export class QuoteTicker extends ElementBase {
   static get observedAttributes() {
-    return ['symbols', 'src', 'layout', 'controls', 'paused', 'label', 'motion', 'max-hz'];
+    return ['symbols', 'src', 'layout', 'controls', 'paused', 'label', 'motion', 'max-hz', 'token'];
   }
 
   constructor() {
@@ -126,6 +149,14 @@ export class QuoteTicker extends ElementBase {
     this.pausedShown = false;
     this.marquee = { shift: 0, count: -1 };
     this.onMotion = () => this.updateMotion();
+    // Tokens: the one set as a property (else the attribute's), the source handed to the
+    // stream (one per element, so its socket is its own), the pages' answers awaited.
+    this.tokenValue = null;
+    this.tokenSource = () => this.supplyToken();
+    this.tokenWaiters = [];
+    this.tokenTimer = 0;
+    this.tokenAsked = null; // the unanswered tokenrequest: { reason, at }
+    this.quotesDelayed = false; // a quote came with `delayed: true`
     this.build();
   }
 
@@ -147,6 +178,25 @@ export class QuoteTicker extends ElementBase {
 
   set paused(value) {
     this.toggleAttribute('paused', Boolean(value));
+  }
+
+  /** The token the element authenticates with: set as a property (kept out of the DOM),
+   * else the `token` attribute. A fresh one is sent on the open socket at once. */
+  get token() {
+    return this.tokenValue ?? this.getAttribute('token');
+  }
+
+  set token(value) {
+    this.tokenValue = value === null || value === undefined || value === '' ? null : String(value);
+    this.tokenChanged();
+  }
+
+  /** The delay of the quotes shown, in seconds (0: real time; null: delayed by an amount
+   * the service did not say). */
+  get delayS() {
+    const s = this.stream;
+    if (s && s.tier === 'delayed') return s.delayS;
+    return this.quotesDelayed ? (s && s.delayS > 0 ? s.delayS : null) : 0;
   }
 
   /** '*' or the list of symbols this element shows (from the `symbols` attribute). */
@@ -240,6 +290,7 @@ export class QuoteTicker extends ElementBase {
           this.detach();
           this.quotes.clear();
           this.history.clear();
+          this.quotesDelayed = false;
           for (const s of [...this.rows.keys()]) this.removeRow(s);
           this.attach();
         }
@@ -262,6 +313,9 @@ export class QuoteTicker extends ElementBase {
       case 'max-hz':
         this.stream?.setMaxHz(this.maxHz);
         break;
+      case 'token':
+        if (this.tokenValue === null) this.tokenChanged();
+        break;
       default:
         break;
     }
@@ -271,6 +325,10 @@ export class QuoteTicker extends ElementBase {
 
   /** Quotes the stream accepted (or ingest() let through): track them, draw them. */
   receive(quotes, snapshot) {
+    if (!this.quotesDelayed && quotes.some((q) => q.delayed === true)) {
+      this.quotesDelayed = true;
+      this.showStatus();
+    }
     for (const q of quotes) {
       const prev = this.quotes.get(q.symbol);
       this.quotes.set(q.symbol, q);
@@ -407,7 +465,12 @@ export class QuoteTicker extends ElementBase {
   }
 
   showStatus() {
-    const text = (FEED_TEXT[this.feed] || this.feed) + (this.paused ? ' \u00B7 paused' : '');
+    // The delayed tier says so next to the status, always: "Live · Delayed 15 min".
+    const delay = this.delayS;
+    if (this.isConnected && delay !== 0) this.setAttribute('data-delayed', delay === null ? '' : String(delay));
+    else if (this.isConnected) this.removeAttribute('data-delayed');
+    const text = (FEED_TEXT[this.feed] || this.feed) + (delay !== 0 ? ` \u00B7 ${delayText(delay)}` : '')
+      + (this.paused ? ' \u00B7 paused' : '');
     if (this.statusText.textContent !== text) this.statusText.textContent = text;
   }
 
@@ -434,14 +497,22 @@ export class QuoteTicker extends ElementBase {
   attach() {
     if (this.stream) return;
     let stream;
+    const options = { maxHz: this.maxHz };
+    if (this.token) options.token = this.tokenSource;
     try {
-      stream = connect(resolveSocketUrl(this.getAttribute('src')), { maxHz: this.maxHz });
+      stream = connect(resolveSocketUrl(this.getAttribute('src')), options);
     } catch (err) {
       console.warn('[quote-ticker] bad src', this.getAttribute('src'), err);
       return;
     }
     this.stream = stream;
+    this.streamHasToken = Boolean(options.token);
     stream.on('status', (feed) => this.applyFeed(feed));
+    stream.on('auth', (info) => this.onAuth(info));
+    stream.on('token', (request) => {
+      // Refused (the socket closed): ask the page now, so the next open has a fresh one.
+      if (request.reason === 'refused') this.requestToken('refused');
+    });
     stream.on('quotes', (quotes, { snapshot }) => {
       // The stream's board starts empty, so it hands over what the shared socket holds;
       // skip what this element already shows (e.g. when it is moved in the document).
@@ -453,9 +524,80 @@ export class QuoteTicker extends ElementBase {
   }
 
   detach() {
+    clearTimeout(this.tokenTimer);
+    for (const w of this.tokenWaiters.splice(0)) w.reject(new Error('the element left the document'));
     if (!this.stream) return;
     this.stream.close();
     this.stream = null;
+  }
+
+  // --- tokens -----------------------------------------------------------------------
+
+  /** The stream's token source, on every socket open and on `token_expired`: the token
+   * held, unless it is known to have expired; then the page is asked (`tokenrequest`). */
+  supplyToken() {
+    const token = this.token;
+    const expires = token ? tokenExpiry(token) : null;
+    if (token && (expires === null || expires > Date.now() + 1000)) return token;
+    return new Promise((resolve, reject) => {
+      const waiter = { resolve, reject, timer: 0 };
+      waiter.timer = setTimeout(() => {
+        this.tokenWaiters = this.tokenWaiters.filter((w) => w !== waiter);
+        reject(new Error('no fresh token came: answer the tokenrequest event'));
+      }, TOKEN_WAIT_MS);
+      this.tokenWaiters.push(waiter);
+      this.requestToken('expired');
+    });
+  }
+
+  /** Ask the page for a token: a `tokenrequest` event (bubbling, composed) whose
+   * `detail.respond(token)` (or setting `element.token`) supplies it. One every few
+   * seconds at most while unanswered. */
+  requestToken(reason) {
+    const asked = this.tokenAsked;
+    if (asked && asked.reason === reason && Date.now() - asked.at < 5000) return;
+    this.tokenAsked = { reason, at: Date.now() };
+    let answered = false;
+    const respond = (token) => {
+      if (answered || typeof token !== 'string' || token === '') return false;
+      answered = true;
+      this.token = token;
+      return true;
+    };
+    const expires = this.stream?.auth?.expires ?? tokenExpiry(this.token);
+    this.dispatchEvent(new CustomEvent('tokenrequest', {
+      detail: { reason, expires, respond }, bubbles: true, composed: true,
+    }));
+  }
+
+  /** A new token (attribute or property): start or stop authenticating, or send it. */
+  tokenChanged() {
+    this.tokenAsked = null;
+    if (!this.stream) return; // attach() takes it
+    const token = this.token;
+    if (Boolean(token) !== this.streamHasToken) {
+      // With a token the element has a socket of its own; without, the shared one.
+      this.detach();
+      this.attach();
+      return;
+    }
+    if (!token) return;
+    const waiters = this.tokenWaiters.splice(0);
+    for (const w of waiters) {
+      clearTimeout(w.timer);
+      w.resolve(token); // the stream is waiting for it: it sends it as `auth`
+    }
+    if (!waiters.length) this.stream.authenticate(); // asks supplyToken(): this token
+  }
+
+  /** The service's answer to a token: ask for the next one before this one expires. */
+  onAuth(info) {
+    clearTimeout(this.tokenTimer);
+    this.showStatus();
+    if (typeof info.expires !== 'number') return;
+    const left = info.expires - Date.now();
+    const lead = Math.min(TOKEN_LEAD_MS, left / 2);
+    this.tokenTimer = setTimeout(() => this.requestToken('expiring'), Math.max(0, left - lead));
   }
 
   schedule() {

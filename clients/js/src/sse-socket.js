@@ -9,6 +9,10 @@
 // same microtask for a burst of changes. The EventSource's own retry is turned off: a
 // dropped stream is reported as a close, and stream.js reconnects with its back-off and
 // its `since`, exactly as for a websocket.
+//
+// Tokens: an EventSource sends no message and no header of ours, so the token of an `auth`
+// goes on the URL as `?token=` (the only way for SSE; such URLs may land in access logs,
+// which is why the websocket never does this). A fresh token reopens the stream with it.
 
 const FRAME_TYPES = ['welcome', 'ack', 'snapshot', 'quotes', 'status', 'heartbeat', 'pong', 'error'];
 
@@ -35,6 +39,7 @@ export class SseSocket {
     this.mode = 'conflated';
     this.maxHz = null;
     this.since = new Map();
+    this.token = null; // the latest `auth`'s token, sent as ?token=
     this.lastId = null; // the subscribe the open stream answers: its ack carries this id
     this.source = null;
     this.reopenQueued = false;
@@ -49,7 +54,11 @@ export class SseSocket {
   send(text) {
     if (this.readyState !== 1) return;
     const m = JSON.parse(text);
-    if (m.op === 'subscribe') {
+    if (m.op === 'auth') {
+      if (m.token === this.token) return;
+      this.token = m.token;
+      if (!this.source) return; // the next subscribe opens the stream with it
+    } else if (m.op === 'subscribe') {
       if (m.mode) this.mode = m.mode;
       if (typeof m.max_hz === 'number') this.maxHz = m.max_hz;
       if (m.symbols === '*') this.symbols = '*';
@@ -82,6 +91,7 @@ export class SseSocket {
     } else if (this.maxHz !== null) {
       q.set('max_hz', String(this.maxHz));
     }
+    if (this.token !== null) q.set('token', this.token);
     return `${this.base}?${q}`;
   }
 
@@ -114,10 +124,13 @@ export class SseSocket {
     source.addEventListener('snapshot', (ev) => this.track(ev));
     source.addEventListener('close', (ev) => {
       let code = 1006;
+      let reason = '';
       try {
-        code = JSON.parse(ev.data).code || 1006;
+        const frame = JSON.parse(ev.data);
+        code = frame.code || 1006;
+        reason = typeof frame.reason === 'string' ? frame.reason : '';
       } catch (_) { /* keep 1006 */ }
-      this.lost(source, code);
+      this.lost(source, code, reason);
     });
   }
 
@@ -130,16 +143,16 @@ export class SseSocket {
     }
   }
 
-  lost(source, code) {
+  lost(source, code, reason = '') {
     if (source !== this.source) return;
-    this.close(code);
+    this.close(code, reason);
   }
 
-  close(code = 1000) {
+  close(code = 1000, reason = '') {
     if (this.readyState === 3) return;
     this.readyState = 3;
     this.source?.close();
     this.source = null;
-    queueMicrotask(() => this.onclose?.({ code }));
+    queueMicrotask(() => this.onclose?.({ code, reason }));
   }
 }

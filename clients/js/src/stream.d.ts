@@ -19,6 +19,8 @@ export interface Quote {
   bid?: number;
   ask?: number;
   state?: 'trading' | 'halted' | 'closed' | 'upper_lock' | 'lower_lock';
+  /** True on every quote of the delayed tier: it is the board as it stood `delayS` ago. */
+  delayed?: boolean;
   /** Fields this version does not know are passed through. */
   [field: string]: unknown;
 }
@@ -47,6 +49,34 @@ export interface Recovery {
   unrecovered: string[];
 }
 
+/** 'realtime', or 'delayed' (every quote `delayS` seconds behind real time). */
+export type Tier = 'realtime' | 'delayed';
+
+/** The service's answer to a token (the ack of `auth`). */
+export interface AuthInfo {
+  tier: Tier;
+  /** The symbols the token covers: `'*'` or a list. */
+  entitled: '*' | string[];
+  /** When the token expires, milliseconds since the epoch (null: not said). */
+  expires: number | null;
+  /** The token's subject (null without a `sub` claim). */
+  sub: string | null;
+  /** Seconds every quote is behind real time: 0 in real time. */
+  delayS: number | null;
+}
+
+/** A token is needed: the service said it expired (answer within its grace), refused it
+ * and closed the socket (the next open asks the source again, after a slow back-off), or
+ * the token function failed. Answer with stream.authenticate(token). */
+export interface TokenRequest {
+  reason: 'expired' | 'refused' | 'unavailable';
+  message: string;
+}
+
+/** A token, or where to get one: a function called on every socket (re)open and on
+ * `token_expired`, returning the token or a Promise of it. */
+export type TokenSource = string | (() => string | PromiseLike<string>);
+
 /** An `error` frame from the service (a request it refused). */
 export interface ServerError {
   code: string;
@@ -66,6 +96,10 @@ export interface StreamEvents {
   error: (error: ServerError) => void;
   /** Every mode: the service answered a `since` (each resubscription after a reconnect). */
   recovery: (info: Recovery) => void;
+  /** The service answered a token (on each socket open, and each refresh). */
+  auth: (info: AuthInfo) => void;
+  /** A token is needed (see TokenRequest); without a listener, a console warning. */
+  token: (request: TokenRequest) => void;
 }
 
 /** The part of the WHATWG WebSocket the client uses (the browser's, Node 22's, or `ws`):
@@ -101,6 +135,12 @@ export interface ConnectOptions {
    * run), where to resume: the quotes after it come first. A position the socket already
    * holds for a symbol wins. */
   since?: Readonly<Record<string, number>> | ReadonlyMap<string, number>;
+  /** A signed token (a JWT), or a function returning one or a Promise of one: sent as the
+   * first message (`auth`) on every socket (re)open, before the subscribes, and again, from
+   * the function, when the service says it expired. Never in the websocket's URL; the SSE
+   * fallback can only put it in its URL (`?token=`). Streams share a socket only with the
+   * same URL, mode and token source (the same string or the same function). */
+  token?: TokenSource | null;
 }
 
 export interface Stream {
@@ -124,6 +164,16 @@ export interface Stream {
   /** Every mode: symbol -> the last seq accepted, for this stream's symbols (a copy);
    * the `since` of the next resubscription. */
   readonly positions: Map<string, number>;
+  /** 'realtime' or 'delayed', from the welcome or (with a token) its auth ack; null before. */
+  readonly tier: Tier | null;
+  /** Seconds every quote is behind real time (0 in real time; null before it is known). */
+  readonly delayS: number | null;
+  /** The service's latest answer to the token (null: no token, or no answer yet). */
+  readonly auth: AuthInfo | null;
+  /** Send `auth` now on the socket: with `token` (which from then on replaces a string
+   * source, or goes once before a function's next token), or a fresh one from the function.
+   * Error for a stream connected without a token. */
+  authenticate(token?: string | null): this;
   /** Ask for at most this many `quotes` frames a second (null: the service's default);
    * see ConnectOptions.maxHz. */
   setMaxHz(maxHz: number | null): this;
@@ -165,6 +215,10 @@ export interface ConnectionInfo {
   recovered: boolean | null;
   /** 'sse' after SSE_AFTER_FAILURES websocket attempts in a row never opened. */
   transport: 'websocket' | 'sse';
+  /** Whether the socket authenticates with a token (never the token itself). */
+  token: boolean;
+  tier: Tier | null;
+  delayS: number | null;
   /** The socket's readyState, or -1 between sockets. */
   readyState: number;
 }
@@ -182,6 +236,9 @@ export declare const MODES: readonly Mode[];
 /** A maxHz option as the client takes it: null, or a number from MIN_HZ to MAX_HZ (else RangeError). */
 export declare function checkMaxHz(value: unknown): number | null;
 export declare function isSymbol(value: unknown): value is string;
+/** Does a close (code, reason) refuse the token: 1008 with a reason about a token, or
+ * "authentication required"? */
+export declare function isTokenRefusal(code: number, reason?: string): boolean;
 
 export declare const RECONNECT: Readonly<{
   baseMs: number;

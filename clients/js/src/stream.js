@@ -31,12 +31,28 @@
 // `since` is a `recovery` event ({ recovered, unrecovered }) and `stream.recovered`; a
 // symbol the tape could not cover continues from a snapshot (its seq jumps there).
 
+// Tokens (PROTOCOL.md, "Tokens and entitlements"): connect(url, { token }) with a signed
+// token (a JWT) as a string, or a function returning one or a Promise of one, called on
+// every socket (re)open. The token goes as the socket's first message, {"op": "auth"},
+// before any subscribe (the subscribes wait for a Promise), never in the websocket's URL
+// (URLs end up in logs). When the service says `token_expired` the function is called
+// again and its token sent as `auth`; every stream also gets a `token` event ({ reason:
+// 'expired' }, or 'refused' when the service closed the socket over its token, or
+// 'unavailable' when the function failed), so a page with a string can answer with
+// stream.authenticate(fresh). The service's answer to each token is an `auth` event
+// ({ tier, entitled, expires, sub, delayS }) and `stream.auth`. Sockets are keyed by URL,
+// mode and token source (the same string, or the same function): streams with different
+// sources never share a socket. `stream.tier` ('realtime' or 'delayed') and `stream.delayS`
+// (seconds every quote is behind; 0 in real time) come from the welcome, or with a token
+// from its auth ack; a delayed quote also carries `delayed: true`.
+//
 // Without websockets: after SSE_AFTER_FAILURES websocket attempts in a row that never
 // opened (a proxy or filter that blocks the upgrade), the socket falls back to the
 // service's Server-Sent Events (sse-socket.js), where there is an EventSource (browsers;
 // in Node, connect(url, { EventSource })). The same frames, the same reconnects and
 // `since`; when that stream drops, the next attempt tries the websocket again.
-// `connections()` says which is in use (`transport`).
+// `connections()` says which is in use (`transport`). An EventSource cannot send a message,
+// so there the token goes as `?token=` on the /sse URL (the one place it is in a URL).
 
 import { SseSocket } from './sse-socket.js';
 
@@ -126,8 +142,32 @@ function checkSince(since) {
   return out;
 }
 
-const registry = new Map(); // url (+ ' every' for every-mode sockets) -> Connection
-const EVENTS = ['quote', 'quotes', 'status', 'error', 'recovery'];
+/** A `token` option: null/undefined (none), a non-empty string, or a function. */
+function checkToken(value) {
+  if (value === undefined || value === null) return null;
+  if (typeof value === 'function' || (typeof value === 'string' && value !== '')) return value;
+  throw new TypeError('token must be a non-empty string, or a function returning one (or a Promise of one)');
+}
+
+// Token sources get a number each, for the socket's key (never the token in it).
+const tokenIds = new Map();
+const fnTokenIds = new WeakMap();
+let lastTokenId = 0;
+function tokenKey(token) {
+  const ids = typeof token === 'function' ? fnTokenIds : tokenIds;
+  if (!ids.has(token)) ids.set(token, (lastTokenId += 1));
+  return ids.get(token);
+}
+
+/** A close that refused the token (or its absence): 1008 with a reason about a token, or
+ * "authentication required". Other 1008s (too many connections) only slow us down. */
+export function isTokenRefusal(code, reason) {
+  const text = String(reason || '').trim().toLowerCase();
+  return code === 1008 && (text.includes('token') || text.startsWith('authentication'));
+}
+
+const registry = new Map(); // url (+ ' every', + ' token#N') -> Connection
+const EVENTS = ['quote', 'quotes', 'status', 'error', 'recovery', 'auth', 'token'];
 
 /**
  * A stream of quotes from the service at `url`. Streams to the same URL share one socket.
@@ -136,6 +176,8 @@ const EVENTS = ['quote', 'quotes', 'status', 'error', 'recovery'];
  * this many `quotes` frames a second for this stream (see above; default: the service's).
  * `options.mode`: 'every' for every update (see above), with `options.since` (symbol ->
  * last seq processed) where to resume; `maxHz` cannot go with it (RangeError).
+ * `options.token`: a token string, or a function returning one or a Promise of one (see
+ * above); streams share a socket only with the same URL, mode and token source.
  */
 export function connect(url, options = {}) {
   const href = socketUrl(url);
@@ -148,7 +190,8 @@ export function connect(url, options = {}) {
     throw new TypeError("since needs mode 'every'");
   }
   const since = checkSince(options.since);
-  const key = mode === 'every' ? `${href} every` : href;
+  const token = checkToken(options.token);
+  const key = (mode === 'every' ? `${href} every` : href) + (token === null ? '' : ` token#${tokenKey(token)}`);
   let conn = registry.get(key);
   if (!conn) {
     const WebSocketImpl = options.WebSocket || globalThis.WebSocket;
@@ -157,7 +200,7 @@ export function connect(url, options = {}) {
         + "(in Node 20, e.g. `import WebSocket from 'ws'`)");
     }
     conn = new Connection(href, WebSocketImpl, mode, key,
-      options.EventSource || globalThis.EventSource || null);
+      options.EventSource || globalThis.EventSource || null, token);
     registry.set(key, conn);
   }
   // A position the socket already holds wins: its quotes up to there were delivered.
@@ -179,6 +222,9 @@ export function connections() {
     mode: c.mode,
     recovered: c.recovered,
     transport: c.transport,
+    token: c.tokenSource !== null,
+    tier: c.tier,
+    delayS: c.delayS,
     readyState: c.ws ? c.ws.readyState : -1,
   }));
 }
@@ -253,6 +299,32 @@ class Stream {
 
   get unrecovered() {
     return [...this.conn.unrecovered];
+  }
+
+  /** 'realtime' or 'delayed', as the service said (null before it said anything). */
+  get tier() {
+    return this.conn.tier;
+  }
+
+  /** Seconds every quote is behind real time: 0 in real time (null before it is known). */
+  get delayS() {
+    return this.conn.delayS;
+  }
+
+  /** The service's latest answer to the token: { tier, entitled, expires, sub, delayS }. */
+  get auth() {
+    return this.conn.auth;
+  }
+
+  /** Send `auth` now: with `token` (which replaces a string source from then on, or goes
+   * once before a function's next one), or with a fresh one from the token function. */
+  authenticate(token) {
+    this.ensureOpen();
+    if (token !== undefined && token !== null && (typeof token !== 'string' || token === '')) {
+      throw new TypeError('token must be a non-empty string');
+    }
+    this.conn.reauthenticate(token ?? null);
+    return this;
   }
 
   /** Every mode: symbol -> the last seq accepted, for this stream's symbols. */
@@ -371,8 +443,14 @@ class Stream {
 
 /** The shared socket of one URL and mode: refcounted streams, the union of their symbols. */
 class Connection {
-  constructor(url, WebSocketImpl, mode = 'conflated', key = url, EventSourceImpl = null) {
+  constructor(url, WebSocketImpl, mode = 'conflated', key = url, EventSourceImpl = null, token = null) {
     this.url = url;
+    this.tokenSource = token; // null, a string, or a function (see above)
+    this.tokenOnce = null; // a token given to authenticate() for the next open
+    this.authSent = true; // this socket's auth is out (or it needs none): subscribes may go
+    this.auth = null; // the latest auth ack, as { tier, entitled, expires, sub, delayS }
+    this.tier = null;
+    this.delayS = null;
     this.key = key;
     this.mode = mode;
     this.WebSocket = WebSocketImpl;
@@ -556,6 +634,7 @@ class Connection {
       return;
     }
     if (!this.ws || this.ws.readyState !== 1) return; // sync runs again on open
+    if (!this.authSent) return; // the token first: sync runs again once it is out
     const hz = this.rate();
     if (hz !== this.sentHz) {
       this.pendingHz = hz; // goes with the first subscribe below, or alone at the end
@@ -647,19 +726,98 @@ class Connection {
     this.pendingSnapshot = false;
     this.liveTimer = null;
     this.openedAt = 0;
+    this.authSent = this.tokenSource === null;
     ws.onopen = () => {
       if (ws !== this.ws) return;
       this.openedAt = Date.now();
       this.armWatchdog();
+      if (this.tokenSource !== null) {
+        const once = this.tokenOnce;
+        this.tokenOnce = null;
+        this.sendToken(ws, once);
+      }
       this.sync();
     };
     ws.onmessage = (ev) => {
       if (ws === this.ws) this.onMessage(ev.data);
     };
     ws.onclose = (ev) => {
-      if (ws === this.ws) this.onClose(ev.code);
+      if (ws === this.ws) this.onClose(ev.code, ev.reason);
     };
     ws.onerror = () => {}; // a close event follows
+  }
+
+  /** The token (`given`, or the source's: the string, or the function's answer, awaited)
+   * as `auth` on `ws`; the socket's first auth lets the subscribes go. */
+  sendToken(ws, given = null) {
+    let value;
+    try {
+      value = given ?? (typeof this.tokenSource === 'function' ? this.tokenSource() : this.tokenSource);
+    } catch (err) {
+      this.noToken(ws, err);
+      return;
+    }
+    const send = (token) => {
+      if (ws !== this.ws) return; // that socket is gone; the next open asks again
+      if (typeof token !== 'string' || token === '') {
+        this.noToken(ws, new TypeError(`the token function gave ${token === '' ? 'an empty string' : typeof token}, not a token`));
+        return;
+      }
+      ws.send(JSON.stringify({ op: 'auth', id: this.nextId++, token }));
+      if (!this.authSent) {
+        this.authSent = true;
+        this.sync();
+      }
+    };
+    if (value && typeof value.then === 'function') value.then(send, (err) => this.noToken(ws, err));
+    else send(value);
+  }
+
+  /** The token function failed: say so, and drop this socket (back off as after 1008). */
+  noToken(ws, err) {
+    if (ws !== this.ws) return;
+    const message = `no token: ${err && err.message ? err.message : String(err)}`;
+    if (!this.emitToken({ reason: 'unavailable', message })) console.warn('[quote-stream]', message);
+    if (this.authSent) return; // a refresh failed: the service's grace decides
+    this.ws = null;
+    try {
+      ws.close(1000, 'no token');
+    } catch (_) { /* already closing */ }
+    this.onClose(1008);
+  }
+
+  /** A `token` event to every stream; false when none listens. */
+  emitToken(request) {
+    const heard = [...this.consumers].filter((c) => c.listening('token'));
+    for (const c of heard) c.emit('token', { ...request });
+    return heard.length > 0;
+  }
+
+  /** stream.authenticate(): a given token replaces a string source (or goes once); sent
+   * now on an open socket, else with the next open. */
+  reauthenticate(token) {
+    if (this.tokenSource === null) {
+      throw new Error('this stream was connected without a token: connect(url, { token })');
+    }
+    if (token !== null && typeof this.tokenSource !== 'function') this.tokenSource = token;
+    const ws = this.ws;
+    if (ws && ws.readyState === 1) this.sendToken(ws, token);
+    else if (token !== null) this.tokenOnce = token;
+  }
+
+  takeAuth(msg) {
+    const tier = msg.tier === 'delayed' ? 'delayed' : 'realtime';
+    const delay = typeof msg.delay_s === 'number' ? msg.delay_s : null;
+    this.tier = tier;
+    this.delayS = tier === 'delayed' ? (delay ?? this.delayS) : 0;
+    this.auth = {
+      tier,
+      entitled: msg.entitled === '*' ? '*' : (Array.isArray(msg.entitled) ? [...msg.entitled] : []),
+      expires: typeof msg.expires === 'number' ? msg.expires : null,
+      sub: typeof msg.sub === 'string' ? msg.sub : null,
+      delayS: this.delayS,
+    };
+    for (const c of [...this.consumers]) c.emit('auth', { ...this.auth });
   }
 
   armWatchdog() {
@@ -693,12 +851,23 @@ class Connection {
         if (msg.limits && Number(msg.limits.max_frame_bytes) > 256) {
           this.maxFrameBytes = Number(msg.limits.max_frame_bytes);
         }
+        // The tier, unless an auth ack will say it (on SSE the token is in the URL, so the
+        // welcome is already the token's).
+        if (this.tokenSource === null || this.transport === 'sse') {
+          this.tier = msg.tier === 'delayed' ? 'delayed' : 'realtime';
+          this.delayS = this.tier === 'delayed'
+            ? (typeof msg.delay_s === 'number' ? msg.delay_s : this.delayS) : 0;
+        }
         this.armWatchdog();
         // Live once the first subscription is answered; this is the fallback.
         clearTimeout(this.liveTimer);
         this.liveTimer = setTimeout(() => this.goLive(), 2000);
         break;
       case 'ack':
+        if (msg.op === 'auth') {
+          this.takeAuth(msg);
+          break;
+        }
         if (typeof msg.max_hz === 'number') this.grantedHz = msg.max_hz;
         if (this.rateOnly.delete(msg.id)) break; // a rate change: says nothing of the board
         if (this.mode === 'every' && this.requests.has(msg.id)) {
@@ -731,6 +900,16 @@ class Connection {
         if (this.serverFeed === 'stale' || this.everUp) this.goLive();
         break;
       case 'error': {
+        if (msg.code === 'token_expired') {
+          // Answer within the service's grace: the function's fresh token, or the page's.
+          const heard = this.emitToken({ reason: 'expired', message: String(msg.message || '') });
+          if (typeof this.tokenSource === 'function') this.sendToken(this.ws);
+          else if (!heard) {
+            console.warn('[quote-stream] the token expired and a string cannot be refreshed: '
+              + "connect(url, { token: () => ... }), or stream.authenticate(fresh) on the 'token' event");
+          }
+          break;
+        }
         const error = { code: msg.code, message: msg.message, id: msg.id };
         const heard = [...this.consumers].filter((c) => c.listening('error'));
         if (!heard.length) console.warn('[quote-stream] server error', msg.code, msg.message);
@@ -820,7 +999,7 @@ class Connection {
     }
   }
 
-  onClose(code) {
+  onClose(code, reason = '') {
     clearTimeout(this.watchdog);
     clearTimeout(this.liveTimer);
     this.watchdog = null;
@@ -838,6 +1017,13 @@ class Connection {
     else this.wsFailures = 0;
     this.setFeed(this.everUp ? 'reconnecting' : 'connecting');
     this.scheduleReconnect(code);
+    if (isTokenRefusal(code, reason)) {
+      // Back off as after any 1008 (slowly); the next open asks the source again.
+      const message = String(reason);
+      if (!this.emitToken({ reason: 'refused', message })) {
+        console.warn('[quote-stream] the service refused the token:', message);
+      }
+    }
   }
 
   scheduleReconnect(code) {

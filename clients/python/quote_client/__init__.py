@@ -25,12 +25,27 @@ from .quote import Quote, QuoteError, normalize_symbol
 from .ticker_text import TickerLine, format_line, parse_line
 
 if TYPE_CHECKING:
-    from .client import DEFAULT_URL, Ack, Feed, Mode, QuoteClient, ServerError, Welcome, retry_delay
+    from .client import (
+        DEFAULT_URL,
+        Ack,
+        AuthenticationError,
+        AuthInfo,
+        Feed,
+        Mode,
+        QuoteClient,
+        ServerError,
+        TokenSource,
+        TokenUnavailable,
+        Welcome,
+        retry_delay,
+    )
 
 __all__ = [
     "ALL",
     "DEFAULT_URL",
     "Ack",
+    "AuthInfo",
+    "AuthenticationError",
     "Feed",
     "Mode",
     "Quote",
@@ -39,6 +54,8 @@ __all__ = [
     "ServerError",
     "Symbols",
     "TickerLine",
+    "TokenSource",
+    "TokenUnavailable",
     "Welcome",
     "format_line",
     "normalize_symbol",
@@ -46,7 +63,8 @@ __all__ = [
     "retry_delay",
 ]
 
-_FROM_CLIENT = frozenset({"DEFAULT_URL", "Ack", "Feed", "Mode", "QuoteClient", "ServerError",
+_FROM_CLIENT = frozenset({"DEFAULT_URL", "Ack", "AuthInfo", "AuthenticationError", "Feed", "Mode",
+                          "QuoteClient", "ServerError", "TokenSource", "TokenUnavailable",
                           "Welcome", "retry_delay"})
 
 
