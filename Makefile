@@ -73,5 +73,17 @@ bench: install
 	$(PY) -m bench $(BENCH_ARGS)
 	$(PY) -m bench.cluster $(filter --quick --no-pin,$(BENCH_ARGS))
 
+# Lighthouse against the demo page, mobile and desktop: the demo on a free port (no Redis),
+# the four scores, main-thread work, TBT, CLS, compression and cache policy printed, JSON
+# reports in tools/lighthouse/reports/. Lighthouse is pinned at 12.2.3 (later versions need
+# Node 22) by tools/lighthouse/package-lock.json; Chromium is CHROME_PATH (Debian's by default).
+LIGHTHOUSE := tools/lighthouse
+.PHONY: lighthouse
+lighthouse: install
+	@command -v npm >/dev/null || { echo "npm not found: Lighthouse needs Node.js 20+ and npm"; exit 1; }
+	@test $(LIGHTHOUSE)/node_modules/.package-lock.json -nt $(LIGHTHOUSE)/package-lock.json || \
+		{ echo "npm ci in $(LIGHTHOUSE)"; cd $(LIGHTHOUSE) && npm ci --no-audit --no-fund --loglevel=error; }
+	CHROME_PATH=$${CHROME_PATH:-/usr/bin/chromium} $(PY) $(LIGHTHOUSE)/run.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache tests/artifacts *.egg-info $(JS_CLIENT)/node_modules
