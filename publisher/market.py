@@ -1,8 +1,11 @@
 """A simulated PSX trading day: pure state and arithmetic, no clock or I/O of its own.
 
-Stocks random-walk in whole ticks of Rs 0.01 inside the exchange's daily band; indices
-are derived from their constituents, so the board stays self-consistent. Everything
-random comes from the `random.Random` passed in, so a seed replays the same day.
+The session opens at the seed's board (each price as shown, each previous close its price
+minus its change). Stocks then random-walk in whole ticks of Rs 0.01, in small steps,
+pulled back toward their open so that a day that opened up stays up, inside the
+exchange's daily band around the previous close; indices move with their constituents
+relative to the open, so the board stays self-consistent. Everything random comes from
+the `random.Random` passed in, so a seed replays the same day.
 """
 
 from __future__ import annotations
@@ -35,9 +38,6 @@ INDEX_MEMBERS: dict[str, tuple[str, ...] | None] = {
 }
 
 TICKS_PER_RUPEE = 100  # dividing whole ticks by this gives the nearest double exactly
-# Pull toward the previous close: at the edge of the band an up-move has probability
-# 0.5 - REVERSION, so prices wander but do not pin to the band for the whole day.
-REVERSION = 0.2
 
 
 @dataclass(slots=True)
@@ -46,9 +46,11 @@ class _Stock:
 
     symbol: str
     prev: int
+    open: int
     price: int
     low: int
     high: int
+    pull: float  # per tick away from the open: how much less likely a step away is
 
 
 def band_ticks(prev_close: float, band_pct: float, band_min: float) -> tuple[int, int]:
@@ -67,19 +69,28 @@ class Market:
         *,
         band_pct: float = 10.0,
         band_min: float = 1.0,
-        max_step_ticks: int = 3,
+        step_pct: float = 0.05,
+        spread_pct: float = 0.3,
         index_every: int = 10,
         clock: Callable[[], int] = now_ms,
     ) -> None:
-        """`index_every`: indices are re-sent after this many stock updates, inside the
-        same count, so `next_quotes(n)` always yields exactly n quotes."""
+        """`step_pct`: a step is at most this share of the price (at least one tick), so
+        a Rs 1.28 stock moves by a paisa and a Rs 137 one by up to 6.
+        `spread_pct`: how far from its open a stock typically wanders (one standard
+        deviation, in percent of the open), whatever its step size.
+        `index_every`: indices are re-sent after this many stock updates, inside the
+        same count, so `next_quotes(n)` always yields exactly n quotes.
+        An open outside the band (a band narrower than the seed's change) opens at the
+        band's edge."""
         if band_pct < 0 or band_min < 0:
             raise ValueError("band_pct and band_min must not be negative")
-        if max_step_ticks < 1 or index_every < 1:
-            raise ValueError("max_step_ticks and index_every must be at least 1")
+        if step_pct < 0 or spread_pct <= 0:
+            raise ValueError("step_pct must not be negative and spread_pct must be positive")
+        if index_every < 1:
+            raise ValueError("index_every must be at least 1")
         self._rng = rng
         self._clock = clock
-        self._max_step = max_step_ticks
+        self._step_pct = step_pct
         self._index_every = index_every
         self._instruments = list(instruments)
         self._stocks: list[_Stock] = []
@@ -88,10 +99,17 @@ class Market:
             if ins.kind == "stock":
                 low, high = band_ticks(ins.prev_close, band_pct, band_min)
                 prev = round(ins.prev_close * TICKS_PER_RUPEE)
-                stock = _Stock(ins.symbol, prev, prev, low, high)
+                opening = min(high, max(low, round(ins.open * TICKS_PER_RUPEE)))
+                # For steps uniform in 1..m ticks, a pull of (2m+1)/(12 W²) per tick keeps
+                # the spread around the open near W ticks (a discrete Ornstein-Uhlenbeck
+                # walk: variance = E[s²] / (4 E[s] pull)); m is taken at the open.
+                spread = opening * spread_pct / 100
+                pull = (2 * self._most(opening) + 1) / (12 * spread * spread)
+                stock = _Stock(ins.symbol, prev, opening, opening, low, high, pull)
                 self._stocks.append(stock)
                 self._by_symbol[ins.symbol] = stock
-        self._indices: dict[str, tuple[float, list[_Stock]]] = {}
+        # symbol -> (previous close, value at the open, constituents)
+        self._indices: dict[str, tuple[float, float, list[_Stock]]] = {}
         self._indices_of: dict[str, list[str]] = {s.symbol: [] for s in self._stocks}
         for ins in self._instruments:
             if ins.kind != "index":
@@ -102,7 +120,7 @@ class Market:
                 if names is None
                 else [self._by_symbol[n] for n in names if n in self._by_symbol]
             )
-            self._indices[ins.symbol] = (ins.prev_close, members)
+            self._indices[ins.symbol] = (ins.prev_close, ins.open, members)
             for stock in members:
                 self._indices_of[stock.symbol].append(ins.symbol)
         self._pending: deque[str] = deque()
@@ -114,24 +132,30 @@ class Market:
         return [ins.symbol for ins in self._instruments]
 
     def members(self, index: str) -> list[str]:
-        return [s.symbol for s in self._indices[index][1]]
+        return [s.symbol for s in self._indices[index][2]]
 
     def limits(self, symbol: str) -> tuple[float, float]:
         stock = self._by_symbol[symbol]
         return stock.low / TICKS_PER_RUPEE, stock.high / TICKS_PER_RUPEE
 
     def initial_quotes(self) -> list[Quote]:
-        """Every instrument at its previous close, so a board is full before the first tick."""
+        """Every instrument at its open (the seed's board), so a board is full before the
+        first tick."""
         ts = self._clock()
-        return [
-            Quote.make(ins.symbol, ins.prev_close, ins.prev_close, kind=ins.kind, ts=ts)
-            for ins in self._instruments
-        ]
+        out: list[Quote] = []
+        for ins in self._instruments:
+            if ins.kind == "stock":
+                stock = self._by_symbol[ins.symbol]
+                out.append(self._stock_quote(stock, ts, stock.open))
+            else:
+                prev_close, opening, _ = self._indices[ins.symbol]
+                out.append(Quote.make(ins.symbol, opening, prev_close, kind="index", ts=ts))
+        return out
 
     def resume(self, quotes: Sequence[Quote]) -> int:
         """Continue from prices published earlier today (a restarted publisher), instead of
-        jumping back to the previous close. Quotes of another day (other prev_close) or
-        outside the band are ignored. Returns how many stocks resumed."""
+        jumping back to the open. Quotes of another day (other prev_close) or outside the
+        band are ignored. Returns how many stocks resumed."""
         resumed = 0
         for quote in quotes:
             stock = self._by_symbol.get(quote.symbol)
@@ -155,8 +179,8 @@ class Market:
         return out
 
     def next_quotes(self, n: int) -> list[Quote]:
-        """Exactly n updates: random stocks each moved by 1..max_step ticks, with the
-        indices their moves touched slotted in every `index_every` stock updates."""
+        """Exactly n updates: random stocks each moved by a step, with the indices their
+        moves touched slotted in every `index_every` stock updates."""
         if not self._stocks:
             return []
         ts = self._clock()
@@ -176,28 +200,36 @@ class Market:
                 self._since_index = 0
         return out
 
+    def _most(self, ticks: int) -> int:
+        """The largest step at this price: step_pct of it in whole ticks, at least one."""
+        return max(1, int(ticks * self._step_pct / 100 + 1e-9))
+
     def _step(self, stock: _Stock) -> None:
-        half_band = max(1, (stock.high - stock.low) // 2)
-        p_up = 0.5 - REVERSION * (stock.price - stock.prev) / half_band
-        size = self._rng.randint(1, self._max_step)
+        # Mean reversion toward the open, not the previous close: no drift turns an up
+        # day red; the band still caps the day.
+        p_up = min(1.0, max(0.0, 0.5 - stock.pull * (stock.price - stock.open)))
+        size = self._rng.randint(1, self._most(stock.price))
         moved = stock.price + size if self._rng.random() < p_up else stock.price - size
         stock.price = min(stock.high, max(stock.low, moved))
 
-    def _stock_quote(self, stock: _Stock, ts: int) -> Quote:
+    def _stock_quote(self, stock: _Stock, ts: int, ticks: int | None = None) -> Quote:
+        price = stock.price if ticks is None else ticks
         optional = {}
-        if stock.price == stock.high:
+        if price == stock.high:
             optional["state"] = "upper_lock"
-        elif stock.price == stock.low:
+        elif price == stock.low:
             optional["state"] = "lower_lock"
         return Quote.make(
             stock.symbol,
-            stock.price / TICKS_PER_RUPEE,
+            price / TICKS_PER_RUPEE,
             stock.prev / TICKS_PER_RUPEE,
             ts=ts,
             **optional,
         )
 
     def _index_quote(self, symbol: str, ts: int) -> Quote:
-        prev_close, members = self._indices[symbol]
-        ratio = sum(s.price / s.prev for s in members) / len(members) if members else 1.0
-        return Quote.make(symbol, prev_close * ratio, prev_close, kind="index", ts=ts)
+        """The value at the open times the constituents' mean move since the open: exactly
+        the seed's value until one of them moves."""
+        prev_close, opening, members = self._indices[symbol]
+        ratio = sum(s.price / s.open for s in members) / len(members) if members else 1.0
+        return Quote.make(symbol, opening * ratio, prev_close, kind="index", ts=ts)

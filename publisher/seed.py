@@ -1,8 +1,9 @@
 """The instruments of the simulated market, read from the seed's ticker lines.
 
-The seed is a day's closing board; for the simulation each line's price is the previous
-close the day starts from. The copy ships inside the package so that nothing reads
-outside it at run time.
+The seed is a board in mid-session: each line's price is where the simulated session
+opens, and its price minus its change is the previous close, so the first board reads
+exactly as the seed. The copy ships inside the package so that nothing reads outside it
+at run time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class Instrument:
     symbol: str
     kind: str  # "stock" or "index"
     prev_close: float
+    open: float  # where the session starts: the seed's price
 
 
 def seed_text() -> str:
@@ -37,7 +39,7 @@ def parse_instruments(text: str) -> list[Instrument]:
             parsed = parse_line(line)
         except ValueError as exc:
             raise type(exc)(f"seed line {number}: {exc}") from exc
-        instruments.append(Instrument(parsed.symbol, parsed.kind, parsed.price))
+        instruments.append(Instrument(parsed.symbol, parsed.kind, parsed.prev_close, parsed.price))
     return instruments
 
 

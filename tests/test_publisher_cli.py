@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from quote_client.quote import Quote, decode_payload
+from quote_client.ticker_text import format_line
 from service.settings import Settings
 from tests.redis_server import CHANNELS, latest_in_redis, redis_url  # noqa: F401
 
@@ -160,11 +161,14 @@ async def test_simulate_sends_the_board_then_keeps_the_rate(
     # The board goes out first, each partition's part on its channel.
     first_at = messages[0][0]
     board: dict[str, Quote] = {}
+    seed_lines = SEED.read_text(encoding="utf-8").splitlines()
     for _, quotes in messages:
         for x in quotes:
             board.setdefault(x.symbol, x)
     assert len(board) == 34
-    assert all(x.change == 0 and x.seq == 1 for x in board.values())
+    assert all(x.seq == 1 for x in board.values())
+    # The opening board is the seed's, line for line.
+    assert [format_line(board[line.split()[0]]) for line in seed_lines] == seed_lines
     # Measure the steady rate over a window that starts after the process has settled.
     window = [quotes for at, quotes in messages if first_at + 1.0 <= at < first_at + 3.5]
     rate = sum(len(quotes) for quotes in window) / 2.5

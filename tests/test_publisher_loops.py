@@ -11,10 +11,11 @@ import pytest
 
 from publisher.market import Market
 from publisher.replay import ReplayResult, replay
-from publisher.seed import load_instruments
+from publisher.seed import load_instruments, seed_text
 from publisher.simulate import market_from_settings, run_simulation
 from publisher.sink import QuoteSink
 from quote_client.quote import Quote
+from quote_client.ticker_text import format_line
 from service.settings import Settings
 
 
@@ -65,7 +66,7 @@ async def test_simulation_starts_with_the_full_board_then_keeps_the_rate() -> No
     sink = MemorySink()
     await run_for(sink, 200, 1.0)
     first = sink.batches[0]
-    assert len(first) == 34 and all(q.change == 0 for q in first)
+    assert [format_line(q) for q in first] == seed_text().splitlines()  # the seed's board
     ticked = len(sink.quotes) - 34
     assert 170 <= ticked <= 210, ticked
     # Batched per ~50 ms tick, not one call per quote.
@@ -101,7 +102,8 @@ async def test_failure_mid_run_resends_the_current_board() -> None:
     await asyncio.wait_for(task, 2)
     boards = [b for b in sink.batches if len({q.symbol for q in b}) == 34 and len(b) == 34]
     assert len(boards) >= 2
-    assert any(q.change != 0 for q in boards[-1])  # current prices, not the opening board
+    opening = [q.price for q in boards[0]]
+    assert [q.price for q in boards[-1]] != opening  # current prices, not the opening board
 
 
 async def test_stop_ends_the_simulation_promptly() -> None:
@@ -122,7 +124,7 @@ def test_market_from_settings_uses_the_sim_settings() -> None:
     settings = Settings(sim_seed=9, sim_band_pct=2.0, sim_band_min=0.5)
     m = market_from_settings(settings)
     assert len(m.symbols) == 34
-    assert m.limits("OGDC") == (135.0, 140.5)  # 2% of 137.75 = 2.755 -> 2.75 whole paisa
+    assert m.limits("OGDC") == (130.22, 135.52)  # 2% of 132.87 = 2.6574 -> 2.65 whole paisa
     a = m.next_quotes(50)
     b = market_from_settings(settings).next_quotes(50)
     assert [(q.symbol, q.price) for q in a] == [(q.symbol, q.price) for q in b]
