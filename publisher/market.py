@@ -77,7 +77,8 @@ class Market:
         """`step_pct`: a step is at most this share of the price (at least one tick), so
         a Rs 1.28 stock moves by a paisa and a Rs 137 one by up to 6.
         `spread_pct`: how far from its open a stock typically wanders (one standard
-        deviation, in percent of the open), whatever its step size.
+        deviation, in percent of the open), whatever its step size; where a tick is
+        wider than that (WTL at Rs 1.28), a tick or two either side.
         `index_every`: indices are re-sent after this many stock updates, inside the
         same count, so `next_quotes(n)` always yields exactly n quotes.
         An open outside the band (a band narrower than the seed's change) opens at the
