@@ -6,18 +6,27 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: install run test lint clean
+.PHONY: install install-test run test lint clean
 
-install: $(VENV)/.installed
+# Two installs, each once (a stamp in the venv, redone when a pyproject changes): `install`
+# is what running needs, the runtime dependencies only (about 80 MB); `install-test` adds
+# the [test] extra for the suite and lint (pytest, playwright, mypy, matplotlib, picows:
+# about 550 MB in all).
+install: $(VENV)/.installed-run
+install-test: $(VENV)/.installed-test
 
 # The client package first: the server depends on it (psx-quote-client), and pip takes that
 # installed copy rather than looking for it on an index.
-$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
+$(VENV)/.installed-run: pyproject.toml clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "Python 3.11 or newer is needed (set PYTHON=python3.12 or similar)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e clients/python
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-run
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
@@ -44,13 +53,13 @@ js:
 
 # System packages (redis-server, chromium, nginx, npm) through the same script CI uses: it
 # installs them where it can, or names each one missing.
-test: install
+test: install-test
 	@bash .ci/system-packages
 	@$(MAKE) --no-print-directory js
 	$(PY) -m pytest
 
 # Lint and types: what CI checks besides the tests.
-lint: install
+lint: install-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
@@ -58,7 +67,7 @@ lint: install
 # 15 minutes; results in bench/results/. `make bench BENCH_ARGS=--quick` for seconds.
 NODE_PEERS := bench/peers/node
 .PHONY: bench
-bench: install
+bench: install-test
 	@command -v redis-server >/dev/null || { echo "redis-server not found (apt-get install redis-server)"; exit 1; }
 	$(PY) -m pip install --quiet -r bench/requirements.txt
 	@if ! command -v npm >/dev/null; then \
