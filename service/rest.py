@@ -1,6 +1,7 @@
 """The quotes over plain HTTP, for services that poll and for the page's first paint.
 
-    GET /quotes[?symbols=A,B]                      the board: {"quotes": [...], "feed": "live"}
+    GET /quotes[?symbols=A,B]                      the board: {"quotes": [...], "feed": "live",
+                                                   "unknown": [...]}
     GET /history[?symbols=A,B][&since=MS][&points=N]
                                                    each symbol's day from its tape, reduced:
                                                    {"history": {"A": [[ts, price], ...]}, "points": N}
@@ -122,10 +123,13 @@ def on_board(board: Mapping[str, object], symbols: Symbols) -> list[str]:
 
 
 def board_json(board: Mapping[str, tuple[int, str]], symbols: Symbols, feed: str) -> bytes:
-    """{"quotes": [...], "feed": ...}: the board's own JSON of each quote (the websocket's
-    quote schema, seq included), by symbol."""
+    """{"quotes": [...], "feed": ..., "unknown": [...]}: the board's own JSON of each quote
+    (the websocket's quote schema, seq included), by symbol; `unknown` the requested symbols
+    without a quote, sorted, as the websocket's ack names them (none for "*")."""
     quotes = ",".join(board[s][1] for s in on_board(board, symbols))
-    return b'{"quotes":[' + quotes.encode() + b'],"feed":' + orjson.dumps(feed) + b"}"
+    unknown = [] if symbols == ALL else sorted(s for s in symbols if s not in board)
+    return (b'{"quotes":[' + quotes.encode() + b'],"feed":' + orjson.dumps(feed)
+            + b',"unknown":' + orjson.dumps(unknown) + b"}")
 
 
 def maybe_gzip(request: Request, body: bytes, headers: dict[str, str]) -> bytes:

@@ -168,9 +168,28 @@ async def test_quotes_equal_a_websocket_snapshot(stack: RedisStack) -> None:
     assert [q["symbol"] for q in board["quotes"]] == sorted(q["symbol"] for q in board["quotes"])
     for raw in board["quotes"]:
         Quote.from_dict(raw, require_seq=True)  # the protocol's quote schema
+    assert board["unknown"] == []
     some = get_json(stack.service.url + "/quotes?symbols=kse100,OGDC,NOPE")
     assert [q["symbol"] for q in some["quotes"]] == ["KSE100", "OGDC"]
     assert get_json(stack.service.url + "/quotes?symbols=*") == board
+
+
+async def test_quotes_name_the_unknown_symbols_as_the_ack_does(stack: RedisStack) -> None:
+    """A requested symbol without a quote is left out of `quotes` and named in `unknown`,
+    sorted, as the websocket's ack names it for the same symbols; "*" has none."""
+    some = get_json(stack.service.url + "/quotes?symbols=ogdc,ZZZ9,KSE100,NOPE")
+    assert [q["symbol"] for q in some["quotes"]] == ["KSE100", "OGDC"]
+    assert some["unknown"] == ["NOPE", "ZZZ9"]
+    async with connect(stack.service.ws_url) as ws:
+        await recv_type(ws, "welcome")
+        await ws.send(orjson.dumps({"op": "subscribe", "id": 1,
+                                    "symbols": ["OGDC", "ZZZ9", "KSE100", "NOPE"]}).decode())
+        ack = await recv_type(ws, "ack")
+    assert ack["unknown"] == some["unknown"]
+    assert get_json(stack.service.url + "/quotes?symbols=OGDC")["unknown"] == []
+    assert get_json(stack.service.url + "/quotes?symbols=NOPE") == {"quotes": [], "feed": "live",
+                                                                  "unknown": ["NOPE"]}
+    assert get_json(stack.service.url + "/quotes")["unknown"] == []
 
 
 def test_bad_queries_are_400_with_the_protocol_codes(stack: RedisStack) -> None:
@@ -227,7 +246,7 @@ async def test_embedded_quotes_equal_a_websocket_snapshot(embedded: ServiceProce
     snapshot = {q["symbol"]: q for q in await ws_snapshot(embedded)}
     after_body = get_json(embedded.url + "/quotes")
     after = {q["symbol"]: q for q in after_body["quotes"]}
-    assert after_body["feed"] == "live"
+    assert after_body["feed"] == "live" and after_body["unknown"] == []
     assert set(before) == set(snapshot) == set(after) and len(after) == SEED_SYMBOLS
     same = 0
     for symbol, quote in snapshot.items():
