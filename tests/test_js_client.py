@@ -459,30 +459,37 @@ def section(title: str) -> str:
 
 
 def test_readme_build_your_own_ui_example_runs(service: ServiceProcess, tmp_path: Path) -> None:
-    """The README's "Build your own UI": its install line in a fresh project, then its
-    example in Node against the real service (with `ws` installed beside it)."""
+    """The README's "Build your own UI" as a newcomer follows it in Node 20: its shell lines
+    in a folder beside the checkout (`npm init -y`, then the package installed from the
+    checkout's path), its example saved verbatim as example.mjs (only the URL pointed at
+    this test's service), then `node example.mjs` prints the feed and the quotes."""
     node = require_node()
     text = section("### Build your own UI")
     blocks = re.findall(r"```(\w+)\n(.*?)```", text, re.DOTALL)
     shell = next(code for lang, code in blocks if lang == "sh")
     example = next(code for lang, code in blocks if lang == "js")
-    assert "npm install ./clients/js" in shell
+    commands = [line.split("#")[0].strip() for line in shell.strip().splitlines()]
+    assert commands == ["mkdir my-ui && cd my-ui && npm init -y",
+                        "npm install ../psx-quotes/clients/js ws", "node example.mjs"]
     assert len(example.strip().splitlines()) <= 12, "about ten lines"
-    assert "ws://127.0.0.1:8000/ws" in example
+    assert example.count("ws://127.0.0.1:8000/ws") == 1
 
+    (tmp_path / "psx-quotes").symlink_to(ROOT)  # the checkout, beside the new project
+    made = subprocess.run(["bash", "-c", commands[0]], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert made.returncode == 0, made.stderr
     project = tmp_path / "my-ui"
-    project.mkdir()
-    # As the README says, from the repo path (here absolute); nothing is downloaded.
-    installed = subprocess.run(["npm", "install", "--offline", "--no-audit", "--no-fund", str(JS)],
-                               cwd=project, capture_output=True, text=True, timeout=120)
+    # The README's install line, kept off the network: `ws` is the copy `make js` installed.
+    install = [str(NODE_MODULES / "ws") if arg == "ws" else arg for arg in commands[1].split()]
+    installed = subprocess.run([*install, "--offline", "--no-audit", "--no-fund"], cwd=project,
+                               capture_output=True, text=True, timeout=120)
     assert installed.returncode == 0, installed.stderr
     assert (project / "node_modules" / "quote-stream" / "package.json").is_file()
-    (project / "node_modules" / "ws").symlink_to(NODE_MODULES / "ws")  # the user's own `npm install ws`
-    script = project / "example.mjs"
+    script = project / commands[2].split()[1]
     script.write_text(example.replace("ws://127.0.0.1:8000/ws", service.ws_url), encoding="utf-8")
 
     with open(tmp_path / "stderr.txt", "w+") as stderr:
-        proc = node_process(node, [str(script)], project, stderr)
+        proc = node_process(node, [script.name], project, stderr)
         try:
             assert proc.stdout is not None
             lines = Lines(proc.stdout)
