@@ -96,9 +96,10 @@ return seqs
 
 
 def connect(url: str, *, retries: int = 3, backoff_cap_s: float = 1.0) -> topology.Client:
-    """from_url gets no retries unless given `retry=` (FIELD-NOTES); these cover a blip or
-    a quick restart, and the callers' own back-off covers longer outages. A frozen server
-    holds each try for socket_timeout: short, so a failover is followed in seconds."""
+    """from_url gets no retries unless given `retry=` (redis-py 8's asyncio Connection:
+    Retry(NoBackoff(), 0) by default); these cover a blip or a quick restart, and the
+    callers' own back-off covers longer outages. A frozen server holds each try for
+    socket_timeout: short, so a failover is followed in seconds."""
     return topology.connect(
         url,
         retry=Retry(ExponentialWithJitterBackoff(cap=backoff_cap_s, base=0.05), retries),

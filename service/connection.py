@@ -1,7 +1,7 @@
 """One websocket client: a reader loop for commands, and writes of what its outbox holds.
 
 Starlette locks nothing, so each connection has exactly one reader and one writer at a time
-(FIELD-NOTES). The reader must always run: it is what reads pongs and notices a peer that
+(starlette/websockets.py, 1.10). The reader must always run: it reads pongs and notices a peer that
 left. Writes take one of two paths. Whenever the socket takes data and nothing is in
 flight, what is due is written straight to uvicorn's transport by whoever made it due (the
 fan-out, a command's reply): no task, no wake-up, no await per frame, which is most of a

@@ -103,7 +103,7 @@ def _watchdog(seconds: float) -> None:
 def listening_socket(host: str, port: int, user_timeout_ms: int, send_buffer: int = 0,
                      reuse_port: bool = False) -> socket.socket:
     """A listening socket whose accepted connections inherit TCP_USER_TIMEOUT, so the
-    kernel aborts a peer that stops acknowledging data (FIELD-NOTES), and SO_SNDBUF.
+    kernel aborts a peer that stops acknowledging data (tcp(7)), and SO_SNDBUF.
     With `reuse_port`, every worker binds its own and the kernel spreads connections."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -129,8 +129,9 @@ def uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         # Per-message deflate is on by default and costs a fan-out about 2.5x in throughput
-        # and 3x in memory per connection, paid once per client per frame (FIELD-NOTES);
-        # quote frames are small, so compression buys little. Off on purpose.
+        # and 3x in memory per connection, paid once per client per frame (measured on 2
+        # cores, 100 clients, 100-byte frames: 45k frames/s off vs 18k on, 24 vs 68 KB per
+        # connection); quote frames are small, so compression buys little. Off on purpose.
         ws_per_message_deflate=False,
         # connection.py writes shared frames straight to this protocol's transport.
         ws="websockets-sansio",

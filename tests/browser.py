@@ -1,7 +1,8 @@
 """Headless Chromium for the browser tests: Debian's package driven by Playwright.
 
-FIELD-NOTES: never `playwright install`; the browser is /usr/bin/chromium. A missing
-browser fails the test with a message (a skip would hide the gap).
+Never `playwright install`: it downloads a browser build, which fails on machines that
+reach only package registries; the browser is /usr/bin/chromium. A missing browser fails
+the test with a message (a skip would hide the gap).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ routes the service serves: / -> index.html, /widget.js, /static/<path> -> web/<p
 the modules /widget.js imports: /widget/<m>.js -> web/widget/, /js/<m>.js -> clients/js/src/),
 and the connection tests talk to a scripted websocket feed, also started here.
 
-Chromium is Debian's package driven by Playwright (FIELD-NOTES: never `playwright install`).
+Chromium is Debian's package driven by Playwright (never `playwright install`: tests/browser.py).
 """
 
 from __future__ import annotations

@@ -14,12 +14,12 @@ Changes from the README, all needed for it to deliver at all here:
 - broadcaster 0.3.1's Redis backend sets its listener's "ready" event *before* it sends
   SUBSCRIBE; the listener wakes during that await, finds redis-py 8's PubSub not yet
   subscribed, so `listen()` ends at once, the event is cleared and nothing is ever
-  delivered. Here that happened on every start (FIELD-NOTES expected the held
-  subscription below to be enough; measured, it was not). Workaround: a three-line
+  delivered. Here that happened on every start (the held subscription below was
+  expected to be enough; measured, it was not). Workaround: a three-line
   backend subclass, passed through Broadcast's public `backend=` argument, that sets
   "ready" after SUBSCRIBE.
 - Concurrent first subscribers of a channel overwrite each other's queues, so some
-  clients silently get nothing (FIELD-NOTES). Workaround: hold one drained
+  clients silently get nothing (seen here with redis-py 8.1). Workaround: hold one drained
   subscription from startup, so no client is ever the channel's first subscriber.
 """
 

@@ -958,7 +958,7 @@ class QuoteClient:
                 # The token first (the callable may take a while), so that it goes as the
                 # connection's first message at once.
                 token = None if self._token is None else await self._fresh_token()
-                # No compression: the service turns it off (small frames, FIELD-NOTES).
+                # No compression: the service turns it off (small frames; service/server.py).
                 # A "*" snapshot grows with the symbol count, hence the larger max_size.
                 async with connect(self.url, compression=None, close_timeout=2,
                                    open_timeout=self.open_timeout or 10, max_size=2**24) as ws:
