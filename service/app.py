@@ -5,22 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from . import page, rest, security
+from .assets import Assets
 from .auth import Authenticator, Tier
 from .connection import SERVER_SEND, Connection
 from .delayed import DelayedFeed
@@ -42,27 +41,21 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 JS_CLIENT_DIR = Path(__file__).resolve().parent.parent / "clients" / "js" / "src"
 
 WS_PATH = "/ws"
-JS_TYPE = "text/javascript; charset=utf-8"
-OPEN_TO_ALL = {"Access-Control-Allow-Origin": "*"}
+# zlib's level 5, as /history's (rest.py): within a few per cent of 9's size at half the CPU.
+GZIP_LEVEL = 5
 
 
-class ModuleFiles(StaticFiles):
-    """The ES modules of a folder, served as /widget.js is: `text/javascript`, open to any
-    origin (a page on another site fetches /widget.js, and so every module it imports, with
-    CORS), ETag and Last-Modified. Only `*.js`: nothing else in the folder is published."""
+class Compression(GZipMiddleware):
+    """Starlette's gzip of HTTP answers, but not of the event stream: gzip would let its
+    events through as they are (text/event-stream is excluded) yet still stand, for hours,
+    between sse.py and the server's send, where sse.py finds the transport to drop a
+    client that stopped reading."""
 
-    async def get_response(self, path: str, scope: Scope) -> Response:
-        if not path.endswith(".js"):
-            raise HTTPException(status_code=404)
-        return await super().get_response(path, scope)
-
-    def file_response(self, full_path: str | os.PathLike[str], stat_result: os.stat_result,
-                      scope: Scope, status_code: int = 200) -> Response:
-        response = super().file_response(full_path, stat_result, scope, status_code)
-        response.headers.update(OPEN_TO_ALL)
-        if response.status_code == 200:
-            response.headers["content-type"] = JS_TYPE
-        return response
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == SSE_PATH:
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def default_hz(settings: Settings) -> float | None:
@@ -266,6 +259,8 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR,
     settings = settings or Settings.from_env()
     service = QuoteService(settings)
     frame_ancestors = security.parse_frame_ancestors(settings.frame_ancestors)
+    # /widget.js, /js/, /widget/, /static/, /examples/, and all of them under /v/<version>/.
+    assets = Assets(web_dir, js_dir)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -278,7 +273,8 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR,
     async def index(request: Request) -> Response:
         """The page with the board already in its tickers (service/page.py): prices without
         JavaScript, and a first paint the widget takes over without a flash."""
-        news = page.load(web_dir / "index.html", web_dir / "widget" / "styles.js")
+        news = page.load(web_dir / "index.html", web_dir / "widget" / "styles.js",
+                         assets.prefix())
         # A reader's browser shows no token: the page holds what ANONYMOUS may see.
         anonymous = service.auth.anonymous
         board: dict[str, tuple[int, str]] = {}
@@ -292,9 +288,6 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR,
         return Response(html, media_type="text/html; charset=utf-8",
                         headers={"Cache-Control": page.CACHE_CONTROL,
                                  "Content-Security-Policy": csp})
-
-    async def widget(request: Request) -> Response:
-        return FileResponse(web_dir / "widget.js", media_type=JS_TYPE, headers=OPEN_TO_ALL)
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
@@ -338,7 +331,6 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR,
     app = QuoteApp(
         routes=[
             Route("/", index),
-            Route("/widget.js", widget),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
@@ -347,16 +339,15 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR,
             Route(SSE_PATH, SseEndpoint(), methods=["GET", "OPTIONS"]),  # service/sse.py
             Route("/asyncapi.yaml", asyncapi),
             Route("/asyncapi.json", asyncapi),
-            # /widget.js imports ./js/*.js and ./widget/*.js, relative to itself.
-            Mount("/js", ModuleFiles(directory=js_dir, check_dir=False), name="js"),
-            Mount("/widget", ModuleFiles(directory=web_dir / "widget", check_dir=False), name="widget"),
-            Mount("/examples", StaticFiles(directory=web_dir / "examples", check_dir=False),
-                  name="examples"),
-            Mount("/static", StaticFiles(directory=web_dir, check_dir=False), name="static"),
+            *assets.routes,  # service/assets.py
         ],
         lifespan=lifespan,
-        # nosniff, Referrer-Policy and a CSP on every HTTP response (service/security.py).
-        middleware=[Middleware(security.SecurityHeaders, frame_ancestors=frame_ancestors)],
+        middleware=[
+            # Outermost: it compresses what the headers below were added to.
+            Middleware(Compression, compresslevel=GZIP_LEVEL),
+            # nosniff, Referrer-Policy and a CSP on every HTTP response (service/security.py).
+            Middleware(security.SecurityHeaders, frame_ancestors=frame_ancestors),
+        ],
     )
     app.state.service = service
     return app

@@ -187,13 +187,17 @@ class _Tags(HTMLParser):
 
 
 _TICKER_TAG = re.compile(r"<quote-ticker\b[^>]*>", re.IGNORECASE)
+# A <link href="/..."> or <script src="/..."> of the template: one of this origin's files.
+_ASSET_REF = re.compile(r'(<(?:link|script)\b[^>]*?\s(?:href|src)=")(?=/[^/])', re.IGNORECASE)
 
 
 class Page:
-    """The template, cut at each <quote-ticker> start tag, and the widget's CSS."""
+    """The template, cut at each <quote-ticker> start tag, and the widget's CSS. `assets`
+    goes before the template's own files' URLs: the versioned tree (service/assets.py)."""
 
-    def __init__(self, template: str, css: str) -> None:
+    def __init__(self, template: str, css: str, assets: str = "") -> None:
         self.css = css
+        template = _ASSET_REF.sub(lambda m: m[1] + assets, template)
         self.text: list[str] = []
         self.tickers: list[Ticker] = []
         at = 0
@@ -225,15 +229,15 @@ class Page:
         return "".join(out)
 
 
-_loaded: dict[tuple[Path, Path], tuple[tuple[int, int], Page]] = {}
+_loaded: dict[tuple[Path, Path], tuple[tuple[int, int, str], Page]] = {}
 
 
-def load(template: Path, styles_js: Path) -> Page:
-    """The page for these files, read again when either changes."""
-    stamp = (template.stat().st_mtime_ns, styles_js.stat().st_mtime_ns)
+def load(template: Path, styles_js: Path, assets: str = "") -> Page:
+    """The page for these files and assets' prefix, read again when any of them changes."""
+    stamp = (template.stat().st_mtime_ns, styles_js.stat().st_mtime_ns, assets)
     held = _loaded.get((template, styles_js))
     if held is None or held[0] != stamp:
         page = Page(template.read_text(encoding="utf-8"),
-                    widget_css(styles_js.read_text(encoding="utf-8")))
+                    widget_css(styles_js.read_text(encoding="utf-8")), assets)
         held = _loaded[template, styles_js] = (stamp, page)
     return held[1]

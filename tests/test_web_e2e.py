@@ -264,7 +264,9 @@ def test_hostile_symbols_in_the_query_are_ignored_not_rendered(
         expect(page.locator(widget)).to_have_attribute("data-count", "1")
         assert item(page, "OGDC", widget).inner_text() == SEED_BY_SYMBOL["OGDC"]
     # Only OGDC was asked of the service.
-    conns = page.evaluate("async () => (await import('/widget.js')).connections()")
+    # The modules the page runs: its script's version of them (service/assets.py).
+    conns = page.evaluate("async () => (await import(new URL('../widget.js', "
+                          "document.querySelector('script[type=module]').src))).connections()")
     assert [c["subscribed"] for c in conns] == [["OGDC"]]
     assert any("ignoring invalid symbol" in w for w in log.warnings), log.warnings
     # Nothing became markup: no <img> in the document or in any shadow root, no fetch of x.
@@ -412,7 +414,8 @@ def test_the_widget_falls_back_to_sse_when_websockets_fail(
     expect(strip).to_have_attribute("data-feed", "live", timeout=RECONNECT_MS)
     expect(strip).to_have_attribute("data-count", str(len(SEED)))
     transports = page.evaluate(
-        "async () => (await import('/js/stream.js')).connections().map((c) => c.transport)")
+        "async () => (await import(new URL('../js/stream.js', "
+        "document.querySelector('script[type=module]').src))).connections().map((c) => c.transport)")
     assert transports and set(transports) == {"sse"}, transports
     assert any("/sse?symbols=" in url for url in log.requests), log.requests
     update = line("PPL", 127.50, prev_close("PPL"))

@@ -9,7 +9,9 @@ if (symbols !== null && symbols.trim() !== '') {
   for (const t of tickers) t.setAttribute('symbols', symbols);
 }
 
-await import('/widget.js');
+// The widget next to this file's folder: /widget.js, or, as the page links this file
+// (/v/<version>/static/page.js, service/assets.py), the same version's /v/<version>/widget.js.
+await import('../widget.js');
 
 // One Pause for the page: the strip's button also holds the side panel still (WCAG 2.2.2).
 const strip = document.getElementById('ticker-strip');

@@ -9,8 +9,11 @@ import { formatQuote } from '../js/format.js';
 import { MAX_HZ, MIN_HZ, connect, isNewer, isSymbol } from '../js/stream.js';
 import { styleFor } from './styles.js';
 
-// The widget's default socket is ./ws next to /widget.js, wherever that was loaded from.
-const WIDGET_URL = new URL('../widget.js', import.meta.url).href;
+// The widget's default socket is ./ws next to /widget.js, wherever that was loaded from:
+// from the versioned tree (/v/<12 hex>/widget.js, service/assets.py), the folder above it,
+// so also under a proxy's path prefix (https://host/prefix/v/<hash>/ -> /prefix/ws).
+const WIDGET_URL = new URL('../widget.js', import.meta.url).href
+  .replace(/\/v\/[0-9a-f]{12}\/widget\.js$/, '/widget.js');
 
 /** The `symbols` attribute: '*' (absent, empty or "*") or a list of valid, unique symbols. */
 export function parseSymbols(value) {
