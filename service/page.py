@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
@@ -139,9 +140,21 @@ def ordered(board: Mapping[str, Quote], wants: list[str] | None) -> list[Quote]:
     return sorted(board.values(), key=lambda q: (0 if q.kind == "index" else 1, q.symbol))
 
 
+def as_of_html(quotes: Sequence[Quote]) -> str:
+    """When the prices shown were taken (the newest quote's time), for a reader without
+    JavaScript: "Prices at 14:32 UTC" (a narrow strip shows the time only)."""
+    if not quotes:
+        return CONNECTING
+    taken = datetime.fromtimestamp(max(q.ts for q in quotes) / 1000, tz=UTC)
+    return (f'<span class="asof-words">Prices at </span><time datetime="'
+            f'{taken.isoformat(timespec="seconds").replace("+00:00", "Z")}">'
+            f'{taken:%H:%M} UTC</time>')
+
+
 def shadow_html(ticker: Ticker, quotes: Sequence[Quote], css: str) -> str:
     """What quote-ticker.js build() makes, with a row per quote, as a declarative shadow
-    root: the state the widget starts in (connecting), before its script ran."""
+    root: the state the widget starts in (connecting), before its script ran, its status
+    saying when the prices were taken."""
     rows = "".join(row_html(parts(q), ticker.layout) for q in quotes)
     controls = "" if ticker.controls else " hidden"
     empty = " hidden" if quotes else ""
@@ -150,11 +163,13 @@ def shadow_html(ticker: Ticker, quotes: Sequence[Quote], css: str) -> str:
         f'<div class="wrap {ticker.layout} feed-connecting still" part="container">'
         f'<div class="controls" part="controls"{controls}><span class="state">'
         '<span class="dot" aria-hidden="true"></span>'
-        f'<span class="status" role="status" part="status">{CONNECTING}</span></span>'
+        f'<span class="status" role="status" part="status">{as_of_html(quotes)}</span></span>'
         '<button type="button" class="pause" part="pause" aria-pressed="false" '
-        'title="Pause live updates"><span class="icon" aria-hidden="true"></span>Pause</button></div>'
+        'title="Pause live updates"><span class="icon" aria-hidden="true"></span>'
+        '<span class="label">Pause</span></button></div>'
         f'<div class="viewport" part="viewport" role="region" tabindex="0" '
-        f'aria-label="{escape(ticker.label)}"><ul class="track" part="list" role="list">{rows}</ul>'
+        f'aria-label="{escape(ticker.label)}"><div class="belt" part="belt">'
+        f'<ul class="track" part="list" role="list">{rows}</ul></div>'
         f'<div class="empty" part="empty"{empty}>{WAITING}</div></div></div></template>'
     )
 

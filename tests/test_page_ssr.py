@@ -9,6 +9,7 @@ The stack is real: a private redis-server, `python -m service`, the publisher's 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ WAIT_MS = 10_000
 def items(page: Page, widget: str) -> list[list[str]]:
     """[symbol, innerText] of each item of a ticker, in order (through its shadow root)."""
     return page.evaluate(
-        """(sel) => [...document.querySelector(sel).shadowRoot.querySelectorAll('.item')]
+        """(sel) => [...document.querySelector(sel).shadowRoot.querySelectorAll('.item[data-symbol]')]
               .map((e) => [e.dataset.symbol, e.innerText])""", widget)
 
 
@@ -82,24 +83,46 @@ def test_the_page_shows_the_board_with_javascript_disabled(browser: Browser,
     assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
     assert headers["cache-control"] == "public, max-age=1"
     assert "OGDC 137.75" not in body.decode()  # the line is in the widget's parts, not a blob
-    with checked_page(browser, 1280, 900, WAIT_MS, javascript=False) as page:
-        requests: list[str] = []
-        page.on("request", lambda r: requests.append(r.url))
-        page.goto(seeded.url + "/")
-        expected = [[s, SEED_BY_SYMBOL[s]] for s in INDICES + STOCKS]
-        assert items(page, STRIP) == expected
-        assert items(page, PANEL) == expected
-        # Playwright's own locators read them too, as a crawler's renderer does.
-        expect(page.locator(f'{STRIP} [data-symbol="HBL"]')).to_have_text(
-            SEED_BY_SYMBOL["HBL"], use_inner_text=True)
-        # Nothing ran (the modules are preloaded, never run): no socket, no /history; and
-        # the status and Pause, which would need a script, take their place unseen.
-        assert not any(u.endswith("/ws") or "/history" in u for u in requests), requests
-        assert page.evaluate("() => customElements.get('quote-ticker') === undefined") is True
-        hidden = page.evaluate("""() => getComputedStyle(document.querySelector('#ticker-strip')
-            .shadowRoot.querySelector('.controls')).visibility""")
-        assert hidden == "hidden"
-        page.screenshot(path=str(ROOT / "tests" / "artifacts" / "page-no-javascript.png"))
+    newest = max(q["ts"] for q in get_json(seeded.url + "/quotes")["quotes"])
+    taken = datetime.fromtimestamp(newest / 1000, tz=UTC)
+    for width, height in [(1280, 900), (390, 844)]:
+        with checked_page(browser, width, height, WAIT_MS, javascript=False) as page:
+            requests: list[str] = []
+            page.on("request", lambda r, requests=requests: requests.append(r.url))
+            page.goto(seeded.url + "/")
+            expected = [[s, SEED_BY_SYMBOL[s]] for s in INDICES + STOCKS]
+            assert items(page, STRIP) == expected
+            assert items(page, PANEL) == expected
+            # Playwright's own locators read them too, as a crawler's renderer does.
+            expect(page.locator(f'{STRIP} [data-symbol="HBL"]')).to_have_text(
+                SEED_BY_SYMBOL["HBL"], use_inner_text=True)
+            # Nothing ran (the modules are preloaded, never run): no socket, no /history.
+            assert not any(u.endswith("/ws") or "/history" in u for u in requests), requests
+            assert page.evaluate("() => customElements.get('quote-ticker') === undefined") is True
+            # The status says when the prices were taken (a narrow strip: the time only);
+            # no Pause, which would need a script.
+            status_text = page.locator(STRIP).get_by_role("status")
+            assert " ".join(status_text.inner_text().split()) == f"Prices at {taken:%H:%M} UTC"
+            words = page.locator(f"{STRIP} .asof-words").bounding_box()
+            assert words is not None and (words["width"] > 20) == (width > 600), words
+            assert page.locator(f"{STRIP} time").get_attribute("datetime") == (
+                taken.isoformat(timespec="seconds").replace("+00:00", "Z"))
+            assert page.locator(STRIP).get_by_role("button", name="Pause").count() == 0
+            # The row starts at the strip's left edge, right after the status: no gap, the
+            # first item whole; the rest are there to scroll to.
+            box = page.evaluate("""(sel) => {
+                const root = document.querySelector(sel).shadowRoot;
+                const r = (q) => root.querySelector(q).getBoundingClientRect();
+                const view = root.querySelector('.viewport');
+                return {controls: r('.controls').right, viewport: r('.viewport').left,
+                        first: r('.row').left, sym: r('.sym').left,
+                        scroll: view.scrollWidth, width: view.clientWidth};
+            }""", STRIP)
+            assert box["viewport"] - box["controls"] < 2, box
+            assert 0 <= box["first"] - box["viewport"] < 20, box
+            assert box["sym"] >= box["viewport"], box
+            assert box["scroll"] > box["width"], box
+            page.screenshot(path=str(ROOT / "tests" / "artifacts" / f"page-no-javascript-{width}.png"))
 
 
 def test_symbols_query_is_rendered_as_the_widget_reads_it(browser: Browser,
@@ -129,7 +152,7 @@ def test_the_widget_takes_over_the_rendered_items_without_a_flash(
               window.removed = 0;
               for (const t of document.querySelectorAll('quote-ticker')) {
                 const root = t.shadowRoot;
-                window.rendered[t.id] = root ? [...root.querySelectorAll('.item')] : [];
+                window.rendered[t.id] = root ? [...root.querySelectorAll('.item[data-symbol]')] : [];
                 if (root) new MutationObserver((records) => {
                   for (const r of records) window.removed += r.removedNodes.length;
                 }).observe(root.querySelector('.track'), { childList: true });
@@ -140,7 +163,7 @@ def test_the_widget_takes_over_the_rendered_items_without_a_flash(
         expect(page.locator(PANEL)).to_have_attribute("data-feed", "live")
         same = page.evaluate("""() => Object.fromEntries(Object.entries(window.rendered).map(
             ([id, nodes]) => {
-              const now = [...document.getElementById(id).shadowRoot.querySelectorAll('.item')];
+              const now = [...document.getElementById(id).shadowRoot.querySelectorAll('.item[data-symbol]')];
               return [id, [nodes.length, now.length, nodes.every((n, i) => n === now[i])]];
             }))""")
         assert same == {"ticker-strip": [34, 34, True], "ticker-panel": [34, 34, True]}

@@ -499,18 +499,28 @@ def test_strip_is_a_named_region_without_live_announcements(blank: Page) -> None
     expect(blank.get_by_role("region", name="Market ticker")).to_be_visible()
 
 
-def test_flash_on_change_and_none_with_reduced_motion(blank: Page) -> None:
+def test_flash_on_change_then_off_and_none_with_reduced_motion(blank: Page) -> None:
+    """A changed price tints its item (and the strip's echo of it) for a moment, as a class
+    the renders set and clear, not an animation; none under reduced motion."""
     add_ticker(blank, {}, "t")
     ingest = "(q) => document.getElementById('t').ingest([q])"
-    animation = """() => getComputedStyle(document.getElementById('t').shadowRoot
-        .querySelector('[data-symbol="PPL"]')).animationName"""
+    classes = """() => [...document.getElementById('t').shadowRoot.querySelectorAll('.item')]
+        .filter((e) => e.querySelector('.sym').textContent === 'PPL')
+        .map((e) => ['flash-up', 'flash-down'].filter((c) => e.classList.contains(c)).join())"""
     blank.evaluate(ingest, quote("PPL", 125.05, 116.30, seq=1))
+    assert blank.evaluate(classes) == ["", ""], "the row and its echo, no flash on a first quote"
     blank.evaluate(ingest, quote("PPL", 126.00, 116.30, seq=2))
-    assert blank.evaluate(animation).startswith("qt-flash-up")
+    assert blank.evaluate(classes) == ["flash-up", "flash-up"]
+    assert blank.evaluate("""() => getComputedStyle(document.getElementById('t').shadowRoot
+        .querySelector('[data-symbol="PPL"]')).animationName""") == "none"
+    blank.wait_for_function(f"({classes})().every((c) => c === '')", timeout=3000)
+    blank.evaluate(ingest, quote("PPL", 125.00, 116.30, seq=3))
+    assert blank.evaluate(classes) == ["flash-down", "flash-down"]
     blank.emulate_media(reduced_motion="reduce")
     blank.wait_for_timeout(450)  # past the per-item flash gap
-    blank.evaluate(ingest, quote("PPL", 120.00, 116.30, seq=3))
-    assert blank.evaluate(animation) == "none"
+    blank.wait_for_function(f"({classes})().every((c) => c === '')", timeout=3000)
+    blank.evaluate(ingest, quote("PPL", 120.00, 116.30, seq=4))
+    assert blank.evaluate(classes) == ["", ""]
 
 
 # --- the page -----------------------------------------------------------------------------

@@ -86,6 +86,8 @@ function tokenExpiry(token) {
 }
 
 const FLASH_MIN_GAP_MS = 400; // at most 2.5 flashes a second per item (WCAG 2.3.1: < 3)
+const FLASH_MS = 700; // how long a changed item stays highlighted
+const RETIME_MS = 10000; // the strip's loop follows small width changes this often at most
 const HISTORY_MAX = 240; // sparkline points kept per symbol (thinned past twice that)
 const SVG_NS = 'http://www.w3.org/2000/svg';
 
@@ -144,13 +146,20 @@ export class QuoteTicker extends ElementBase {
     this.rows = new Map(); // symbol -> {row, item, parts, spark}
     this.dirty = new Set();
     this.flashedAt = new Map();
+    this.lit = new Set(); // symbols highlighted until FLASH_MS after their flashedAt
+    this.unlightTimer = 0;
     this.feed = 'connecting';
     this.stream = null; // from connect(): shared with every element of the same src
     this.frame = 0;
     this.waiters = [];
     this.pendingFlash = new Map();
     this.pausedShown = false;
-    this.marquee = { shift: 0, count: -1 };
+    // The strip's scroll (updateMotion): the belt's animation, the sizes the
+    // ResizeObserver last gave (never read from layout on an update), and whether the
+    // pointer or the keyboard focus holds it still.
+    this.scroll = null;
+    this.sizes = { track: 0, view: 0 };
+    this.held = { hover: false, focus: false };
     this.onMotion = () => this.updateMotion();
     // Tokens: the one set as a property (else the attribute's), the source handed to the
     // stream (one per element, so its socket is its own), the pages' answers awaited.
@@ -268,6 +277,8 @@ export class QuoteTicker extends ElementBase {
 
   disconnectedCallback() {
     this.detach();
+    this.stopScroll();
+    this.wrap.classList.remove('moving');
     reducedMotion.removeEventListener?.('change', this.onMotion);
     this.resizeObserver?.disconnect();
   }
@@ -385,8 +396,8 @@ export class QuoteTicker extends ElementBase {
     const find = (selector) => wrap && wrap.querySelector(selector);
     const nodes = {
       controls: find('.controls'), statusText: find('.status'), pauseButton: find('button.pause'),
-      pauseIcon: find('button.pause .icon'), viewport: find('.viewport'), list: find('ul.track'),
-      empty: find('.empty'),
+      pauseIcon: find('button.pause .icon'), viewport: find('.viewport'), belt: find('.belt'),
+      list: find('ul.track'), empty: find('.empty'),
     };
     if (!wrap || Object.values(nodes).some((n) => !n)) {
       this.root.replaceChildren();
@@ -411,9 +422,12 @@ export class QuoteTicker extends ElementBase {
       const svg = row.querySelector('svg.spark');
       const spark = svg && { svg, base: svg.querySelector('.base'), line: svg.querySelector('.line') };
       const kind = parts.arw.classList.contains('tri') ? 'index' : 'stock';
-      this.rows.set(symbol, { row, item, kind, parts, spark: spark && spark.line ? spark : null });
+      this.rows.set(symbol, { row, item, kind, parts, spark: spark && spark.line ? spark : null, twin: null });
     }
+    this.makeEcho();
+    if (this.rowsLayout === 'strip') for (const r of this.rows.values()) this.makeTwin(r);
     this.listenPause();
+    this.listenHold();
     return true;
   }
 
@@ -433,17 +447,43 @@ export class QuoteTicker extends ElementBase {
     state.append(this.statusText);
     this.pauseButton = el('button', { type: 'button', class: 'pause', part: 'pause', 'aria-pressed': 'false' });
     this.pauseIcon = el('span', { class: 'icon', 'aria-hidden': 'true' }); // drawn by CSS
-    this.pauseButton.append(this.pauseIcon, document.createTextNode('Pause'));
+    this.pauseButton.append(this.pauseIcon, el('span', { class: 'label' }, 'Pause'));
     this.pauseButton.title = 'Pause live updates';
     this.listenPause();
     this.controls.append(state, this.pauseButton);
     // The quotes: a named region, deliberately NOT a live region (no announcement per tick).
     this.viewport = el('div', { class: 'viewport', part: 'viewport', role: 'region', tabindex: '0' });
+    this.belt = el('div', { class: 'belt', part: 'belt' });
     this.list = el('ul', { class: 'track', part: 'list', role: 'list' });
+    this.belt.append(this.list);
     this.empty = el('div', { class: 'empty', part: 'empty' }, 'Waiting for prices\u2026');
-    this.viewport.append(this.list, this.empty);
+    this.viewport.append(this.belt, this.empty);
     this.wrap.append(this.controls, this.viewport);
     this.root.append(this.wrap);
+    this.makeEcho();
+    this.listenHold();
+  }
+
+  /** The strip's second copy of its rows, shown only while it scrolls: hidden from
+   * assistive technology and out of the tab order, without data-symbol, so the quotes
+   * are read (and found) once. */
+  makeEcho() {
+    this.echo = el('ul', { class: 'track echo', part: 'list', 'aria-hidden': 'true' });
+    this.echo.inert = true;
+    this.belt.append(this.echo);
+  }
+
+  /** Hover and keyboard focus hold the scroll where it is (WCAG 2.2.2), as Pause does. */
+  listenHold() {
+    const hold = (what, on) => {
+      if (this.held[what] === on) return;
+      this.held[what] = on;
+      this.updateMotion();
+    };
+    this.viewport.addEventListener('pointerenter', () => hold('hover', true));
+    this.viewport.addEventListener('pointerleave', () => hold('hover', false));
+    this.viewport.addEventListener('focusin', () => hold('focus', this.viewport.matches(':focus-visible')));
+    this.viewport.addEventListener('focusout', () => hold('focus', false));
   }
 
   applyLayout() {
@@ -631,6 +671,7 @@ export class QuoteTicker extends ElementBase {
       return;
     }
     const now = performance.now();
+    this.unlight(now);
     const motionOk = !reducedMotion.matches;
     let added = false;
     for (const symbol of this.dirty) {
@@ -647,9 +688,7 @@ export class QuoteTicker extends ElementBase {
         const last = this.flashedAt.get(symbol) || -Infinity;
         if (now - last >= FLASH_MIN_GAP_MS) {
           this.flashedAt.set(symbol, now);
-          const a = r.item.classList.contains('flash-a');
-          r.item.classList.remove('flash-a', 'flash-b', 'tick-up', 'tick-down');
-          r.item.classList.add(a ? 'flash-b' : 'flash-a', `tick-${tick}`);
+          this.light(r, symbol, tick);
         }
       }
     }
@@ -657,8 +696,9 @@ export class QuoteTicker extends ElementBase {
     this.pendingFlash.clear();
     if (added) this.reorder();
     this.empty.hidden = this.rows.size > 0;
-    this.setAttribute('data-count', String(this.rows.size));
-    this.updateMotion();
+    this.countRows();
+    // No updateMotion() here: a new width reaches it through the ResizeObserver, so an
+    // update never makes the browser lay the page out on the spot.
     this.resolveWaiters();
   }
 
@@ -674,12 +714,56 @@ export class QuoteTicker extends ElementBase {
       const kb = this.sortKey(b);
       return ka[0] - kb[0] || (ka[1] < kb[1] ? -1 : ka[1] > kb[1] ? 1 : 0);
     });
-    let i = 0;
-    for (const s of keys) {
-      const row = this.rows.get(s).row;
-      if (this.list.children[i] !== row) this.list.insertBefore(row, this.list.children[i] || null);
-      i += 1;
+    keys.forEach((s, i) => {
+      const r = this.rows.get(s);
+      if (this.list.children[i] !== r.row) this.list.insertBefore(r.row, this.list.children[i] || null);
+      if (r.twin && this.echo.children[i] !== r.twin.row) {
+        this.echo.insertBefore(r.twin.row, this.echo.children[i] || null);
+      }
+    });
+  }
+
+  /** Highlight a changed item (and its twin) for FLASH_MS. A class set here and taken
+   * off by a later render, not an animation: each animation the browser starts costs the
+   * page's main thread several frames of bookkeeping, and with a few quotes every quarter
+   * second that kept it 30 frames a second busy. */
+  light(r, symbol, tick) {
+    for (const copy of r.twin ? [r, r.twin] : [r]) {
+      copy.item.classList.toggle('flash-up', tick === 'up');
+      copy.item.classList.toggle('flash-down', tick === 'down');
     }
+    this.lit.add(symbol);
+    this.armUnlight();
+  }
+
+  /** Take the highlight off the items lit FLASH_MS ago or more. */
+  unlight(now) {
+    for (const symbol of this.lit) {
+      if (now - (this.flashedAt.get(symbol) ?? -Infinity) < FLASH_MS) continue;
+      this.lit.delete(symbol);
+      const r = this.rows.get(symbol);
+      for (const copy of r ? (r.twin ? [r, r.twin] : [r]) : []) {
+        copy.item.classList.remove('flash-up', 'flash-down');
+      }
+    }
+    this.armUnlight();
+  }
+
+  /** While items are lit, a timer makes sure they go dark even when no render comes:
+   * renders (a few a second while prices move) usually do it first. */
+  armUnlight() {
+    if (this.unlightTimer || !this.lit.size) return;
+    this.unlightTimer = setTimeout(() => {
+      this.unlightTimer = 0;
+      const run = () => this.unlight(performance.now());
+      if (globalThis.requestAnimationFrame) requestAnimationFrame(run);
+      else run();
+    }, FLASH_MS);
+  }
+
+  countRows() {
+    const count = String(this.rows.size);
+    if (this.isConnected && this.getAttribute('data-count') !== count) this.setAttribute('data-count', count);
   }
 
   makeRow(symbol) {
@@ -709,25 +793,45 @@ export class QuoteTicker extends ElementBase {
     }
     this.rows.set(symbol, r);
     this.list.append(row);
+    if (this.layout() === 'strip') this.makeTwin(r);
     return r;
+  }
+
+  /** The row's copy in the strip's echo, filled as the row is (fill()). */
+  makeTwin(r) {
+    const row = r.row.cloneNode(true);
+    const item = row.querySelector('.item');
+    item.removeAttribute('data-symbol');
+    r.twin = { row, item, kind: null, parts: null };
+    this.echo.append(row);
   }
 
   removeRow(symbol) {
     const r = this.rows.get(symbol);
     if (!r) return;
     r.row.remove();
+    r.twin?.row.remove();
     this.rows.delete(symbol);
     this.flashedAt.delete(symbol);
+    this.lit.delete(symbol);
     this.empty.hidden = this.rows.size > 0;
-    if (this.isConnected) this.setAttribute('data-count', String(this.rows.size));
+    this.countRows();
   }
 
-  /** Build (once per kind) and update the item's text nodes. Data only ever goes in
-   * through textContent: a symbol like `<img src=x>` shows as those characters. */
+  /** Show quote q in row r (and in its twin in the strip's echo). */
   fill(r, q) {
     const p = formatQuote(q);
-    const item = r.item;
-    if (r.kind !== p.kind) {
+    this.fillItem(r, p);
+    if (r.twin) this.fillItem(r.twin, p);
+    if (r.spark) this.drawSpark(r.spark, q);
+  }
+
+  /** Build (once per kind) and update an item's text nodes, touching only what changed.
+   * Data only ever goes in through textContent: a symbol like `<img src=x>` shows as
+   * those characters. */
+  fillItem(copy, p) {
+    const { item } = copy;
+    if (copy.kind !== p.kind) {
       item.textContent = '';
       const parts = {
         sym: el('b', { class: 'sym' }),
@@ -745,10 +849,10 @@ export class QuoteTicker extends ElementBase {
       item.append(parts.sym, space(), parts.px, parts.vh, parts.br, parts.arw);
       if (p.kind !== 'index') item.append(space());
       item.append(parts.chg, space(), parts.pct);
-      r.parts = parts;
-      r.kind = p.kind;
+      copy.parts = parts;
+      copy.kind = p.kind;
     }
-    const { parts } = r;
+    const { parts } = copy;
     const set = (node, text) => {
       if (node.textContent !== text) node.textContent = text;
     };
@@ -760,9 +864,8 @@ export class QuoteTicker extends ElementBase {
     set(parts.pct, p.pct);
     for (const d of ['up', 'down', 'flat']) {
       item.classList.toggle(d, d === p.direction);
-      r.row.classList.toggle(d, d === p.direction);
+      copy.row.classList.toggle(d, d === p.direction);
     }
-    if (r.spark) this.drawSpark(r.spark, q);
   }
 
   /** The day's path, by time (by order where every point has the same ts). */
@@ -798,50 +901,105 @@ export class QuoteTicker extends ElementBase {
     }
   }
 
+  /** The strip's sizes come from a ResizeObserver, after layout, so finding out whether
+   * it overflows never forces one. */
   observeSize() {
     if (!globalThis.ResizeObserver) return;
-    if (!this.resizeObserver) this.resizeObserver = new ResizeObserver(() => this.updateMotion());
+    if (!this.resizeObserver) {
+      this.resizeObserver = new ResizeObserver((entries) => {
+        for (const entry of entries) {
+          const box = entry.borderBoxSize && entry.borderBoxSize[0];
+          const width = box ? box.inlineSize : entry.contentRect.width;
+          if (entry.target === this.list) this.sizes.track = width;
+          else if (entry.target === this.viewport) this.sizes.view = width;
+        }
+        this.updateMotion();
+      });
+    }
     this.resizeObserver.observe(this.viewport);
+    this.resizeObserver.observe(this.list);
   }
 
-  /** The strip scrolls (back and forth, slowly) only when it overflows, is not paused,
-   * and the user has not asked for reduced motion; otherwise it is a scrollable row. */
+  /** The strip scrolls like a news ticker: one way, at --qt-speed px/s (40 by default),
+   * its rows followed by their echo so the loop is seamless, when they overflow its box
+   * and the reader has neither paused it, nor asked for reduced motion (or motion="off").
+   * Otherwise it is a still row, from the left edge, that the reader can scroll. */
   updateMotion() {
     if (!this.isConnected) return;
-    const strip = this.layout() === 'strip';
-    const overflow = strip ? this.list.scrollWidth - this.viewport.clientWidth : 0;
-    const moving = strip && overflow > 4 && !this.paused && !reducedMotion.matches
-      && this.getAttribute('motion') !== 'off';
-    if (moving) {
-      const m = this.marquee;
-      // Re-time only on real changes: a new duration restarts the animation.
-      if (m.count !== this.rows.size || Math.abs(overflow - m.shift) > m.shift * 0.15) {
-        m.count = this.rows.size;
-        m.shift = overflow;
-        const speed = parseFloat(getComputedStyle(this).getPropertyValue('--qt-speed')) || 40;
-        this.list.style.setProperty('--qt-shift', `${-overflow}px`);
-        this.list.style.setProperty('--qt-duration', `${Math.max(8, overflow / speed / 0.88).toFixed(1)}s`);
-      }
-    } else {
-      this.marquee.count = -1;
-    }
+    const { track, view } = this.sizes;
+    const moving = this.layout() === 'strip' && track > view + 1 && !this.paused
+      && !reducedMotion.matches && this.getAttribute('motion') !== 'off';
     const wasMoving = this.wrap.classList.contains('moving');
-    if (wasMoving && !moving) {
+    if (moving) {
+      const speed = parseFloat(getComputedStyle(this).getPropertyValue('--qt-speed')) || 40;
+      if (!wasMoving) {
+        // Go on from where the reader left the still row (0 on a fresh strip).
+        const from = this.viewport.scrollLeft;
+        this.viewport.scrollLeft = 0;
+        this.wrap.classList.remove('still');
+        this.wrap.classList.add('moving');
+        this.runScroll(track, speed, from);
+      } else {
+        this.runScroll(track, speed, null);
+      }
+      const hold = this.held.hover || this.held.focus;
+      if (hold && this.scroll.playState === 'running') this.scroll.pause();
+      else if (!hold && this.scroll.playState === 'paused') this.scroll.play();
+      return;
+    }
+    if (wasMoving) {
       // Stop where it is, and let the row be scrolled from there.
-      let x = 0;
-      try {
-        x = new DOMMatrixReadOnly(getComputedStyle(this.list).transform).m41;
-      } catch (_) { /* 'none' in an old engine */ }
+      const at = this.scrollOffset();
+      this.stopScroll();
       this.wrap.classList.remove('moving');
       this.wrap.classList.add('still');
-      this.viewport.scrollLeft = -x;
-    } else if (!wasMoving && moving) {
-      this.viewport.scrollLeft = 0;
-      this.wrap.classList.remove('still');
-      this.wrap.classList.add('moving');
-    } else if (!moving) {
+      this.viewport.scrollLeft = at;
+    } else {
       this.wrap.classList.add('still');
     }
+  }
+
+  /** Run (or re-time) the belt's loop over `period` px at `speed` px/s, keeping its place
+   * on screen (or starting `from` px in): a new width never makes it jump. */
+  runScroll(period, speed, from, now = false) {
+    const s = this.scroll;
+    if (s && s.period === period && s.speed === speed) return;
+    if (s && !now && from === null && s.speed === speed && Math.abs(period - s.period) < s.period * 0.1) {
+      // A price or a percentage of another width: the loop is a few px off, which only its
+      // wrap (minutes away) could show. Re-timing restarts the compositor's animation,
+      // which costs the main thread a few frames, so do it at most every RETIME_MS.
+      this.retime ||= setTimeout(() => {
+        this.retime = 0;
+        if (this.scroll) this.runScroll(this.sizes.track, this.scroll.speed, null, true);
+      }, RETIME_MS);
+      return;
+    }
+    const at = from ?? (s ? this.scrollOffset() : 0);
+    const frames = [{ transform: 'translateX(0)' }, { transform: `translateX(${-period}px)` }];
+    const duration = (period / speed) * 1000;
+    if (s) {
+      s.effect.setKeyframes(frames);
+      s.effect.updateTiming({ duration });
+    } else {
+      this.scroll = this.belt.animate(frames, { duration, iterations: Infinity, easing: 'linear' });
+    }
+    this.scroll.period = period;
+    this.scroll.speed = speed;
+    this.scroll.currentTime = ((at % period) / speed) * 1000;
+  }
+
+  stopScroll() {
+    clearTimeout(this.retime);
+    this.retime = 0;
+    this.scroll?.cancel();
+    this.scroll = null;
+  }
+
+  /** How far the loop has carried the belt, in px (0 when it is not scrolling). */
+  scrollOffset() {
+    const s = this.scroll;
+    if (!s || s.currentTime === null) return 0;
+    return ((Number(s.currentTime) / 1000) * s.speed) % s.period;
   }
 }
 

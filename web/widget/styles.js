@@ -23,7 +23,7 @@ export const CSS = `
 :host([hidden]) { display: none; }
 *, *::before, *::after { box-sizing: inherit; }
 
-.wrap { display: flex; min-width: 0; height: 100%; }
+.wrap { display: flex; min-width: 0; height: 100%; container-type: inline-size; }
 .wrap.strip { flex-direction: row; align-items: stretch; }
 .wrap.panel { flex-direction: column; }
 
@@ -31,10 +31,13 @@ export const CSS = `
   display: flex; align-items: center; gap: .5em; flex: none;
   padding: .35em .6em; color: var(--_muted); font-size: .86em; white-space: nowrap;
 }
-.strip .controls { border-right: 1px solid var(--_border); }
+/* The strip's controls keep one width whatever they say ("Prices at 14:32 UTC" before the
+   script runs, then "Connecting…", "Live"), so the quotes beside them never shift. */
+.strip .controls { border-right: 1px solid var(--_border); width: 13.5em; }
 .panel .controls { justify-content: space-between; border-bottom: 1px solid var(--_border); }
 .controls[hidden] { display: none; }
-.state { display: inline-flex; align-items: center; gap: .4em; }
+.state { display: inline-flex; align-items: center; gap: .4em; flex: 1 1 auto; min-width: 0; }
+.status { overflow: hidden; text-overflow: ellipsis; }
 .dot {
   width: .62em; height: .62em; border-radius: 50%; flex: none;
   background: var(--_muted); border: 1px solid transparent;
@@ -47,6 +50,7 @@ button {
   font: inherit; font-size: 1em; color: var(--_fg); background: var(--_bg);
   border: 1px solid var(--_border); border-radius: 4px; padding: .15em .6em;
   cursor: pointer; display: inline-flex; align-items: center; gap: .35em; min-height: 24px;
+  flex: none;
 }
 button:hover { border-color: var(--_muted); }
 button[aria-pressed="true"] { background: var(--_fg); color: var(--_bg); border-color: var(--_fg); }
@@ -60,24 +64,37 @@ button:focus-visible, .viewport:focus-visible, .list:focus-visible {
 [aria-pressed="true"] .icon {
   border: 0; background: currentColor; clip-path: polygon(0 0, 100% 50%, 0 100%);
 }
+/* A narrow strip (a phone, a sidebar): the Pause button shows its icon only (its name is
+   still read) and the status keeps what fits. */
+@container (max-width: 34em) {
+  .strip .controls { width: 7.4em; padding: .35em .45em; gap: .35em; }
+  .strip .pause { padding: .15em .45em; }
+  .strip .pause .label, .strip .asof-words {
+    position: absolute; width: 1px; height: 1px; overflow: hidden; clip-path: inset(50%);
+    white-space: nowrap;
+  }
+}
 
 .viewport { position: relative; flex: 1 1 auto; min-width: 0; overflow: hidden; }
-.strip .viewport { display: flex; align-items: center; }
+/* A box of its own size whose inside never changes the page around it (contain: strict),
+   so a new price lays out only this row, not the page. One line of items high. */
+.strip .viewport { display: flex; align-items: center; contain: strict; height: 2.1em; }
 .strip.still .viewport { overflow-x: auto; scrollbar-width: thin; }
+/* The belt carries the list and, while the strip scrolls, its echo: a second copy right
+   after it, so the loop never shows a gap or jumps back. Only its transform is animated
+   (in quote-ticker.js, with the Web Animations API), which the compositor runs: the page's
+   main thread does nothing per frame. */
+.belt { display: flex; flex: none; width: max-content; }
+.panel .belt { display: contents; }
 .track {
   list-style: none; margin: 0; padding: 0 .6em; display: flex; gap: 0;
   width: max-content; flex: none; white-space: nowrap;
 }
+.echo { display: none; }
+.moving .echo { display: flex; }
 .strip .row { padding: .35em .9em; border-right: 1px solid var(--_border); }
 .strip .row:last-child { border-right: 0; }
-.moving .track {
-  animation: qt-marquee var(--qt-duration, 30s) ease-in-out infinite alternate;
-}
-.moving .viewport:hover .track, .moving .viewport:focus-within .track { animation-play-state: paused; }
-@keyframes qt-marquee {
-  0%, 6% { transform: translateX(0); }
-  94%, 100% { transform: translateX(var(--qt-shift, 0px)); }
-}
+.moving .row:last-child { border-right: 1px solid var(--_border); }
 
 .panel .viewport { overflow: auto; flex: 1 1 auto; }
 .panel .track { display: block; width: auto; padding: 0; white-space: normal; }
@@ -120,14 +137,11 @@ button:focus-visible, .viewport:focus-visible, .list:focus-visible {
   overflow: hidden; clip-path: inset(50%); white-space: pre; vertical-align: top;
 }
 
-.flash-a.tick-up { animation: qt-flash-up-a .6s ease-out; }
-.flash-b.tick-up { animation: qt-flash-up-b .6s ease-out; }
-.flash-a.tick-down { animation: qt-flash-down-a .6s ease-out; }
-.flash-b.tick-down { animation: qt-flash-down-b .6s ease-out; }
-@keyframes qt-flash-up-a { from { background: var(--qt-flash-up, rgba(10, 122, 60, .22)); } to { background: transparent; } }
-@keyframes qt-flash-up-b { from { background: var(--qt-flash-up, rgba(10, 122, 60, .22)); } to { background: transparent; } }
-@keyframes qt-flash-down-a { from { background: var(--qt-flash-down, rgba(193, 38, 46, .2)); } to { background: transparent; } }
-@keyframes qt-flash-down-b { from { background: var(--qt-flash-down, rgba(193, 38, 46, .2)); } to { background: transparent; } }
+/* An update's flash: a tint behind the item for a moment, set and taken off by
+   quote-ticker.js (light/unlight) with the renders it does anyway, so it costs no frame of
+   its own. */
+.flash-up { background: var(--qt-flash-up, rgba(10, 122, 60, .22)); }
+.flash-down { background: var(--qt-flash-down, rgba(193, 38, 46, .2)); }
 
 .feed-stale .item, .feed-reconnecting .item { opacity: .62; }
 .spark { display: block; width: 100%; height: var(--qt-spark-height, 26px); overflow: visible; }
@@ -138,13 +152,12 @@ button:focus-visible, .viewport:focus-visible, .list:focus-visible {
 .row.flat .line { stroke: var(--_flat); }
 /* Rendered by the server (service/page.py) and not yet taken over by the script, or with
    no script at all: no status or Pause that cannot work, and no sparkline not drawn yet. */
-:host(:not(:defined)) .controls { visibility: hidden; }
+:host(:not(:defined)) .pause { display: none; }
 .spark:not(:has(.line[points])) { visibility: hidden; }
 .empty { padding: .35em .9em; color: var(--_muted); }
 .empty[hidden] { display: none; }
 
 @media (prefers-reduced-motion: reduce) {
-  .track, .item { animation: none !important; }
 }
 @media (forced-colors: active) {
   .dot { forced-color-adjust: none; }
