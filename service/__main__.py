@@ -7,16 +7,16 @@ worker processes on the same port (service/supervisor.py).
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import replace
 
 from . import logs
 from .settings import ConfigError, Settings
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m service",
         description="Serve live quotes over websockets at /ws, the ticker page at /, and "
@@ -29,10 +29,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="worker processes on the same port (env WORKERS, default 1)")
     # Internal: the supervisor's end of a worker's lifeline (service/supervisor.py).
     parser.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    logs.configure(os.environ.get("LOG_LEVEL", "INFO").upper())
+    return parser
+
+
+def load(argv: list[str] | None = None, env: Mapping[str, str] | None = None
+         ) -> tuple[argparse.Namespace, Settings]:
+    """The flags and every setting, checked before anything starts: a bad one ends the
+    process here with one line naming it, exit 2."""
+    args = build_parser().parse_args(argv)
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(env)
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
                                        ("workers", args.workers)) if v is not None}
         if overrides:
@@ -41,6 +47,12 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    return args, settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, settings = load(argv)
+    logs.configure(settings.log_level, settings.log_format)
 
     if args.worker_fd is not None:
         from .server import serve
@@ -49,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     if settings.workers > 1:
         from .supervisor import Supervisor
 
-        passed = [f"--{k}={v}" for k, v in overrides.items() if k != "workers"]
+        passed = [f"--{k}={v}" for k, v in (("host", args.host), ("port", args.port))
+                  if v is not None]
         raise SystemExit(Supervisor(settings, passed).run())
     from .server import serve
 

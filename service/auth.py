@@ -135,19 +135,26 @@ def grant_from(claims: dict[str, Any]) -> Grant:
 
 
 def load_key(path: str, algorithm: str | None) -> tuple[Any, str]:
-    """The public key of TOKEN_PUBLIC_KEY_FILE and the one algorithm it verifies."""
+    """The public key of TOKEN_PUBLIC_KEY_FILE and the one algorithm it verifies. Settings
+    reads it at start too, so a missing or wrong file stops the process there (exit 2)."""
+    accepts = "a readable PEM file holding an RSA (RS256) or a P-256 EC (ES256) public key"
     try:
-        key = load_pem_public_key(Path(path).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"TOKEN_PUBLIC_KEY_FILE {path!r}: not a readable PEM public key "
-                          f"({exc})") from None
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"TOKEN_PUBLIC_KEY_FILE must be {accepts}, got {path!r} (not a "
+                          f"readable PEM public key: {exc.strerror or exc})") from None
+    try:
+        key = load_pem_public_key(data)
+    except ValueError:
+        raise ConfigError(f"TOKEN_PUBLIC_KEY_FILE must be {accepts}, got {path!r} (not a "
+                          "readable PEM public key: no PEM public key in it)") from None
     if isinstance(key, rsa.RSAPublicKey):
         fits = "RS256"
     elif isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1":
         fits = "ES256"
     else:
-        raise ConfigError("TOKEN_PUBLIC_KEY_FILE must hold an RSA key (RS256) or a P-256 "
-                          "EC key (ES256)")
+        raise ConfigError(f"TOKEN_PUBLIC_KEY_FILE must be {accepts}, got {path!r} (its "
+                          f"key is {type(key).__name__.removeprefix('_')})")
     if algorithm is not None and algorithm != fits:
         raise ConfigError(f"TOKEN_ALGORITHM={algorithm} does not fit the key in "
                           f"TOKEN_PUBLIC_KEY_FILE ({fits})")

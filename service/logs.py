@@ -7,7 +7,6 @@ Call sites pass the facts as `extra={...}`; both formats show them.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -52,18 +51,18 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def configure(level: str | int = "INFO", *, json: bool | None = None) -> None:
+def configure(level: str | int = "INFO", log_format: str = "auto") -> None:
     """One handler on the root logger; uvicorn's loggers go through it too.
 
-    LOG_FORMAT=json|text overrides the terminal check."""
-    if json is None:
-        forced = os.environ.get("LOG_FORMAT", "").lower()
-        json = forced == "json" if forced in ("json", "text") else not sys.stderr.isatty()
+    `level` and `log_format` (json, text, or auto: JSON unless stderr is a terminal) are
+    LOG_LEVEL and LOG_FORMAT, which Settings has checked."""
+    fmt = log_format.lower()
+    json = fmt == "json" if fmt in ("json", "text") else not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers[:] = []

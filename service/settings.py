@@ -7,9 +7,14 @@ names the variable.
 
 from __future__ import annotations
 
+import importlib.util
+import ipaddress
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from .partitions import Layout
@@ -111,6 +116,13 @@ class Settings:
     sim_band_pct: float = 10.0
     sim_band_min: float = 1.0
     sim_seed: int | None = None
+    # Logs (service/logs.py): the level, and json, text or auto (JSON unless stderr is a
+    # terminal).
+    log_level: str = "INFO"
+    log_format: str = "auto"
+    # prometheus-client's multiprocess directory (service/metrics.py), read by that library
+    # itself: with WORKERS > 1 the supervisor empties it (or makes a temporary one).
+    prometheus_multiproc_dir: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -126,78 +138,122 @@ class Settings:
         return settings
 
     def check(self) -> None:
-        positive = ("heartbeat_s", "max_symbols", "max_client_msgs_per_s", "max_frame_bytes",
-                    "ws_max_size", "send_timeout_s", "redis_retry_max_s", "sim_rate",
-                    "publisher_heartbeat_s", "probe_interval_s", "probe_timeout_s",
-                    "max_connections", "max_connects_per_s", "workers", "tape_retention_s",
-                    "tape_max_len", "every_queue_bytes", "max_recovery")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name.upper()} must be positive, got {getattr(self, name)}")
-        if self.fanout_interval_ms < 0:
-            raise ConfigError(f"FANOUT_INTERVAL_MS must be 0 or positive, got {self.fanout_interval_ms}")
-        if self.tcp_send_buffer < 0:
-            raise ConfigError(f"TCP_SEND_BUFFER must be 0 (kernel default) or positive, "
-                              f"got {self.tcp_send_buffer}")
-        if self.drain_s < 0:
-            raise ConfigError(f"DRAIN_S must be 0 (close at once) or positive, got {self.drain_s}")
+        """Every value, alone and together, before anything starts: a bad one raises
+        ConfigError naming it, what it got and what it accepts (one line)."""
+        self._check_numbers()
+        if not _is_host(self.host):
+            raise _refused("host", "an IP address or a host name", self.host)
         if self.loop not in ("auto", "uvloop", "asyncio"):
-            raise ConfigError(f"LOOP must be auto, uvloop or asyncio, got {self.loop!r}")
+            raise _refused("loop", "auto, uvloop or asyncio", self.loop)
+        if self.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ConfigError("LOOP=uvloop needs the uvloop package, which is not installed: "
+                              "install it, or set LOOP=auto or asyncio")
         if self.workers > 1 and not self.redis_url:
             raise ConfigError(
                 f"WORKERS={self.workers} needs REDIS_URL: without Redis every worker would "
                 "simulate a market of its own and clients would see different prices on "
                 "each. Set REDIS_URL (and run `python -m publisher simulate`), or WORKERS=1.")
-        if self.feed_silence_s < 0:
-            raise ConfigError(f"FEED_SILENCE_S must be 0 (off) or positive, got {self.feed_silence_s}")
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"PORT must be 1-65535, got {self.port}")
         if self.ws_max_size < self.max_frame_bytes:
-            raise ConfigError("WS_MAX_SIZE must be at least MAX_FRAME_BYTES")
+            raise _refused("ws_max_size", f"at least MAX_FRAME_BYTES ({self.max_frame_bytes})",
+                           self.ws_max_size)
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise _refused("log_level", _one_of(LOG_LEVELS), self.log_level)
+        if self.log_format.lower() not in LOG_FORMATS:
+            raise _refused("log_format", _one_of(LOG_FORMATS) + " (auto: JSON unless stderr is "
+                           "a terminal)", self.log_format)
+        self._check_forwarded()
         self._check_security()
-        if not 1 <= self.redis_partitions <= 1024:
-            raise ConfigError(f"REDIS_PARTITIONS must be 1-1024, got {self.redis_partitions}")
         if not self.redis_prefix or any(c in self.redis_prefix for c in "{} "):
-            raise ConfigError(f"REDIS_PREFIX must be a non-empty name without braces or "
-                              f"spaces, got {self.redis_prefix!r}")
+            raise _refused("redis_prefix", "a non-empty name without braces or spaces",
+                           self.redis_prefix)
         self._check_tokens()
-        if self.redis_url is not None:
-            from .topology import check
+        self._check_metrics_dir()
+        self._check_redis_url()
 
-            try:
-                check(self.redis_url)
-            except ValueError as exc:
-                raise ConfigError(f"REDIS_URL {exc}: got {self.redis_url!r}") from None
+    def _check_numbers(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise _refused(f.name, "a finite number", value)
+        for name in POSITIVE:
+            if getattr(self, name) <= 0:
+                raise _refused(name, "positive", getattr(self, name))
+        for name, meaning in NON_NEGATIVE.items():
+            if getattr(self, name) < 0:
+                raise _refused(name, f"0 {meaning}or positive", getattr(self, name))
+        for name, (low, high, accepts) in RANGES.items():
+            if not low <= getattr(self, name) <= high:
+                raise _refused(name, accepts, getattr(self, name))
+
+    def _check_forwarded(self) -> None:
+        from .forwarded import check_trusted
+
+        try:
+            check_trusted(self.forwarded_allow_ips)
+        except ValueError as exc:
+            raise ConfigError(f"FORWARDED_ALLOW_IPS {exc}: got {self.forwarded_allow_ips!r}") from None
 
     def _check_tokens(self) -> None:
         if self.anonymous not in ("realtime", "delayed", "deny"):
-            raise ConfigError(f"ANONYMOUS must be realtime, delayed or deny, got {self.anonymous!r}")
-        if self.delay_s <= 0:
-            raise ConfigError(f"DELAY_S must be positive, got {self.delay_s}")
+            raise _refused("anonymous", "realtime, delayed or deny", self.anonymous)
         if self.token_secret is not None and self.token_public_key_file is not None:
             raise ConfigError("set TOKEN_SECRET (HS256) or TOKEN_PUBLIC_KEY_FILE (RS256/ES256), "
                               "not both: one algorithm is accepted")
         if self.token_secret is not None and len(self.token_secret.encode()) < 32:
-            raise ConfigError("TOKEN_SECRET must be at least 32 bytes: HS256 needs a key as "
-                              "long as its hash (RFC 7518 3.2)")
+            # A secret is never echoed: its length says enough.
+            raise ConfigError("TOKEN_SECRET must be at least 32 bytes (HS256 needs a key as "
+                              "long as its hash, RFC 7518 3.2), got "
+                              f"{len(self.token_secret.encode())} bytes")
         algorithm = self.token_algorithm
         if algorithm is not None and algorithm not in ("HS256", "RS256", "ES256"):
-            raise ConfigError(f"TOKEN_ALGORITHM must be HS256, RS256 or ES256, got {algorithm!r}")
+            raise _refused("token_algorithm", "HS256, RS256 or ES256", algorithm)
         if algorithm is not None and (algorithm == "HS256") != (self.token_secret is not None):
             raise ConfigError(f"TOKEN_ALGORITHM={algorithm} does not fit the key given: HS256 "
                               "goes with TOKEN_SECRET, RS256/ES256 with TOKEN_PUBLIC_KEY_FILE")
         if self.anonymous == "deny" and self.token_secret is None and self.token_public_key_file is None:
             raise ConfigError("ANONYMOUS=deny needs TOKEN_SECRET or TOKEN_PUBLIC_KEY_FILE: "
                               "otherwise no client could ever connect")
-        if self.token_grace_s < 0:
-            raise ConfigError(f"TOKEN_GRACE_S must be 0 or positive, got {self.token_grace_s}")
+        for name in ("token_issuer", "token_audience"):
+            value = getattr(self, name)
+            if value is not None and (value != value.strip() or not value.isprintable()):
+                # A stray space or newline would make every token fail the comparison.
+                raise _refused(name, "text without spaces at either end or control "
+                               "characters (a token's iss/aud must equal it)", value)
+        if self.token_public_key_file is not None:
+            from .auth import load_key
+
+            load_key(self.token_public_key_file, algorithm)
+
+    def _check_metrics_dir(self) -> None:
+        path = self.prometheus_multiproc_dir
+        if path is None:
+            return
+        accepts = ("a writable directory" if self.workers == 1 else
+                   "a writable directory, or one that can be made (WORKERS > 1 makes it)")
+        target = Path(path)
+        if not target.exists() and self.workers > 1:
+            # The supervisor makes it with its parents: the nearest existing one decides.
+            target = next(p for p in target.absolute().parents if p.exists())
+        if not target.exists():
+            raise _refused("prometheus_multiproc_dir", accepts, path, "it does not exist")
+        if not target.is_dir():
+            raise _refused("prometheus_multiproc_dir", accepts, path, f"{target} is not a directory")
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise _refused("prometheus_multiproc_dir", accepts, path, f"{target} is not writable")
+
+    def _check_redis_url(self) -> None:
+        if self.redis_url is None:
+            return
+        from .topology import check
+
+        try:
+            check(self.redis_url)
+        except ValueError as exc:
+            raise ConfigError(f"REDIS_URL {exc}: got {_without_password(self.redis_url)!r}") from None
 
     def _check_security(self) -> None:
         from . import security
 
-        if self.max_connections_per_ip < 0:
-            raise ConfigError(f"MAX_CONNECTIONS_PER_IP must be 0 (no cap) or positive, "
-                              f"got {self.max_connections_per_ip}")
         checks = (("allowed_origins", security.parse_origins),
                   ("frame_ancestors", security.parse_frame_ancestors),
                   ("metrics_token", security.check_metrics_token))
@@ -208,12 +264,72 @@ class Settings:
             try:
                 check(value)
             except ValueError as exc:
-                shown = "" if name == "metrics_token" else f": got {value!r}"
+                # A token is never echoed: its length says enough.
+                shown = (f", got {len(value)} characters" if name == "metrics_token"
+                         else f": got {value!r}")
                 raise ConfigError(f"{name.upper()} {exc}{shown}") from None
 
     @property
     def layout(self) -> Layout:
         return Layout(self.redis_prefix, self.redis_partitions)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("auto", "json", "text")
+POSITIVE = ("heartbeat_s", "max_symbols", "max_client_msgs_per_s", "max_frame_bytes",
+            "ws_max_size", "send_timeout_s", "redis_retry_max_s", "sim_rate",
+            "publisher_heartbeat_s", "probe_interval_s", "probe_timeout_s",
+            "max_connections", "max_connects_per_s", "workers", "tape_retention_s",
+            "tape_max_len", "every_queue_bytes", "max_recovery", "delay_s")
+# name -> what 0 means, for the message.
+NON_NEGATIVE = {"drain_s": "(close at once) ", "fanout_interval_ms": "(one fan-out per burst) ",
+                "tcp_send_buffer": "(kernel autotuning) ", "feed_silence_s": "(never stale) ",
+                "token_grace_s": "(close at once) ", "max_connections_per_ip": "(no cap) ",
+                "sim_band_pct": "", "sim_band_min": ""}
+# Values the kernel takes as a C int: SO_SNDBUF, and TCP_USER_TIMEOUT (SEND_TIMEOUT_S * 2 s).
+RANGES = {"port": (1, 65535, "1-65535"), "redis_partitions": (1, 1024, "1-1024"),
+          "tcp_send_buffer": (0, 2**31 - 1, "at most 2147483647"),
+          "send_timeout_s": (0, 1_000_000, "at most 1000000")}
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _is_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.removesuffix(".").split(".")
+        # An all-digit last label is a mistyped address, not a name (RFC 3696 2).
+        return (len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+                and not labels[-1].isdigit())
+    return True
+
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    return ", ".join(choices[:-1]) + " or " + choices[-1]
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _refused(name: str, accepts: str, got: object, why: str | None = None) -> ConfigError:
+    """`NAME must be ACCEPTS, got VALUE[ (WHY)]`: the one line a bad setting gets."""
+    because = f" ({why})" if why else ""
+    return ConfigError(f"{name.upper()} must be {accepts}, got {_shown(got)}{because}")
+
+
+def _without_password(url: str) -> str:
+    """REDIS_URL as given, its passwords masked: an error may go to a shared log."""
+    scheme, sep, rest = url.partition("://")
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    userinfo, at, hosts = rest[:end].rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.partition(":")[0] + ":***"
+    tail = re.sub(r"([?&][^=&]*password=)[^&]*", r"\1***", rest[end:])
+    return f"{scheme}{sep}{userinfo}{at}{hosts}{tail}"
 
 
 def _convert(name: str, default: Any, raw: str) -> Any:

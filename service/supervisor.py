@@ -154,7 +154,7 @@ class Supervisor:
     def _metrics_dir(self) -> None:
         """prometheus-client's multiprocess mode: every worker writes its values under one
         directory, which must start empty."""
-        given = os.environ.get(MULTIPROC_ENV)
+        given = self.settings.prometheus_multiproc_dir
         if given:
             self.metrics_dir = Path(given)
             self.metrics_dir.mkdir(parents=True, exist_ok=True)
