@@ -1,8 +1,10 @@
 """Command line: `python -m publisher simulate|replay` (console script `quote-publisher`).
 
 Exit codes: 0 success; 1 replay rejected lines or could not publish; 2 configuration or
-usage error; 128+N when stopped by signal N during a replay. The simulation treats
-SIGINT/SIGTERM as a normal stop and exits 0.
+usage error; 3 Redis refused REDIS_URL in a way retrying cannot fix (a wrong password or
+user, a database that does not exist, a command the ACL does not allow: the service's
+code for the same); 128+N when stopped by signal N during a replay. The simulation
+treats SIGINT/SIGTERM as a normal stop and exits 0.
 """
 
 from __future__ import annotations
@@ -16,17 +18,18 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import FrameType
 from typing import TextIO
 
 from redis.exceptions import RedisError
 
 from service import logs
-from service.settings import ConfigError, Settings
+from service.settings import LOG_LEVELS, ConfigError, Settings
+from service.supervisor import EXIT_CONFIG
 from service.topology import shown
 
-from .redis_sink import RedisSink, connect
+from .redis_sink import RedisRefused, RedisSink, connect
 from .replay import replay
 from .simulate import market_from_settings, run_simulation
 
@@ -54,8 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="publisher",
         description="Publish market quotes to Redis (REDIS_URL) for the quote service.",
     )
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", choices=LOG_LEVELS, help="default: LOG_LEVEL, INFO")
     commands = parser.add_subparsers(dest="command", required=True)
     sim = commands.add_parser("simulate", help="publish a simulated PSX market")
     sim.add_argument("--rate", type=_positive_float, default=None,
@@ -114,6 +116,10 @@ async def _simulate(settings: Settings, rate: float, seed: int | None) -> int:
                  settings.redis_partitions, settings.redis_prefix)
         await run_simulation(sink, market, rate, stop=stop,
                              retry_max_s=settings.redis_retry_max_s)
+    except RedisRefused as exc:
+        log.error("cannot use REDIS_URL (%s): redis refused the publisher: %s; stopping",
+                  shown(settings.redis_url), exc, extra={"event": "fatal", "reason": str(exc)})
+        return EXIT_CONFIG
     finally:
         stop.set()
         await heartbeats
@@ -135,6 +141,10 @@ async def _replay(settings: Settings, lines: Iterable[str]) -> int:
     redis = connect(settings.redis_url, backoff_cap_s=settings.redis_retry_max_s)
     try:
         result = await replay(RedisSink(redis, settings), lines)
+    except RedisRefused as exc:
+        print(f"publisher: cannot use REDIS_URL ({shown(settings.redis_url)}): redis refused "
+              f"the publisher: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except RedisError as exc:
         print(f"publisher: cannot publish to {shown(settings.redis_url)}: {exc}",
               file=sys.stderr)
@@ -157,17 +167,25 @@ def _raise_stopped(signum: int, frame: FrameType | None) -> None:
     raise _Stopped(signum)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+         ) -> tuple[argparse.Namespace, Settings]:
+    """The arguments and every setting, checked before anything starts: a bad one ends the
+    process here with one line naming it, exit 2 (as `python -m service` does)."""
     args = build_parser().parse_args(argv)
-    logs.configure(args.log_level)
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(env)
     except ConfigError as exc:
         print(f"publisher: {exc}", file=sys.stderr)
-        return 2
+        raise SystemExit(2) from None
     if settings.redis_url is None:
         print(f"publisher: {NO_REDIS_URL}", file=sys.stderr)
-        return 2
+        raise SystemExit(2)
+    return args, settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, settings = load(argv)
+    logs.configure(args.log_level or settings.log_level, settings.log_format)
 
     if args.command == "simulate":
         rate = settings.sim_rate if args.rate is None else args.rate

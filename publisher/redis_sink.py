@@ -27,6 +27,7 @@ from redis.exceptions import ConnectionError, NoScriptError, RedisError, Timeout
 
 from quote_client.quote import Quote, decode_payload
 from service import topology
+from service.feeds.redis_edge import is_refusal
 from service.settings import Settings
 
 log = logging.getLogger("publisher.redis")
@@ -95,6 +96,14 @@ return seqs
 """
 
 
+class RedisRefused(Exception):
+    """Redis said no before this publisher ever published (a wrong password or user, a
+    database that does not exist, a command or key its ACL does not allow): retrying
+    cannot fix that, so the publisher stops, as the service does (exit 3), instead of
+    retrying for ever. After a first publish a refusal is retried (a password being
+    rotated), as the service does after its first subscription."""
+
+
 def connect(url: str, *, retries: int = 3, backoff_cap_s: float = 1.0) -> topology.Client:
     """from_url gets no retries unless given `retry=` (redis-py 8's asyncio Connection:
     Retry(NoBackoff(), 0) by default); these cover a blip or a quick restart, and the
@@ -149,13 +158,26 @@ class RedisSink:
         self._last_seq: dict[str, int] = {}
         # The last quote published per symbol: what a Redis that lost its memory gets back.
         self._latest: dict[str, Quote] = {}
+        self._published = False
 
     async def publish(self, quotes: Sequence[Quote]) -> list[Quote]:
-        """The quotes with their seq, in the order given."""
-        out, lost = await self._publish(quotes)
-        if lost:
-            await self.restore(exclude={q.symbol for q in quotes})
+        """The quotes with their seq, in the order given. RedisRefused for a refusal before
+        any publish ever went through."""
+        try:
+            out, lost = await self._publish(quotes)
+            if lost:
+                await self.restore(exclude={q.symbol for q in quotes})
+        except Exception as exc:
+            self._raise_refused(exc)
+            raise
+        self._published = self._published or bool(out)
         return out
+
+    def _raise_refused(self, exc: Exception) -> None:
+        """RedisRefused if retrying cannot fix `exc` (service/feeds/redis_edge.py decides
+        what a refusal is, for the service and the publisher alike)."""
+        if is_refusal(exc) and not self._published:
+            raise RedisRefused(str(exc)) from exc
 
     async def restore(self, exclude: Collection[str] = ()) -> None:
         """Write back every symbol's last quote (seq still rising), so a Redis that came back
@@ -167,12 +189,19 @@ class RedisSink:
 
     async def resume(self) -> list[Quote]:
         """The latest state Redis holds (from an earlier run), remembered as our own so
-        seq continues and a lost Redis can be refilled with it.
+        seq continues and a lost Redis can be refilled with it. RedisRefused as `publish`.
 
         Also read: the single hash of the layout before partitions, and every partition of
         the count the last publisher recorded, so an upgrade or a changed REDIS_PARTITIONS
         carries every seq on. A symbol found where this layout does not put it is removed
         from there, so no service reads it twice."""
+        try:
+            return await self._resume()
+        except Exception as exc:
+            self._raise_refused(exc)
+            raise
+
+    async def _resume(self) -> list[Quote]:
         layout = self._layout
         (recorded,) = await self._each([("HGET", layout.record(), "partitions")])
         before = int(recorded) if recorded and recorded.isdigit() else layout.partitions

@@ -3,7 +3,8 @@
 Quotes go out in small batches every `tick_s`; the count per batch comes from the time
 that really passed plus a fractional carry, so the long-run rate is exact even when the
 event loop wakes late. A failing sink (Redis down) is logged and retried with back-off;
-the loop itself never dies of it.
+the loop itself never dies of it, except of a refusal that retrying cannot fix
+(RedisRefused: a wrong password, a command the ACL does not allow).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from quote_client.backoff import backoff
 from service.settings import Settings
 
 from .market import Market
+from .redis_sink import RedisRefused
 from .seed import load_instruments
 from .sink import QuoteSink
 
@@ -82,6 +84,8 @@ async def run_simulation(
             batch = market.next_quotes(count)
         try:
             await sink.publish(batch)
+        except RedisRefused:
+            raise  # retrying cannot fix it: the caller stops
         except Exception as exc:
             delay = backoff(failures, retry_max_s)
             failures += 1
