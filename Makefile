@@ -31,15 +31,22 @@ $(VENV)/.installed-test: $(VENV)/.installed-run
 	touch $@
 
 # Without REDIS_URL: one process, the simulated market in-process, no Redis needed.
-# With REDIS_URL: the publisher and the service as two processes through that Redis.
+# With REDIS_URL: the publisher and the service as two processes through that Redis. When
+# either exits, the other is stopped and waited for, so no line of it comes after make's,
+# and the recipe ends with the code of the one that exited first: make's "Error 2" is a bad
+# setting, "Error 3" Redis refusing REDIS_URL (make itself then exits 2, as on any error).
+# Ctrl-C reaches both. The loop polls: `wait -n` is not in POSIX sh.
 run: install
-	@if [ -n "$$REDIS_URL" ]; then \
-		$(PY) -m publisher simulate & pub=$$!; \
-		trap 'kill $$pub 2>/dev/null' EXIT INT TERM; \
-		$(PY) -m service; \
-	else \
-		$(PY) -m service; \
-	fi
+	@if [ -z "$$REDIS_URL" ]; then exec $(PY) -m service; fi; \
+	$(PY) -m publisher simulate & pub=$$!; \
+	$(PY) -m service & svc=$$!; \
+	trap 'kill -TERM $$pub $$svc 2>/dev/null' TERM; trap : INT; \
+	while kill -0 $$pub 2>/dev/null && kill -0 $$svc 2>/dev/null; do sleep 0.2; done; \
+	if kill -0 $$svc 2>/dev/null; then first=$$pub; other=$$svc; else first=$$svc; other=$$pub; fi; \
+	kill -TERM $$other 2>/dev/null; \
+	while kill -0 $$other 2>/dev/null; do sleep 0.2; done; \
+	wait $$first; code=$$?; wait $$other; code2=$$?; [ $$code -ne 0 ] || code=$$code2; \
+	exit $$code
 
 # The JavaScript client's dev dependencies (typescript and ws: the tests type-check its
 # examples with tsc and run it in Node), from its committed package-lock.json; again only
