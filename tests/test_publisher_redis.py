@@ -4,6 +4,7 @@ partition's part of a batch, each atomic."""
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 from collections.abc import AsyncIterator
 from typing import Any, Self
@@ -11,9 +12,12 @@ from typing import Any, Self
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
-from publisher.redis_sink import MAX_BATCH, RedisSink, connect, wire_body
+from publisher.market import Market
+from publisher.redis_sink import MAX_BATCH, RedisRefused, RedisSink, connect, wire_body
+from publisher.seed import load_instruments
+from publisher.simulate import run_simulation
 from publisher.sink import QuoteSink
 from quote_client.quote import Quote, decode_payload
 from service.partitions import Layout
@@ -263,3 +267,45 @@ async def test_a_changed_partition_count_carries_every_seq_on(client: aioredis.R
     assert await client.hget("re:layout", "partitions") == b"2"
     [after] = await sink.publish([q("S0")])
     assert after.seq == board["S0"] + 1
+
+
+@pytest.fixture
+async def acl_user(client: aioredis.Redis, redis_url: str) -> AsyncIterator[aioredis.Redis]:  # noqa: F811
+    """A client logged in as a user of its own, whose rights the test then takes away."""
+    await client.acl_setuser("pub", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                             commands=["+@all"], reset=True)
+    user = connect(redis_url.replace("redis://", "redis://pub:pw@"))
+    yield user
+    await user.aclose()
+    await client.acl_deluser("pub")
+
+
+async def rights(client: aioredis.Redis, change: str) -> None:
+    await client.acl_setuser("pub", enabled=True, commands=[change])  # enabled: else it is off
+
+
+async def test_a_refusal_before_the_first_publish_is_final(client: aioredis.Redis,
+                                                           acl_user: aioredis.Redis) -> None:
+    """A user without EVALSHA is refused its first batch: RedisRefused, which the loop does
+    not retry (it stops the publisher with exit 3); the same refusal after a first publish
+    is retried, as the service retries one after its first subscription."""
+    await rights(client, "-evalsha")
+    refused = RedisSink(acl_user, SETTINGS)
+    with pytest.raises(RedisRefused, match="no permissions to run the 'evalsha' command"):
+        await refused.publish([q("OGDC")])
+    market = Market(load_instruments(), random.Random(1))
+    with pytest.raises(RedisRefused):
+        await asyncio.wait_for(run_simulation(refused, market, 100, retry_max_s=0.05), 5)
+
+    await rights(client, "+evalsha")
+    sink = RedisSink(acl_user, SETTINGS)
+    await sink.publish([q("OGDC")])
+    await rights(client, "-evalsha")
+    with pytest.raises(NoPermissionError):
+        await sink.publish([q("OGDC")])
+
+
+async def test_resume_refused_is_final_too(client: aioredis.Redis, acl_user: aioredis.Redis) -> None:
+    await rights(client, "-hget")
+    with pytest.raises(RedisRefused, match="no permissions to run the 'hget' command"):
+        await RedisSink(acl_user, SETTINGS).resume()

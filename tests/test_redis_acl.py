@@ -19,6 +19,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -35,6 +36,7 @@ from redis.crc import key_slot
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 from redis.retry import Retry
 
+from service.supervisor import EXIT_CONFIG
 from tests.redis_cluster import RedisCluster
 from tests.redis_server import LAYOUT, RedisServer
 from tests.service_proc import (
@@ -340,6 +342,61 @@ def test_the_default_user_is_off_and_healthcheck_may_only_ping(server: RedisServ
     for user, password in (("publisher", PASSWORDS["quotes-service"]), ("admin", "")):
         with login(server.port, user, password) as wrong, pytest.raises(AuthenticationError):
             wrong.ping()
+
+
+# A refusal retrying cannot fix: the publisher stops on it as the service does (exit 3,
+# service/supervisor.py's EXIT_CONFIG), with one line naming REDIS_URL and the reason.
+
+REFUSALS = {
+    "a wrong password": ("publisher", "not-the-password", 0, "invalid username-password pair"),
+    "an unknown user": ("nobody", "any", 0, "invalid username-password pair"),
+    "a database that does not exist": ("publisher", None, 99, "DB index is out of range"),
+    # The service's user may read but not write: HGET, the publisher's first command.
+    "a command the ACL does not allow": ("quotes-service", None, 0, "no permissions"),
+}
+
+
+def refused_url(port: int, user: str, password: str | None, db: int) -> str:
+    return f"redis://{user}:{password or PASSWORDS[user]}@127.0.0.1:{port}/{db}"
+
+
+def publisher_run(redis_url: str, *argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "LOG_"))}
+    return subprocess.run([sys.executable, "-m", "publisher", *argv], cwd=ROOT, input=stdin,
+                          env={**env, "REDIS_URL": redis_url, "REDIS_RETRY_MAX_S": "1"},
+                          capture_output=True, text=True, timeout=15, check=False)
+
+
+def the_fatal_line(result: subprocess.CompletedProcess[str], reason: str, port: int) -> str:
+    """The reason is the publisher's last line, and nothing before it was a retry."""
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines, result.stderr
+    last = lines[-1]
+    assert "cannot use REDIS_URL" in last and reason in last, result.stderr
+    assert f"127.0.0.1:{port}" in last, last
+    for word in ("retrying", "starting afresh", "Traceback"):
+        assert word not in result.stderr, result.stderr
+    return last
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_the_publisher_stops_on_a_refusal_that_retrying_cannot_fix(server: RedisServer,
+                                                                     case: str) -> None:
+    user, password, db, reason = REFUSALS[case]
+    result = publisher_run(refused_url(server.port, user, password, db), "simulate")
+    last = the_fatal_line(result, reason, server.port)
+    assert orjson.loads(last)["event"] == "fatal"  # JSON: stderr is not a terminal
+    assert len(result.stderr.splitlines()) <= 2  # at most `simulating ...` before it
+    assert (password or PASSWORDS[user]) not in result.stderr
+
+
+def test_a_replay_stops_on_a_refusal_too(server: RedisServer) -> None:
+    seed = (ROOT / "publisher" / "data" / "psx_ticker.txt").read_text(encoding="utf-8")
+    result = publisher_run(refused_url(server.port, "publisher", "wrong", 0), "replay", "-",
+                           stdin=seed)
+    line = the_fatal_line(result, "invalid username-password pair", server.port)
+    assert line.startswith("publisher: ") and len(result.stderr.splitlines()) == 1
 
 
 def compose_healthcheck() -> str:

@@ -109,10 +109,8 @@ def environ_reads(path: Path) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(tree):
         key: ast.expr | None = None
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args
-                and node.func.attr == "get" and ast.unparse(node.func.value).endswith("environ")):
-            key = node.args[0]
-        elif isinstance(node, ast.Call) and ast.unparse(node.func).endswith("getenv") and node.args:
+        if (isinstance(node, ast.Call) and node.args
+                and ast.unparse(node.func).endswith(("environ.get", "getenv"))):
             key = node.args[0]
         elif isinstance(node, ast.Subscript) and ast.unparse(node.value).endswith("environ"):
             key = node.slice
