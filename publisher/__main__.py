@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import FrameType
 from typing import TextIO
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from service import logs
 from service.settings import LOG_LEVELS, ConfigError, Settings
@@ -109,7 +109,7 @@ async def _simulate(settings: Settings, rate: float, seed: int | None) -> int:
             resumed = market.resume(await sink.resume())
             if resumed:
                 log.info("resumed %d stocks from the state in Redis", resumed)
-        except RedisError as exc:
+        except (RedisError, RedisClusterException) as exc:
             log.warning("could not read the earlier state from Redis (%s); starting afresh", exc)
         log.info("simulating %d instruments at %g quotes/s into %s (%d partitions, %s:{P})",
                  len(market.symbols), rate, shown(settings.redis_url),
@@ -130,7 +130,7 @@ async def _simulate(settings: Settings, rate: float, seed: int | None) -> int:
 async def _heartbeats(sink: RedisSink, interval: float, stop: asyncio.Event) -> None:
     """Liveness for the services' silence check; Redis errors are the loop's to report."""
     while not stop.is_set():
-        with contextlib.suppress(RedisError):
+        with contextlib.suppress(RedisError, RedisClusterException):
             await sink.heartbeat()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)

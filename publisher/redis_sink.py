@@ -175,9 +175,13 @@ class RedisSink:
 
     def _raise_refused(self, exc: Exception) -> None:
         """RedisRefused if retrying cannot fix `exc` (service/feeds/redis_edge.py decides
-        what a refusal is, for the service and the publisher alike)."""
-        if is_refusal(exc) and not self._published:
-            raise RedisRefused(str(exc)) from exc
+        what a refusal is, for the service and the publisher alike). redis-py's cluster
+        client raises its own exception with the refusal as the cause."""
+        cause: BaseException | None = exc
+        while cause is not None and not self._published:
+            if is_refusal(cause):
+                raise RedisRefused(str(cause)) from exc
+            cause = cause.__cause__
 
     async def restore(self, exclude: Collection[str] = ()) -> None:
         """Write back every symbol's last quote (seq still rising), so a Redis that came back

@@ -22,7 +22,7 @@ from publisher.sink import QuoteSink
 from quote_client.quote import Quote, decode_payload
 from service.partitions import Layout
 from service.settings import Settings
-from tests.redis_server import redis_url  # noqa: F401
+from tests.redis_server import redis_server, redis_url  # noqa: F401
 
 # One partition: a batch is one script call and one message, as the tests below count.
 SETTINGS = Settings(redis_prefix="test", redis_partitions=1)
@@ -309,3 +309,14 @@ async def test_resume_refused_is_final_too(client: aioredis.Redis, acl_user: aio
     await rights(client, "-hget")
     with pytest.raises(RedisRefused, match="no permissions to run the 'hget' command"):
         await RedisSink(acl_user, SETTINGS).resume()
+
+
+async def test_a_cluster_that_refuses_the_login_is_final() -> None:
+    """redis-py's cluster client wraps the refusal in its own exception: still final."""
+    with redis_server(args=["--requirepass", "right-password"]) as server:
+        client = connect(f"redis+cluster://:wrong@127.0.0.1:{server.port}")
+        try:
+            with pytest.raises(RedisRefused, match="invalid username-password pair"):
+                await RedisSink(client, SETTINGS).resume()
+        finally:
+            await client.aclose()
