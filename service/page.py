@@ -80,14 +80,16 @@ def line_of(p: Parts) -> str:
 
 def item_html(p: Parts) -> str:
     """quote-ticker.js fill(): SYM␠PRICE[␠words␠]▲␠CHANGE␠(PCT%), indices ◭ without text
-    and without the space after it."""
+    and without the space after it; each number's room in characters (w<n>) as fill()
+    starts it."""
     arrow = ('<span class="tri" aria-hidden="true"></span>' if p.kind == "index"
              else f'<span class="arw" aria-hidden="true">{escape(p.arrow)}</span> ')
     return (f'<span class="item {p.direction}" part="item" data-symbol="{escape(p.symbol)}">'
-            f'<b class="sym">{escape(p.symbol)}</b> <span class="px">{escape(p.price)}</span>'
+            f'<b class="sym">{escape(p.symbol)}</b> '
+            f'<span class="px w{len(p.price)}">{escape(p.price)}</span>'
             f'<span class="vh"> {escape(p.words)} </span><span class="br" aria-hidden="true"></span>'
-            f'{arrow}<span class="chg">{escape(p.change)}</span> '
-            f'<span class="pct">{escape(p.pct)}</span></span>')
+            f'{arrow}<span class="chg w{len(p.change)}">{escape(p.change)}</span> '
+            f'<span class="pct w{len(p.pct)}">{escape(p.pct)}</span></span>')
 
 
 # quote-ticker.js makeRow(): the panel's sparkline, drawn by the widget from /history.

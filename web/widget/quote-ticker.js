@@ -87,6 +87,9 @@ function tokenExpiry(token) {
 
 const FLASH_MIN_GAP_MS = 400; // at most 2.5 flashes a second per item (WCAG 2.3.1: < 3)
 const FLASH_MS = 700; // how long a changed item stays highlighted
+// formatQuote()'s numbers whose room only grows (fill()), and their spans' classes.
+const WIDE_PARTS = ['price', 'change', 'pct'];
+const WIDE_NODE = { price: 'px', change: 'chg', pct: 'pct' };
 const RETIME_MS = 10000; // the strip's loop follows small width changes this often at most
 const HISTORY_MAX = 240; // sparkline points kept per symbol (thinned past twice that)
 const SVG_NS = 'http://www.w3.org/2000/svg';
@@ -422,7 +425,11 @@ export class QuoteTicker extends ElementBase {
       const svg = row.querySelector('svg.spark');
       const spark = svg && { svg, base: svg.querySelector('.base'), line: svg.querySelector('.line') };
       const kind = parts.arw.classList.contains('tri') ? 'index' : 'stock';
-      this.rows.set(symbol, { row, item, kind, parts, spark: spark && spark.line ? spark : null, twin: null });
+      const wide = {};
+      for (const k of WIDE_PARTS) wide[k] = Number((/\bw(\d+)\b/.exec(parts[WIDE_NODE[k]].className) || [])[1]) || 0;
+      this.rows.set(symbol, {
+        row, item, kind, parts, spark: spark && spark.line ? spark : null, twin: null, wide,
+      });
     }
     this.makeEcho();
     if (this.rowsLayout === 'strip') for (const r of this.rows.values()) this.makeTwin(r);
@@ -821,15 +828,20 @@ export class QuoteTicker extends ElementBase {
   /** Show quote q in row r (and in its twin in the strip's echo). */
   fill(r, q) {
     const p = formatQuote(q);
-    this.fillItem(r, p);
-    if (r.twin) this.fillItem(r.twin, p);
+    // The numbers' widths only ever grow (in characters, `w<n>` classes, as the server
+    // renders them): a price of fewer digits leaves its room, so the items after it do not
+    // move (no layout shift), and the echo stays exactly as wide as the row.
+    r.wide ||= {};
+    for (const k of WIDE_PARTS) r.wide[k] = Math.max(r.wide[k] || 0, p[k].length);
+    this.fillItem(r, p, r.wide);
+    if (r.twin) this.fillItem(r.twin, p, r.wide);
     if (r.spark) this.drawSpark(r.spark, q);
   }
 
   /** Build (once per kind) and update an item's text nodes, touching only what changed.
    * Data only ever goes in through textContent: a symbol like `<img src=x>` shows as
    * those characters. */
-  fillItem(copy, p) {
+  fillItem(copy, p, wide) {
     const { item } = copy;
     if (copy.kind !== p.kind) {
       item.textContent = '';
@@ -857,6 +869,11 @@ export class QuoteTicker extends ElementBase {
       if (node.textContent !== text) node.textContent = text;
     };
     set(parts.sym, p.symbol);
+    for (const k of WIDE_PARTS) {
+      const node = parts[WIDE_NODE[k]];
+      const cls = `${WIDE_NODE[k]} w${wide[k]}`;
+      if (node.className !== cls) node.className = cls;
+    }
     set(parts.px, p.price);
     set(parts.vh, ` ${p.words} `);
     if (p.kind !== 'index') set(parts.arw, p.arrow);
