@@ -4,7 +4,17 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 
-COPY pyproject.toml README.md ./
+# The dependencies first, read from the two pyproject files alone: this layer is rebuilt
+# when they change, not on every change to the code. (psx-quote-client is the client
+# package below, not on an index.)
+COPY pyproject.toml ./
+COPY clients/python/pyproject.toml ./clients/python/
+RUN python -c "import tomllib; deps = [d for f in ('clients/python/pyproject.toml', 'pyproject.toml') for d in tomllib.load(open(f, 'rb'))['project']['dependencies'] if not d.startswith('psx-quote-client')]; open('/tmp/requirements.txt', 'w').write('\n'.join(deps))" \
+    && pip install --no-compile -r /tmp/requirements.txt 'setuptools>=77' \
+    && rm /tmp/requirements.txt \
+    && useradd --system --uid 10001 --home-dir /app quotes
+
+COPY README.md ./
 COPY clients/python ./clients/python
 COPY service ./service
 COPY publisher ./publisher
@@ -13,9 +23,8 @@ COPY web ./web
 COPY clients/js/src ./clients/js/src
 COPY docs/asyncapi.yaml ./docs/asyncapi.yaml
 # The client package (psx-quote-client, which the server depends on) from its path, in the
-# same resolve as the server.
-RUN pip install --no-compile ./clients/python . \
-    && useradd --system --uid 10001 --home-dir /app quotes
+# same resolve as the server; everything else is installed above, so nothing is fetched.
+RUN pip install --no-compile --no-build-isolation ./clients/python .
 
 USER quotes
 # The packages run from /app so the service finds web/ beside them.

@@ -1,28 +1,46 @@
-"""docker-compose.yml cannot be run here (no Docker engine), so check what it promises:
-its structure, and that every command it names exists in this project."""
+"""docker-compose.yml: first what it promises (its structure, and that every command it
+names exists in this project), then the stack for real: the image built from the Dockerfile
+and every profile brought up with docker-compose on a Docker engine the test starts itself
+(tests/docker_engine.py), quotes read on every published port, nginx's spread over its
+instances, and everything taken down again. Where no engine can be started (not root, no
+dockerd) the live part skips, saying why."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import secrets
 import subprocess
 import sys
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import orjson
 import pytest
 import yaml
 
 from service.app import create_app
 from service.settings import Settings
 from service.topology import cluster
+from tests import docker_engine
+from tests.docker_engine import ARTIFACTS, Engine
+from tests.redis_server import free_port
+from tests.service_proc import http_get
+from tests.wsclient import connect, recv, recv_type
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
 
 
 def test_three_services_started_in_order_of_health(compose: dict[str, Any]) -> None:
@@ -36,7 +54,7 @@ def test_three_services_started_in_order_of_health(compose: dict[str, Any]) -> N
         assert services[name]["restart"] in ("unless-stopped", "always", "on-failure")
     for name in ("redis", "service"):
         assert services[name]["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
-    assert "8000:8000" in services["service"]["ports"]
+    assert [interpolated(p) for p in services["service"]["ports"]] == ["8000:8000"]
 
 
 def test_an_optional_replica_shares_the_redis(compose: dict[str, Any]) -> None:
@@ -88,6 +106,44 @@ def test_dockerfile_is_slim_and_runs_as_a_user() -> None:
     assert "[test]" not in dockerfile
     for copied in re.findall(r"^COPY (\S+)", dockerfile, re.MULTILINE):
         assert (ROOT / copied).exists(), copied
+
+
+# Each published port: "${QUOTES_..._PORT:-default}:container port", so the README's plain
+# commands publish the defaults and a test (or a busy host) can move them.
+PUBLISHED = {"service": "QUOTES_PORT", "service-replica": "QUOTES_REPLICA_PORT",
+             "nginx": "QUOTES_LB_PORT", "service-cluster": "QUOTES_CLUSTER_PORT"}
+
+
+def test_published_ports_come_from_variables_and_no_redis_is_published(
+        compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    published = {name: spec["ports"] for name, spec in services.items() if "ports" in spec}
+    assert set(published) == set(PUBLISHED), "only the services and nginx are published"
+    defaults = []
+    for name, ports in published.items():
+        assert len(ports) == 1, (name, ports)
+        found = re.fullmatch(r"\$\{(\w+):-(\d+)\}:(\d+)", ports[0])
+        assert found is not None, (name, ports[0])
+        assert found.group(1) == PUBLISHED[name], name
+        assert found.group(3) == ("80" if name == "nginx" else "8000"), name
+        defaults.append(found.group(2))
+    assert len(defaults) == len(set(defaults)), "two services on one host port"
+    # The README names the variables, and the file's header too.
+    header = (ROOT / "docker-compose.yml").read_text().split("\nx-redis-acl")[0]
+    readme = (ROOT / "README.md").read_text()
+    for variable in PUBLISHED.values():
+        assert variable in header and variable in readme, variable
+
+
+def test_the_build_context_holds_what_the_dockerfile_copies() -> None:
+    """.dockerignore lists what goes in (the rest, .venv and node_modules included, stays
+    out): every COPY source must be among it."""
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in ignore, "an allowlist"
+    kept = [line[1:] for line in ignore if line.startswith("!")]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for copied in re.findall(r"^COPY (\S+)", dockerfile, re.MULTILINE):
+        assert any(copied == k or copied.startswith(k + "/") for k in kept), copied
 
 
 def test_the_lb_profile_puts_nginx_in_front_of_two_instances(compose: dict[str, Any]) -> None:
@@ -183,9 +239,7 @@ def test_publisher_and_service_share_the_cluster_nodes(compose: dict[str, Any]) 
             "redis-cluster-init": {"condition": "service_completed_successfully"}}, name
         assert services[name]["restart"] in ("unless-stopped", "always", "on-failure")
     service = services["service-cluster"]
-    assert "8002:8000" in service["ports"]
-    published = [p for s in services.values() for p in s.get("ports", [])]
-    assert len(published) == len(set(published)), "two services on one host port"
+    assert [interpolated(p) for p in service["ports"]] == ["8002:8000"]
     assert service["healthcheck"] == services["service"]["healthcheck"]
 
 
@@ -296,3 +350,236 @@ def test_the_two_users_hold_their_own_keys_and_channels() -> None:
                 "+script|load", "+fcall", "+@all", "+@write"} & set(root)
     for rules in (publisher, service):
         assert not any(w.startswith(("~*", "&*", "allkeys", "allchannels", "+@all")) for w in rules)
+
+
+# The stack for real: docker-compose on an engine of the test's own.
+
+PROJECT = "psxquotestest"
+PROFILES = ("replica", "lb", "cluster")
+BEHIND_NGINX = ("service-1", "service-2")
+UP_TIMEOUT_S = 180.0
+# Cold (no cached rootfs, layers or images) it runs debootstrap and a full image build.
+LIVE_TIMEOUT_S = 1200
+
+
+@dataclass
+class Stack:
+    engine: Engine
+    ports: dict[str, int]  # published service -> its port on 127.0.0.1
+    timings: dict[str, float] = field(default_factory=dict)
+    stand_ins: list[str] = field(default_factory=list)
+
+    def containers(self) -> list[dict[str, Any]]:
+        ids = self.engine.docker("ps", "-aq", "--filter",
+                                 f"label=com.docker.compose.project={PROJECT}").stdout.split()
+        return self.engine.inspect("container", *ids) if ids else []
+
+    def container(self, service: str) -> dict[str, Any]:
+        found = [c for c in self.containers() if service_of(c) == service]
+        assert len(found) == 1, (service, len(found))
+        return found[0]
+
+
+def service_of(container: dict[str, Any]) -> str:
+    return str(container["Config"]["Labels"]["com.docker.compose.service"])
+
+
+def services_in(compose: dict[str, Any], profiles: tuple[str, ...]) -> set[str]:
+    """What `up` with these profiles starts: the services without a profile, and theirs."""
+    return {name for name, spec in compose["services"].items()
+            if not spec.get("profiles") or set(spec["profiles"]) & set(profiles)}
+
+
+def base_images(compose: dict[str, Any]) -> list[str]:
+    """The images the stack runs but does not build, and the Dockerfile's base."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    images = {m.group(1) for m in re.finditer(r"^FROM (\S+)", dockerfile, re.MULTILINE)}
+    images |= {spec["image"] for spec in compose["services"].values() if "build" not in spec}
+    return sorted(images)
+
+
+def not_up_yet(container: dict[str, Any]) -> str | None:
+    """Why this container is not yet what `up` promises (healthy; running, for one without
+    a healthcheck; exited 0 for the one-shot job), or None when it is. Raises on a state
+    that will not get better."""
+    state, name = container["State"], service_of(container)
+    restart = container["HostConfig"]["RestartPolicy"]["Name"]
+    if state["Status"] == "exited" and restart in ("", "no"):
+        assert state["ExitCode"] == 0, f"{name} exited with {state['ExitCode']}"
+        return None
+    if "Health" in state:
+        health = state["Health"]["Status"]
+        assert health != "unhealthy", f"{name} is unhealthy: {state['Health']['Log'][-1:]}"
+        return None if health == "healthy" else f"{name} is {health}"
+    return None if state["Status"] == "running" else f"{name} is {state['Status']}"
+
+
+def wait_until_up(stack: Stack, expected: set[str], timeout: float = UP_TIMEOUT_S) -> float:
+    """Seconds until every container of `expected` is up (not_up_yet); fails on timeout."""
+    started = time.monotonic()
+    waiting: list[str] = ["no container yet"]
+    while time.monotonic() - started < timeout:
+        containers = stack.containers()
+        unasked = {service_of(c) for c in containers} - expected
+        assert not unasked, f"containers this up did not ask for: {unasked}"
+        missing = expected - {service_of(c) for c in containers}
+        waiting = [f"{m} has no container" for m in sorted(missing)]
+        waiting += [w for c in containers if service_of(c) in expected and (w := not_up_yet(c))]
+        if not waiting:
+            return time.monotonic() - started
+        time.sleep(0.5)
+    pytest.fail(f"not up within {timeout:.0f}s: {'; '.join(waiting)}")
+
+
+@pytest.fixture(scope="module")
+def stack(compose: dict[str, Any]) -> Iterator[Stack]:
+    reason = docker_engine.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with docker_engine.cache_lock():
+        engine = Engine()
+        stack = Stack(engine, {name: free_port() for name in PUBLISHED})
+        env = {variable: f"127.0.0.1:{stack.ports[name]}" for name, variable in PUBLISHED.items()}
+        # Passwords of this run's own, through the variables the README names.
+        env |= {f"REDIS_{who}_PASSWORD": secrets.token_hex(12)
+                for who in ("PUBLISHER", "SERVICE", "ADMIN", "REPLICATION")}
+        project = ["-p", PROJECT, "-f", str(ROOT / "docker-compose.yml"),
+                   "--project-directory", str(ROOT)]
+        every = [word for profile in PROFILES for word in ("--profile", profile)]
+        log = ARTIFACTS / "compose.log"
+        log.unlink(missing_ok=True)
+
+        def timed(step: str, started: float) -> None:
+            stack.timings[step] = round(time.monotonic() - started, 1)
+
+        started = time.monotonic()
+        engine.start()
+        timed("engine", started)
+        try:
+            # What an interrupted run left (its containers restart with the engine).
+            engine.compose([*project, *every, "down", "-v", "--remove-orphans", "-t", "5"], env,
+                           log=log)
+            started = time.monotonic()
+            for image in base_images(compose):
+                if (warning := engine.ensure_image(image)) is not None:
+                    warnings.warn(warning, stacklevel=1)
+                    stack.stand_ins.append(image)
+            timed("base images", started)
+
+            started = time.monotonic()
+            built = {spec["image"] for spec in compose["services"].values() if "build" in spec}
+            assert len(built) == 1, built
+            # The host's network: where that is the only way out to the package index.
+            engine.docker("build", "--network", "host", "-t", built.pop(), str(ROOT),
+                          timeout=900, log=ARTIFACTS / "docker-build.log")
+            timed("image build", started)
+
+            started = time.monotonic()
+            engine.compose([*project, "up", "-d", "--no-build"], env, timeout=UP_TIMEOUT_S, log=log)
+            wait_until_up(stack, services_in(compose, ()))
+            timed("up (default)", started)
+            started = time.monotonic()
+            engine.compose([*project, *every, "up", "-d", "--no-build"], env, timeout=UP_TIMEOUT_S, log=log)
+            wait_until_up(stack, services_in(compose, PROFILES))
+            timed("up (every profile)", started)
+            yield stack
+        finally:
+            try:
+                logs = engine.compose([*project, *every, "logs", "--no-color"], env, check=False)
+                (ARTIFACTS / "compose-services.log").write_text(logs.stdout + logs.stderr)
+                started = time.monotonic()
+                engine.compose([*project, *every, "down", "-v", "--remove-orphans"], env, log=log)
+                timed("down", started)
+                label = f"label=com.docker.compose.project={PROJECT}"
+                left = {kind: engine.docker(*kind.split(), "-q", "--filter", label).stdout.split()
+                        for kind in ("ps -a", "volume ls", "network ls")}
+                # Images an earlier build left untagged: only the current one's layers stay.
+                engine.docker("image", "prune", "-f", check=False)
+            finally:
+                engine.stop()
+            print(f"\ncompose, every profile, for real: {stack.timings}"
+                  + (f"; stand-ins for {stack.stand_ins}" if stack.stand_ins else ""))
+            assert left == {"ps -a": [], "volume ls": [], "network ls": []}, f"down -v left {left}"
+
+
+@pytest.mark.timeout(LIVE_TIMEOUT_S)
+def test_every_profile_comes_up_and_publishes_only_its_ports(
+        stack: Stack, compose: dict[str, Any]) -> None:
+    containers = stack.containers()
+    assert {service_of(c) for c in containers} == services_in(compose, PROFILES)
+    assert all(not_up_yet(c) is None for c in containers)
+    for container in containers:
+        name = service_of(container)
+        bindings = {port: [(b["HostIp"], int(b["HostPort"])) for b in bound or []]
+                    for port, bound in container["NetworkSettings"]["Ports"].items()}
+        published = {port: bound for port, bound in bindings.items() if bound}
+        if name in PUBLISHED:
+            target = "80/tcp" if name == "nginx" else "8000/tcp"
+            assert published == {target: [("127.0.0.1", stack.ports[name])]}, (name, published)
+        else:
+            # No Redis (6379 is taken on this machine, and needs no outside door) and no
+            # instance behind nginx is reachable from the host.
+            assert published == {}, (name, published)
+
+
+async def board_of(port: int, timeout: float = 20.0) -> dict[str, Any]:
+    """GET /quotes once the board holds quotes and the feed is live."""
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status, raw = http_get(f"http://127.0.0.1:{port}/quotes")
+        body = orjson.loads(raw) if status == 200 else {"status": status}
+        if body.get("feed") == "live" and body.get("quotes"):
+            return body
+        await asyncio.sleep(0.2)
+    pytest.fail(f"no live board on :{port} within {timeout:.0f}s: {body}")
+
+
+@pytest.mark.timeout(LIVE_TIMEOUT_S)
+async def test_quotes_on_every_published_port(stack: Stack) -> None:
+    for name, port in stack.ports.items():
+        board = await board_of(port)
+        symbols = {q["symbol"] for q in board["quotes"]}
+        async with connect(f"ws://127.0.0.1:{port}/ws?symbols=*") as ws:
+            welcome = await recv(ws)
+            assert welcome["type"] == "welcome" and welcome["node"], (name, welcome)
+            snapshot = await recv_type(ws, "snapshot")
+            # The whole board at once, the same symbols REST showed (or more, if one
+            # appeared since).
+            assert symbols <= {q["symbol"] for q in snapshot["quotes"]}, name
+            assert all(q["price"] > 0 for q in snapshot["quotes"]), name
+            await recv_type(ws, "quotes", timeout=10)  # and it flows
+
+
+def worker_nodes(stack: Stack, service: str) -> set[str]:
+    """The node ids of an instance's workers, from its supervisor's worker_ready lines."""
+    container = stack.container(service)
+    result = stack.engine.docker("logs", container["Id"])
+    nodes = set()
+    for line in (result.stdout + result.stderr).splitlines():
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and entry.get("event") == "worker_ready":
+            nodes.add(str(entry["worker_node"]))
+    return nodes
+
+
+@pytest.mark.timeout(LIVE_TIMEOUT_S)
+async def test_nginx_spreads_clients_over_both_instances(stack: Stack) -> None:
+    instance_of = {node: service for service in BEHIND_NGINX for node in worker_nodes(stack, service)}
+    assert len(instance_of) == 2 * len(BEHIND_NGINX), "WORKERS=2 on each instance"
+    landed: list[str] = []
+    async with AsyncExitStack() as held:
+        # Held open together: least_conn sends each to the instance with the fewest.
+        for _ in range(6):
+            ws = await held.enter_async_context(
+                connect(f"ws://127.0.0.1:{stack.ports['nginx']}/ws?symbols=*"))
+            welcome = await recv(ws)
+            assert welcome["node"] in instance_of, (welcome["node"], instance_of)
+            landed.append(instance_of[welcome["node"]])
+            await recv_type(ws, "snapshot")
+    counts = {service: landed.count(service) for service in BEHIND_NGINX}
+    print(f"\n6 websockets through nginx: {counts}")
+    assert all(counts.values()), f"every connection on one instance: {counts}"
