@@ -101,5 +101,11 @@ lighthouse: install
 		{ echo "npm ci in $(LIGHTHOUSE)"; cd $(LIGHTHOUSE) && npm ci --no-audit --no-fund --loglevel=error; }
 	CHROME_PATH=$${CHROME_PATH:-/usr/bin/chromium} $(PY) $(LIGHTHOUSE)/run.py
 
+# The README's pictures (docs/screenshot.png, docs/screenshot-phone.png) from what `make run`
+# shows: the demo on a free port, Debian's Chromium at desktop and phone sizes.
+.PHONY: screenshot
+screenshot: install-test
+	$(PY) tools/screenshot.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache tests/artifacts *.egg-info $(JS_CLIENT)/node_modules

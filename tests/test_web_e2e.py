@@ -15,6 +15,7 @@ same Redis), so restarting it disturbs no other test.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -222,28 +223,19 @@ def test_updates_published_through_redis_reach_the_dom(seeded: Stack, page: Page
     assert page.evaluate("() => document.getElementById('ticker-strip').quote('OGDC').seq") >= 3
 
 
-# --- 7. screenshots for the README --------------------------------------------------------
+# --- 7. screenshots for the README ---------------------------------------------------------
 
-def test_screenshots_for_the_readme(seeded: Stack, browser: Browser) -> None:
-    DOCS.mkdir(exist_ok=True)
-    update = line("KSE100", 72_150.35, prev_close("KSE100"), kind="index")
-    for width, height, name in [(1280, 900, "screenshot.png"), (390, 844, "screenshot-phone.png")]:
-        page, log = open_page(browser, width, height)
-        try:
-            load_live(page, seeded.service.url + "/")
-            if width == 1280:
-                seeded.replay(update)  # one live update on the board (and a sparkline)
-            expect_line(page, "KSE100", update if width == 1280 else seeded.board()["KSE100"])
-            expect(page.locator(STRIP)).to_have_attribute("data-count", str(len(SEED)))
-            # Finite animations (the flash) end, the marquee rests at its start: repeatable.
-            page.screenshot(path=str(DOCS / name), animations="disabled", caret="hide")
-            assert not log.errors, log.errors
-            if width == 390:
-                assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
-        finally:
-            page.context.close()
-    for name in ("screenshot.png", "screenshot-phone.png"):
-        assert (DOCS / name).stat().st_size > 10_000, name
+def test_make_screenshot_takes_the_readme_pictures_from_the_demo(tmp_path: Path) -> None:
+    """`make screenshot` (tools/screenshot.py): the demo as `make run` starts it, in
+    Chromium at desktop and phone sizes; here into a folder of the test's own."""
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "screenshot.py"), "--out",
+                             str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stderr
+    for name, width in (("screenshot.png", 1280), ("screenshot-phone.png", 390)):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
+        assert int.from_bytes(data[16:20], "big") == width, name  # the PNG's IHDR width
+    assert (ROOT / "docs" / "screenshot.png").is_file()
 
 
 # --- 4. a hostile symbol in the page's query ----------------------------------------------

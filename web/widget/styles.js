@@ -120,6 +120,7 @@ button:focus-visible, .viewport:focus-visible, .list:focus-visible {
 /* The numbers keep the most room they have needed (quote-ticker.js fill()), so a shorter
    price or percentage never pulls the items after it. */
 .px, .chg, .pct { display: inline-block; }
+.px, .chg { text-align: right; }
 .w1 { min-width: 1ch; } .w2 { min-width: 2ch; } .w3 { min-width: 3ch; } .w4 { min-width: 4ch; }
 .w5 { min-width: 5ch; } .w6 { min-width: 6ch; } .w7 { min-width: 7ch; } .w8 { min-width: 8ch; }
 .w9 { min-width: 9ch; } .w10 { min-width: 10ch; } .w11 { min-width: 11ch; } .w12 { min-width: 12ch; }
