@@ -59,7 +59,7 @@ _COUNTERS = {
 }
 # Connections turned away, by reason (label) -> the hub's stats key.
 _REFUSED = {"capacity": "connections_refused", "origin": "refused_origin",
-            "per_address": "refused_per_address"}
+            "per_address": "refused_per_address", "address_rate": "refused_address_rate"}
 _STATS = {"quotes_received": "quotes_in", "quotes_stale_dropped": "quotes_stale_dropped",
           "feed_junk_dropped": "junk_dropped", "redis_reconnects": "redis_reconnects",
           "slow_client_disconnects": "slow_consumer_closed",
@@ -81,7 +81,8 @@ class Metrics:
             "quote_service_connections_refused",
             "Websockets and SSE streams turned away, by reason: capacity (MAX_CONNECTIONS or "
             "MAX_CONNECTS_PER_S: close 1013, SSE 503), origin (ALLOWED_ORIGINS: HTTP 403), "
-            "per_address (MAX_CONNECTIONS_PER_IP: close 1008, SSE 429).",
+            "per_address (MAX_CONNECTIONS_PER_IP: close 1008, SSE 429), address_rate "
+            "(MAX_CONNECTS_PER_IP_PER_S: close 1013, SSE 503).",
             ["reason"], registry=registry)
         for reason in _REFUSED:
             self.refused.labels(reason)

@@ -5,11 +5,20 @@
   upgrade (or the stream) with HTTP 403; a request without the header (another service, a
   script, curl: no browser page can leave it out) is not refused for that. `*` (the
   default) allows every origin.
-- **Connections per address** (`MAX_CONNECTIONS_PER_IP`, per worker): past it a websocket is
-  accepted and closed with 1008 "too many connections from this address", an SSE stream gets
-  HTTP 429. The address is the real client's behind a trusted proxy: uvicorn's
-  ProxyHeadersMiddleware (service/forwarded.py) sets the scope's `client` before the app sees
-  it, the websocket that QuoteApp serves ahead of Starlette's middleware included.
+- **New connections per address** (`MAX_CONNECTS_PER_IP_PER_S`, burst
+  `MAX_CONNECTS_PER_IP_BURST`, per worker): a token bucket per address (an IPv6 one by its
+  /64, which one subscriber holds); past it a websocket is accepted and closed with 1013
+  (try again later: clients come back with jittered back-off), an SSE stream gets HTTP 503.
+  This, not a cap on open connections, is the default: an office NAT or a carrier's CGNAT
+  puts thousands of readers behind one address, and they arrive over time, while a flood
+  from one address stays bounded by the rate and by MAX_CONNECTIONS. Idle buckets are
+  dropped, so the table holds only the addresses seen in the last burst/rate seconds.
+- **Open connections per address** (`MAX_CONNECTIONS_PER_IP`, per worker; 0, the default:
+  no cap): past it a websocket is accepted and closed with 1008 "too many connections from
+  this address", an SSE stream gets HTTP 429. The address is the real client's behind a
+  trusted proxy: uvicorn's ProxyHeadersMiddleware (service/forwarded.py) sets the scope's
+  `client` before the app sees it, the websocket that QuoteApp serves ahead of Starlette's
+  middleware included.
 - **Headers** (`SecurityHeaders`, on HTTP responses only): `X-Content-Type-Options: nosniff`
   and `Referrer-Policy` on every one; a Content-Security-Policy on every one that has none of
   its own: for HTML, framing (`FRAME_ANCESTORS`) and no plugins or `<base>`; for anything
@@ -28,19 +37,20 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import ipaddress
 import logging
 import re
 from collections import Counter
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from .limits import TokenBucket
-from .protocol import CLOSE_POLICY
+from .limits import KeyedBuckets, TokenBucket
+from .protocol import CLOSE_POLICY, CLOSE_TRY_AGAIN
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -50,6 +60,8 @@ log = logging.getLogger("service.security")
 ANY = "*"
 # A websocket refused for its address: accepted, then closed with 1008 and this reason.
 TOO_MANY_REASON = "too many connections from this address"
+# A websocket refused for its address's connect rate: accepted, then closed with 1013.
+TOO_FAST_REASON = "too many new connections from this address, try again later"
 # Retry-After of an SSE stream refused for its address, in seconds.
 RETRY_AFTER_S = 5
 REFERRER_POLICY = "strict-origin-when-cross-origin"
@@ -147,14 +159,38 @@ def client_address(scope: Scope) -> str | None:
     return str(client[0]) if client else None
 
 
+def rate_key(address: str) -> str:
+    """Whose connect rate an address counts against: IPv4 as it is, IPv6 by its /64 (one
+    subscriber's, which a host can fill with addresses at will)."""
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address.partition("%")[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+
+
+# Why a connection was refused for its address: its connect rate, or its open connections.
+Refusal = Literal["rate", "cap"]
+
+
 class Gate:
-    """What a websocket or an SSE request passes before it is served: its origin, and its
-    address's share of the connections (counted here while each is served)."""
+    """What a websocket or an SSE request passes before it is served: its origin, its
+    address's connect rate, and its address's share of the open connections (counted here
+    while each is served)."""
 
     def __init__(self, settings: Settings, stats: Counter[str]) -> None:
         self.origins = parse_origins(settings.allowed_origins)
         self.per_address = settings.max_connections_per_ip
         self.held: Counter[str] = Counter()
+        self.rates = (KeyedBuckets(settings.max_connects_per_ip_per_s,
+                                   settings.max_connects_per_ip_burst)
+                      if settings.max_connects_per_ip_per_s > 0 else None)
+        self.rate_text = (f"{settings.max_connects_per_ip_per_s}/s, burst "
+                          f"{settings.max_connects_per_ip_burst}")
         # The hub's stats: metrics.py reads the refusals from there.
         self.stats = stats
         self._log = TokenBucket(1)
@@ -172,19 +208,28 @@ class Gate:
                    origin=raw[:200])
         return False
 
-    def enter(self, address: str | None) -> bool:
-        """Count a connection of `address` in, or refuse it (False, counted and logged)
-        when the address holds MAX_CONNECTIONS_PER_IP already. Every True needs its
-        `leave`. An unknown address (no client in the scope) is not counted."""
-        if address is None or self.per_address <= 0:
-            return True
+    def enter(self, address: str | None) -> Refusal | None:
+        """Count a connection of `address` in (None), or refuse it, counted and logged:
+        "rate" when the address opened MAX_CONNECTS_PER_IP_PER_S (and the burst) already,
+        "cap" when it holds MAX_CONNECTIONS_PER_IP. Every None needs its `leave`. An
+        unknown address (no client in the scope) is not counted."""
+        if address is None:
+            return None
+        if self.rates is not None and not self.rates.take(
+                rate_key(address), asyncio.get_running_loop().time()):
+            self.stats["refused_address_rate"] += 1
+            self._warn(None, "address_rate", f"new connections from {address} over "
+                       f"{self.rate_text} (MAX_CONNECTS_PER_IP_PER_S)", client=address)
+            return "rate"
+        if self.per_address <= 0:
+            return None
         if self.held[address] >= self.per_address:
             self.stats["refused_per_address"] += 1
             self._warn(None, "per_address", f"{self.held[address]} connections from {address} "
                        "already (MAX_CONNECTIONS_PER_IP)", client=address)
-            return False
+            return "cap"
         self.held[address] += 1
-        return True
+        return None
 
     def leave(self, address: str | None) -> None:
         if address is None or self.per_address <= 0:
@@ -203,10 +248,14 @@ class Gate:
             await refuse_websocket_origin(scope, receive, send)
             return False, None
         address = client_address(scope)
-        if not self.enter(address):
+        refusal = self.enter(address)
+        if refusal is not None:
             websocket = WebSocket(scope, receive, send)
             await websocket.accept()
-            await websocket.close(CLOSE_POLICY, TOO_MANY_REASON)
+            if refusal == "rate":
+                await websocket.close(CLOSE_TRY_AGAIN, TOO_FAST_REASON)
+            else:
+                await websocket.close(CLOSE_POLICY, TOO_MANY_REASON)
             return False, None
         return True, address
 
@@ -229,6 +278,17 @@ def too_many_response() -> Response:
     return JSONResponse({"error": "too_many_connections", "message": TOO_MANY_REASON},
                         status_code=429, headers={"Access-Control-Allow-Origin": "*",
                                                   "Retry-After": str(RETRY_AFTER_S)})
+
+
+def too_fast_response() -> Response:
+    """An SSE stream refused for its address's connect rate: 503, as for MAX_CONNECTS_PER_S."""
+    return JSONResponse({"error": "try_again_later", "message": TOO_FAST_REASON},
+                        status_code=503, headers={"Access-Control-Allow-Origin": "*",
+                                                  "Retry-After": str(RETRY_AFTER_S)})
+
+
+def refusal_response(refusal: Refusal) -> Response:
+    return too_fast_response() if refusal == "rate" else too_many_response()
 
 
 async def refuse_websocket_origin(scope: Scope, receive: Receive, send: Send) -> None:

@@ -105,10 +105,15 @@ class Settings:
     max_connects_per_s: int = 1000
     # Security (service/security.py). Origins whose pages may open a websocket or an SSE
     # stream ("*": any; a request without Origin is not refused for it); open connections
-    # from one client address per process (0: no cap); who may frame the page (the CSP's
-    # frame-ancestors); the bearer token /metrics wants (None: open).
+    # from one client address per process (0, the default: no cap, since an office NAT or a
+    # carrier's CGNAT puts thousands of readers behind one address); new connections from
+    # one address per second per process, with a burst (past it: close 1013, SSE 503; 0: no
+    # per-address rate); who may frame the page (the CSP's frame-ancestors); the bearer
+    # token /metrics wants (None: open).
     allowed_origins: str = "*"
-    max_connections_per_ip: int = 100
+    max_connections_per_ip: int = 0
+    max_connects_per_ip_per_s: int = 50
+    max_connects_per_ip_burst: int = 500
     frame_ancestors: str = "'self'"
     metrics_token: str | None = None
     # Simulated market.
@@ -280,11 +285,13 @@ POSITIVE = ("heartbeat_s", "max_symbols", "max_client_msgs_per_s", "max_frame_by
             "ws_max_size", "send_timeout_s", "redis_retry_max_s", "sim_rate",
             "publisher_heartbeat_s", "probe_interval_s", "probe_timeout_s",
             "max_connections", "max_connects_per_s", "workers", "tape_retention_s",
-            "tape_max_len", "every_queue_bytes", "max_recovery", "delay_s")
+            "tape_max_len", "every_queue_bytes", "max_recovery", "delay_s",
+            "max_connects_per_ip_burst")
 # name -> what 0 means, for the message.
 NON_NEGATIVE = {"drain_s": "(close at once) ", "fanout_interval_ms": "(one fan-out per burst) ",
                 "tcp_send_buffer": "(kernel autotuning) ", "feed_silence_s": "(never stale) ",
                 "token_grace_s": "(close at once) ", "max_connections_per_ip": "(no cap) ",
+                "max_connects_per_ip_per_s": "(no per-address rate) ",
                 "sim_band_pct": "", "sim_band_min": ""}
 # Values the kernel takes as a C int: SO_SNDBUF, and TCP_USER_TIMEOUT (SEND_TIMEOUT_S * 2 s).
 RANGES = {"port": (1, 65535, "1-65535"), "redis_partitions": (1, 1024, "1-1024"),

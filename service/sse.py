@@ -455,10 +455,12 @@ class SseEndpoint:
             await Response(headers=dict(
                 (k.decode(), v.decode()) for k, v in STREAM_HEADERS))(scope, receive, send)
             return
-        # The address's share (MAX_CONNECTIONS_PER_IP) is held while the stream is served.
+        # The address's connect rate, and its share (MAX_CONNECTIONS_PER_IP), held while
+        # the stream is served.
         address = security.client_address(scope)
-        if not service.gate.enter(address):
-            await security.too_many_response()(scope, receive, send)
+        refusal = service.gate.enter(address)
+        if refusal is not None:
+            await security.refusal_response(refusal)(scope, receive, send)
             return
         try:
             await self._serve(service, request, grant, scope, receive, send)

@@ -20,13 +20,14 @@ import websockets
 from websockets.typing import Origin
 
 from service import security
+from service.limits import KeyedBuckets
 from service.settings import ConfigError, Settings
 from tests.nginx_server import nginx
 from tests.redis_server import free_port
 from tests.service_proc import ROOT, ServiceProcess, http_fetch, run_service
 from tests.sseclient import open_sse
 from tests.test_sse import wait_until
-from tests.wsclient import closed_code, connect, recv_type
+from tests.wsclient import closed_code, connect, recv, recv_type
 
 serving = contextmanager(run_service)
 
@@ -124,6 +125,95 @@ async def test_any_origin_by_default(tmp_path: Path) -> None:
 
 
 # Connections per address
+
+
+def test_each_address_has_a_bucket_and_idle_ones_are_dropped() -> None:
+    buckets = KeyedBuckets(rate=10, burst=50)
+    assert sum(buckets.take("a", 100.0) for _ in range(80)) == 50  # the burst
+    assert buckets.take("b", 100.0)  # another address: its own
+    assert sum(buckets.take("a", 101.0) for _ in range(80)) == 10  # then the rate
+    # 5 s (burst / rate) idle: both full again, and forgotten on the next take.
+    assert buckets.take("c", 106.0) and len(buckets) == 1
+    assert sum(buckets.take("a", 106.0) for _ in range(80)) == 50
+
+
+def test_many_addresses_keep_the_table_bounded() -> None:
+    buckets = KeyedBuckets(rate=10, burst=50, max_keys=1000)
+    for n in range(5000):  # a flood of addresses within one refill time
+        assert buckets.take(f"10.0.{n // 256}.{n % 256}", 200.0 + n / 10000)
+        assert len(buckets) <= 1000
+    assert buckets.take("10.0.0.0", 261.0) and len(buckets) == 1  # all idle: swept
+
+
+def test_an_ipv6_address_counts_by_its_64() -> None:
+    assert security.rate_key("2001:db8:1:2:aaaa::1") == security.rate_key("2001:db8:1:2::ff") \
+        == "2001:db8:1:2::/64"
+    assert security.rate_key("2001:db8:1:3::1") != security.rate_key("2001:db8:1:2::1")
+    assert security.rate_key("::ffff:203.0.113.9") == "203.0.113.9"
+    assert security.rate_key("203.0.113.9") == "203.0.113.9"
+    assert security.rate_key("not-an-address:x") == "not-an-address:x"
+
+
+async def snapshot_of(url: str) -> dict[str, object]:
+    """Welcome, subscribe, and the snapshot that answers it; a refusal raises."""
+    async with connect(url, open_timeout=20) as ws:
+        await recv_type(ws, "welcome", timeout=20)
+        await ws.send(orjson.dumps({"op": "subscribe", "id": 1, "symbols": ["OGDC"]}).decode())
+        return await recv_type(ws, "snapshot", timeout=20)
+
+
+async def test_hundreds_of_readers_behind_one_address_are_all_served_by_default() -> None:
+    """An office NAT or a carrier's CGNAT: 300 readers from one address, all at once."""
+    with serving({"SIM_RATE": "5"}) as service:
+        results = await asyncio.gather(*(snapshot_of(service.ws_url) for _ in range(300)),
+                                       return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        assert failed == [], f"{len(failed)} of 300 not served, e.g. {failed[:3]!r}"
+        assert all(r["type"] == "snapshot" and r["quotes"] for r in results
+                   if isinstance(r, dict))
+        assert refused(service, "per_address") == refused(service, "address_rate") == 0
+
+
+async def first_answer(url: str) -> str | int | None:
+    """'welcome', or the close code that came instead."""
+    async with connect(url, open_timeout=10) as ws:
+        try:
+            return str((await recv(ws, timeout=10))["type"])
+        except websockets.ConnectionClosed:
+            return ws.close_code
+
+
+async def test_a_flood_over_the_address_rate_gets_1013_while_its_readers_keep_quotes() -> None:
+    with serving({"MAX_CONNECTS_PER_IP_PER_S": "1", "MAX_CONNECTS_PER_IP_BURST": "5",
+                  "SIM_RATE": "50"}) as service:
+        async with connect(service.ws_url) as reader:
+            await recv_type(reader, "welcome")
+            await reader.send(orjson.dumps({"op": "subscribe", "id": 1,
+                                            "symbols": ["OGDC", "KSE100"]}).decode())
+            await recv_type(reader, "snapshot")
+            results = await asyncio.gather(*(first_answer(service.ws_url) for _ in range(40)))
+            # 4 tokens left of the burst, and about one a second while the flood lasts.
+            assert set(results) <= {"welcome", 1013}, results
+            assert results.count(1013) >= 30, results
+            async with connect(service.ws_url) as late:
+                assert await closed_code(late) == 1013
+                assert late.close_reason == ("too many new connections from this address, "
+                                             "try again later")
+            async with await open_sse(service.url + "/sse?symbols=OGDC") as stream:
+                assert stream.status == 503
+                assert stream.json["error"] == "try_again_later"
+                assert stream.headers["retry-after"] == "5"
+            # The reader already in is not touched: quotes keep coming.
+            for _ in range(3):
+                await recv_type(reader, "quotes")
+        assert refused(service, "address_rate") >= 32
+        assert refused(service, "capacity") == 0
+        line = next(e for e in service.events("client_refused") if e["reason"] == "address_rate")
+        assert line["client"] == "127.0.0.1"
+        # Another address has its own bucket (127.0.0.1 trusts X-Forwarded-For).
+        async with connect(service.ws_url,
+                           additional_headers={"X-Forwarded-For": "203.0.113.9"}) as other:
+            await recv_type(other, "welcome")
 
 
 async def test_past_the_cap_an_address_is_closed_with_1008_and_counted() -> None:
@@ -319,6 +409,8 @@ def test_metrics_wants_the_bearer_token_when_one_is_set() -> None:
     ({"ALLOWED_ORIGINS": ","}, "ALLOWED_ORIGINS must be"),
     ({"ALLOWED_ORIGINS": "https://a.example:99999"}, "is not an origin"),
     ({"MAX_CONNECTIONS_PER_IP": "-1"}, "MAX_CONNECTIONS_PER_IP must be 0"),
+    ({"MAX_CONNECTS_PER_IP_PER_S": "-1"}, "MAX_CONNECTS_PER_IP_PER_S must be 0 (no per-address"),
+    ({"MAX_CONNECTS_PER_IP_BURST": "0"}, "MAX_CONNECTS_PER_IP_BURST must be positive"),
     ({"FRAME_ANCESTORS": "'self'; script-src *"}, "FRAME_ANCESTORS"),
     ({"FRAME_ANCESTORS": "'none' 'self'"}, "'none' cannot be combined"),
     ({"FRAME_ANCESTORS": "'unsafe-inline'"}, "is not a CSP source"),
@@ -340,11 +432,12 @@ def test_good_security_settings() -> None:
     settings = Settings.from_env({"ALLOWED_ORIGINS": " https://News.Example.com ,http://127.0.0.1:8080",
                                   "MAX_CONNECTIONS_PER_IP": "0", "FRAME_ANCESTORS": "'none'",
                                   "METRICS_TOKEN": TOKEN})
-    assert security.parse_origins(settings.allowed_origins) == {
-        "https://news.example.com", "http://127.0.0.1:8080"}
+    assert security.parse_origins(settings.allowed_origins) == frozenset({
+        "https://news.example.com", "http://127.0.0.1:8080"})
     assert security.parse_origins("*") is None
     assert security.parse_frame_ancestors("'SELF' https:") == "'self' https:"
-    assert Settings().allowed_origins == "*" and Settings().max_connections_per_ip == 100
+    assert Settings().allowed_origins == "*" and Settings().max_connections_per_ip == 0
+    assert (Settings().max_connects_per_ip_per_s, Settings().max_connects_per_ip_burst) == (50, 500)
     assert Settings().frame_ancestors == "'self'" and Settings().metrics_token is None
 
 

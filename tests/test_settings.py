@@ -75,6 +75,8 @@ ROWS: dict[str, Row] = {
     "MAX_CONNECTS_PER_S": Row("0"),
     "ALLOWED_ORIGINS": Row("news.example.com"),
     "MAX_CONNECTIONS_PER_IP": Row("-1"),
+    "MAX_CONNECTS_PER_IP_PER_S": Row("-5"),
+    "MAX_CONNECTS_PER_IP_BURST": Row("0"),
     "FRAME_ANCESTORS": Row("'unsafe-inline'"),
     "METRICS_TOKEN": Row("too-short", shown="got 9 characters"),
     "SIM_RATE": Row("fast"),
