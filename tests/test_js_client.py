@@ -414,7 +414,7 @@ def test_example_table_page(service: ServiceProcess, page: Page) -> None:
     """/examples/table.html: a sortable price table on the stream client, under 60 lines."""
     source = WEB / "examples" / "table.html"
     assert len(source.read_text(encoding="utf-8").splitlines()) < 60
-    assert "web/examples/table.html" in section("### Build your own UI")
+    assert "web/examples/table.html" in section("### Consume from JavaScript")
     page.goto(service.url + "/examples/table.html")
     expect(page.locator("#feed")).to_have_text("live", timeout=WAIT_MS)
     rows = page.locator("tbody tr")
@@ -458,13 +458,13 @@ def section(title: str) -> str:
     return README[start:end.start() if end else None]
 
 
-def test_readme_build_your_own_ui_example_runs(service: ServiceProcess, tmp_path: Path) -> None:
-    """The README's "Build your own UI" as a newcomer follows it in Node 20: its shell lines
+def test_readme_consume_from_javascript_example_runs(service: ServiceProcess, tmp_path: Path) -> None:
+    """The README's "Consume from JavaScript" as a newcomer follows it in Node 20: its shell lines
     in a folder beside the checkout (`npm init -y`, then the package installed from the
     checkout's path), its example saved verbatim as example.mjs (only the URL pointed at
     this test's service), then `node example.mjs` prints the feed and the quotes."""
     node = require_node()
-    text = section("### Build your own UI")
+    text = section("### Consume from JavaScript")
     blocks = re.findall(r"```(\w+)\n(.*?)```", text, re.DOTALL)
     shell = next(code for lang, code in blocks if lang == "sh")
     example = next(code for lang, code in blocks if lang == "js")
