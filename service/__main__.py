@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m service",
         description="Serve live quotes over websockets at /ws, the ticker page at /, and "
         "/healthz and /readyz. With REDIS_URL unset, an embedded simulated market feeds it.",
-        epilog="Every setting is an environment variable (see the README); flags override.",
+        epilog="Every setting is an environment variable (docs/configuration.md); flags override.",
     )
     parser.add_argument("--host", help="interface to listen on (env HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (env PORT, default 8000)")

@@ -1,8 +1,8 @@
 """Configuration, in one place, from environment variables, checked at start.
 
-Every knob the service and the publisher read is here with its default, so the README's
-table and the code cannot drift apart; a bad value stops the process with a message that
-names the variable.
+Every knob the service and the publisher read is here with its default, so the table of
+docs/configuration.md and the code cannot drift apart; a bad value stops the process with a
+message that names the variable.
 """
 
 from __future__ import annotations

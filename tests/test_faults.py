@@ -2,7 +2,7 @@
 restarts; the service and the publisher as subprocesses; real websocket clients.
 
 Each test prints what it measured (run with -s to see it); the asserts are the promises
-of the README's "Failure behaviour", with bounds loose enough for a busy machine.
+of docs/failures.md, with bounds loose enough for a busy machine.
 """
 
 from __future__ import annotations
