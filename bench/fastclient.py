@@ -56,6 +56,8 @@ class Stats:
         self.reset()
 
     def reset(self) -> None:
+        # Bumped by each start: a viewer's `window` says whether it heard one (`silent`).
+        self.window = getattr(self, "window", 0) + 1
         self.frames = 0
         self.bytes = 0
         self.decoded = 0  # frames decoded for the age sample
@@ -98,12 +100,13 @@ def age_sample(payload: bytes) -> None:
 class Viewer(WSListener):  # type: ignore[misc]
     """A connection that counts; one in K of its frames is decoded for ages."""
 
-    __slots__ = ("closed", "countdown", "ready", "transport")
+    __slots__ = ("closed", "countdown", "ready", "transport", "window")
 
     def __init__(self) -> None:
         self.transport: Any = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closed = False
+        self.window = 0
         self.countdown = random.randint(1, DECODE_EVERY)
 
     def on_ws_connected(self, transport: Any) -> None:
@@ -114,6 +117,7 @@ class Viewer(WSListener):  # type: ignore[misc]
     def on_ws_frame(self, transport: Any, frame: Any) -> None:
         if frame.msg_type is TEXT:
             S.frames += 1
+            self.window = S.window
             S.bytes += frame.payload_size
             self.countdown -= 1
             if not self.countdown:
@@ -142,6 +146,7 @@ class BoardViewer(Viewer):
     def on_ws_frame(self, transport: Any, frame: Any) -> None:
         if frame.msg_type is TEXT:
             S.frames += 1
+            self.window = S.window
             S.bytes += frame.payload_size
             payload = frame.get_payload_as_bytes()
             self.countdown -= 1
@@ -222,6 +227,7 @@ def stats_report(conns: list[Viewer]) -> dict[str, Any]:
         "ages": sparse(S.ages),
         "closes": dict(S.closes),
         "open": sum(not c.closed for c in conns),
+        "silent": sum(not c.closed and c.window != S.window for c in conns),
         "conns": len(conns),
     }
 

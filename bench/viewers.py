@@ -13,9 +13,12 @@ processes) share the other CPU. Each point N: connect N viewers to
 publisher, warm up, measure a window (service CPU from /proc, frames and bytes from the
 generator, ages from its decoded sample), stop the publisher and check that every
 sampled board holds the final seq of every symbol (Redis `quotes:{P}:seq`). A point
-passes when the generator connected every viewer, p99 age <= 100 ms + 1000/H ms, and
-every board converged within 2 s. The search doubles N from `--start` while points pass,
-then bisects between the last pass and the first failure.
+passes when the generator connected every viewer, none was closed (a refusal after the
+upgrade: 1008, 1013) or left without a frame in the window, p99 age <= 100 ms + 1000/H ms,
+and every board converged within 2 s; a point that fails says why, with the counts. The
+service is started with every limit it could meet set (`service_env`): no per-address cap
+or rate (all viewers come from 127.0.0.1), caps above N. The search doubles N from
+`--start` while points pass, then bisects between the last pass and the first failure.
 
 `--peers service,uws` runs the same search, point for point, against
 bench/peers/node/uws_viewers_peer.js too: uWebSockets.js serving the viewers the way the
@@ -110,12 +113,17 @@ def fds_per_process() -> int:
 
 def service_env(redis_url: str, port: int, conns: int) -> dict[str, str]:
     """One process, or as many as the open-file limit makes it need (SO_REUSEPORT workers,
-    all pinned to the same core: still one core's viewers)."""
+    all pinned to the same core: still one core's viewers). Every limit a viewer could meet
+    is set here, whatever the defaults or the caller's environment say: the generator opens
+    all of them from one address (127.0.0.1) at once and does not retry a refusal."""
     workers = -(-conns // fds_per_process())
     return {"REDIS_URL": redis_url, "PORT": str(port), "HOST": "127.0.0.1",
-            "REDIS_PARTITIONS": "1", "MAX_CONNECTS_PER_S": "100000",
-            "MAX_CONNECTIONS": str(max(20000, conns + 1000)), "LOOP": "auto",
-            "WORKERS": str(max(1, workers))}
+            "REDIS_PARTITIONS": "1", "LOOP": "auto", "WORKERS": str(max(1, workers)),
+            # Admission (per worker): the whole crowd at once, from one address.
+            "MAX_CONNECTIONS": str(max(20000, conns + 1000)), "MAX_CONNECTS_PER_S": "100000",
+            "MAX_CONNECTIONS_PER_IP": "0", "MAX_CONNECTS_PER_IP_PER_S": "0",
+            # Anyone may watch: no Origin check, no token.
+            "ALLOWED_ORIGINS": "*", "ANONYMOUS": "realtime"}
 
 
 def uws_env(redis_url: str, port: int, conns: int) -> dict[str, str]:
@@ -234,6 +242,11 @@ def run_point(peer: Server, redis_url: str, r: redis_sync.Redis, n: int, max_hz:
                 errors[kind] = errors.get(kind, 0) + count
         time.sleep(1.0)
         rss1 = tree_rss_kb(server.pid)
+        # Who the server closed after the upgrade (a cap's 1008, a rate's 1013), before the
+        # window's `start` resets the counts: `stop` answers without resetting.
+        for c in clients:
+            c.send({"cmd": "stop"})
+        before = [c.recv(timeout=60) for c in clients]
         publisher = Child(f"publisher-{tag}", [PY, "-m", "bench.publisher", "--rate",
                                                str(plan.rate), "--seed", "1", "--redis", redis_url],
                           env={"REDIS_URL": redis_url, "REDIS_PARTITIONS": "1"}, cwd=ROOT,
@@ -274,13 +287,23 @@ def run_point(peer: Server, redis_url: str, r: redis_sync.Redis, n: int, max_hz:
     converged = sum(c["converged"] for c in conv)
     p99 = report.percentile(ages, 99)
     limit = 100 + 1000 / max_hz
-    ok = (connected == n and p99 is not None and p99 <= limit and converged == boards
-          and boards > 0 and alive)
+    refused = sum_counts(b["closes"] for b in before)
+    closes = sum_counts(s["closes"] for s in stats)
+    served = sum(s["open"] - s.get("silent", 0) for s in stats)
+    unserved = {"not connected": n - connected, "closed before the window": sum(refused.values()),
+                "closed in the window": sum(closes.values()),
+                "open, no frame in the window": sum(s.get("silent", 0) for s in stats)}
+    reasons = fail_reasons(n, unserved, refused, closes, errors, p99, limit, converged, boards,
+                           alive)
+    ok = not reasons
     out = {
         "peer": peer.key,
         "viewers": n,
         "max_hz": max_hz,
         "connected": connected,
+        "served": served,
+        "unserved": unserved,
+        "refused_closes": refused,
         "connect_errors": errors,
         "connect_s": max(i["connect_s"] for i in infos),
         "frames_per_s": round(frames_per_s),
@@ -302,16 +325,64 @@ def run_point(peer: Server, redis_url: str, r: redis_sync.Redis, n: int, max_hz:
         "server_core_busy_pct": srv["server_core_busy_pct"],
         "idle_kb_per_conn": round((rss1 - rss0) / connected, 1) if connected else None,
         "server_rss_mb": srv["rss_max_mb"],
-        "closes": {k: sum(s["closes"].get(k, 0) for s in stats)
-                   for k in {k for s in stats for k in s["closes"]}},
+        "closes": closes,
         "server_alive": alive,
         "pass": ok,
+        "fail_reasons": reasons,
     }
-    say(f"  {peer.key} N={n} max_hz={max_hz:g}: {out['frames_per_viewer_s']} frames/s/viewer, "
+    say(f"  {peer.key} N={n} max_hz={max_hz:g}: {served}/{n} viewers served, "
+        f"{out['frames_per_viewer_s']} frames/s/viewer, "
         f"p99 {p99} ms (limit {limit:.0f}), boards {converged}/{boards}, "
         f"server {out['server_cpu_pct']}% = {out['server_us_per_frame']} µs/frame, "
-        f"generator {out['generator_us_per_frame']} µs/frame -> {'pass' if ok else 'FAIL'}")
+        f"generator {out['generator_us_per_frame']} µs/frame -> "
+        + ("pass" if ok else "FAIL: " + "; ".join(reasons)))
     return out
+
+
+def sum_counts(counts: Any) -> dict[str, int]:
+    """Counters (close code -> count) summed over the generator processes."""
+    out: dict[str, int] = {}
+    for count in counts:
+        for k, v in count.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def fail_reasons(n: int, unserved: dict[str, int], refused: dict[str, int],
+                 closes: dict[str, int], errors: dict[str, int], p99: float | None,
+                 limit: float, converged: int, boards: int, alive: bool) -> list[str]:
+    """Why a point failed, each with its count (none: it passed)."""
+    reasons = []
+    codes = {1008: "1008: a per-address cap", 1013: "1013: a connection cap or rate",
+             4008: "4008: slow consumer"}
+
+    def by_code(counts: dict[str, int]) -> str:
+        return ", ".join(f"{v} with {codes.get(int(k), k) if k.isdigit() else k}"
+                         for k, v in sorted(counts.items()))
+
+    if unserved["not connected"]:
+        reasons.append(f"{unserved['not connected']} of {n} viewers not connected "
+                       f"({by_code(errors) or 'no error named'})")
+    if refused:
+        reasons.append(f"{sum(refused.values())} of {n} viewers refused after the upgrade "
+                       f"({by_code(refused)})")
+    if closes:
+        reasons.append(f"{sum(closes.values())} of {n} viewers closed in the window "
+                       f"({by_code(closes)})")
+    if unserved["open, no frame in the window"]:
+        reasons.append(f"{unserved['open, no frame in the window']} of {n} viewers open but "
+                       "never served (no frame in the window)")
+    if not alive:
+        reasons.append("the server died")
+    if p99 is None:
+        reasons.append("no age sampled")
+    elif p99 > limit:
+        reasons.append(f"p99 age {p99} ms over the limit of {limit:.0f} ms")
+    if boards == 0:
+        reasons.append("no board to check")
+    elif converged < boards:
+        reasons.append(f"{boards - converged} of {boards} boards did not converge in 2 s")
+    return reasons
 
 
 def floor_for(point: dict[str, Any], cpus: tuple[set[int] | None, set[int] | None],
@@ -431,8 +502,9 @@ def markdown(data: dict[str, Any]) -> str:
                              "| | | | | | | | | | |")
                 continue
             first = res["points"][0]
+            why = cell("; ".join(first.get("fail_reasons") or [f"p99 {first.get('age_p99_ms')} ms"]))
             lines.append(f"{head} none passed (first point N={first.get('viewers')}: "
-                         f"p99 {first.get('age_p99_ms')} ms){stopped} | | | | | | | | | | |")
+                         f"{why}){stopped} | | | | | | | | | | |")
             continue
         cap = " (cap)" if res["capped"] else ""
         lines.append(
@@ -443,17 +515,19 @@ def markdown(data: dict[str, Any]) -> str:
             f"{b.get('floor_us_per_write', '–')} | {b.get('ratio_to_floor', '–')}× | "
             f"{b['generator_us_per_frame']} | {b['idle_kb_per_conn']} |")
     lines += ["", "Every point tried:", "",
-              "| max_hz | peer | viewers | connected | frames/s | p99 ms | boards | server CPU | "
-              "server µs/frame | generator µs/frame | load core busy | pass |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| max_hz | peer | viewers | connected | served | frames/s | p99 ms | boards | "
+              "server CPU | server µs/frame | generator µs/frame | load core busy | pass |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         for p in res["points"]:
             lines.append(
                 f"| {p['max_hz']:g} | {p['peer']} | {p['viewers']:,} | {p['connected']:,} | "
+                f"{p.get('served', '–')} | "
                 f"{p['frames_per_s']:,} | {p['age_p99_ms']} | {p['boards_converged']}/{p['boards']} "
                 f"| {p['server_cpu_pct']}% | {p['server_us_per_frame']} | "
                 f"{p['generator_us_per_frame']} | {p['load_core_busy_pct']}% | "
-                f"{'yes' if p['pass'] else 'no'} |")
+                + ("yes |" if p["pass"] else
+                   f"no: {cell('; '.join(p.get('fail_reasons') or []))} |"))
     return "\n".join(lines) + "\n"
 
 

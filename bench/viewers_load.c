@@ -20,7 +20,8 @@
  *   (convergence of the boards, polled every 50 ms up to t_stop + deadline_s), quit.
  *   stdin is in the same epoll, so the loop never blocks on the driver; EOF on it ends
  *   the process. `closes` counts close codes, "eof" (no close frame) and "protocol" (a
- *   frame this client refused, answered with 1002); connect errors carry the names
+ *   frame this client refused, answered with 1002); `silent`, the open connections that
+ *   got no text message since `start` (served nothing); connect errors carry the names
  *   fastclient's exceptions would have.
  * - Cost: per frame, what is left is the kernel's (epoll, one recv, its copy): after a
  *   wake-up that found frames the loop sleeps --batch-us (1000) before the next wait,
@@ -85,6 +86,7 @@ struct conn {
     uint8_t mask[4];
     uint8_t hdr[14];
     int countdown;
+    uint32_t window;    /* the stats window of its last text message (`silent`) */
     uint64_t frame_len, remaining;
     struct board *board;
     /* the rest: connecting, split messages, replies */
@@ -115,6 +117,7 @@ static struct {
     double t0;
     struct rusage ru0;
     struct counter closes;
+    uint32_t window; /* bumped by each start: a connection's `window` says if it heard one */
 } S;
 static uint64_t hist[HIST_MAX_MS + 1];
 
@@ -829,6 +832,7 @@ static int frame_end(struct conn *c, const uint8_t *inplace) {
     if (!c->frame_fin) return 0;
     if (c->msg_op == 1) {
         S.frames++;
+        c->window = S.window;
         if (c->msg_decode) {
             if (inplace) decode(c, inplace, c->frame_len);
             else if (c->acc_len) decode(c, c->acc, c->acc_len);
@@ -1026,6 +1030,7 @@ static void connect_tick(void) {
 /* ---- the driver ---------------------------------------------------------------------- */
 
 static void reset_stats(void) {
+    S.window++;
     S.frames = S.bytes = S.decoded = S.aged = 0;
     S.max_age = 0;
     memset(hist, 0, sizeof hist);
@@ -1040,8 +1045,11 @@ static void emit_stats(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double user = tv(ru.ru_utime) - tv(S.ru0.ru_utime), sys = tv(ru.ru_stime) - tv(S.ru0.ru_stime);
-    long open = 0;
-    for (long i = 0; i < n_conns; i++) open += conns[i].state == C_OPEN;
+    long open = 0, silent = 0;
+    for (long i = 0; i < n_conns; i++) {
+        open += conns[i].state == C_OPEN;
+        silent += conns[i].state == C_OPEN && conns[i].window != S.window;
+    }
     struct sb b = {0};
     sb_printf(&b, "{\"event\":\"stats\",\"wall_s\":");
     sb_num(&b, mono_s() - S.t0, 3);
@@ -1062,7 +1070,7 @@ static void emit_stats(void) {
         }
     sb_printf(&b, "},\"closes\":");
     sb_counter(&b, &S.closes);
-    sb_printf(&b, ",\"open\":%ld,\"conns\":%ld}", open, ok_n);
+    sb_printf(&b, ",\"open\":%ld,\"silent\":%ld,\"conns\":%ld}", open, silent, ok_n);
     emit(&b);
 }
 

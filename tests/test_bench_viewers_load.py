@@ -39,7 +39,7 @@ MAX_HZ = 10.0
 CONNS = 50
 BOARDS = 4
 STATS_KEYS = {"event", "wall_s", "cpu_s", "user_s", "sys_s", "frames", "bytes", "decoded", "aged",
-              "max_age_ms", "ages", "closes", "open", "conns"}
+              "max_age_ms", "ages", "closes", "open", "silent", "conns"}
 
 
 @pytest.fixture(scope="module")
