@@ -74,6 +74,8 @@ def test_the_widget_table_names_every_attribute_and_custom_property() -> None:
     styles = (ROOT / "web" / "widget" / "styles.js").read_text(encoding="utf-8") + element
     for prop in sorted(set(re.findall(r"--qt-[a-z-]+", styles))):
         assert f"`{prop}`" in embed, prop
+    for part in sorted(set(re.findall(r"\bpart: '([a-z]+)'", element))):
+        assert f"`{part}`" in embed, part
     for event in ("feedchange", "pausechange", "tokenrequest"):
         assert f"`{event}`" in embed, event
 
