@@ -29,7 +29,7 @@ import redis
 from bench import native
 from bench.procs import Child
 from bench.report import merge_hist, percentile
-from bench.viewers import final_seqs
+from bench.viewers import SERVERS, Plan, Server, final_seqs, run_point, service_env
 from tests.redis_server import redis_server
 from tests.service_proc import ROOT, ChildProcess, ServiceProcess
 
@@ -135,6 +135,34 @@ def test_against_the_service_like_fastclient(generator: Path, tmp_path: Path) ->
     assert conv[1]["converged"] == conv[1]["boards"] == 2
     assert isinstance(conv[0]["max_s"], float) and conv[0]["max_s"] <= 5.0
     assert codes == [0, 0]
+
+
+def test_a_point_names_the_viewers_the_service_refused(tmp_path: Path) -> None:
+    """The bench sets the per-address limits itself; with a cap put back (as a service
+    run with the old default of 100 had), the point fails naming the refused viewers."""
+    def capped(redis_url: str, port: int, n: int) -> dict[str, str]:
+        return {**service_env(redis_url, port, n), "MAX_CONNECTIONS_PER_IP": "30"}
+
+    env = service_env("redis://127.0.0.1:1/0", 1, 100)
+    assert env["MAX_CONNECTIONS_PER_IP"] == env["MAX_CONNECTS_PER_IP_PER_S"] == "0"
+    peer = Server("service", "capped", SERVERS["service"].argv, capped)
+    plan = Plan(warmup_s=0.3, measure_s=1.0, procs=1, boards=2, decode_every=5)
+    with redis_server() as rs:
+        client = redis.Redis.from_url(rs.url)
+        try:
+            said: list[str] = []
+            point = run_point(peer, rs.url, client, 50, MAX_HZ, plan, tmp_path, (None, None),
+                              said.append)
+        finally:
+            client.close()
+    assert point["connected"] == 50 and point["served"] == 30
+    assert point["refused_closes"] == {"1008": 20}
+    assert point["unserved"]["closed before the window"] == 20
+    assert not point["pass"]
+    assert "20 of 50 viewers refused after the upgrade (20 with 1008: a per-address cap)" \
+        in point["fail_reasons"]
+    assert said[-1].startswith("  service N=50 max_hz=10: 30/50 viewers served")
+    assert "FAIL: 20 of 50 viewers refused" in said[-1]
 
 
 # ---- against a scripted server ----------------------------------------------------------
