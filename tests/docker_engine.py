@@ -139,7 +139,8 @@ def cache_lock(timeout: float = 600.0) -> Iterator[None]:
 
 
 def _keyed(prefix: str, key: str) -> Path:
-    """CACHE/prefix-key, with any other prefix-* (a stale key) removed."""
+    """CACHE/prefix-key, with any other prefix-* (a stale key, made by this module: the
+    prefixes are its own) removed."""
     for stale in CACHE.glob(f"{prefix}-*"):
         if stale.name != f"{prefix}-{key}":
             if stale.is_dir():
@@ -159,12 +160,14 @@ class Engine:
         version = subprocess.run([dockerd, "--version"], capture_output=True, text=True,
                                  timeout=30).stdout.strip()
         # A data root written by another dockerd version is not reused.
-        self.data_root = _keyed("docker", re.sub(r"[^\w.+-]+", "_", version.split(",")[0].split()[-1]))
+        release = version.split(",")[0].split()[-1]  # Docker version 20.10.24+dfsg1, build ...
+        self.data_root = _keyed("dockerd-data", re.sub(r"[^\w.+-]+", "_", release))
         # A short path: the socket's must fit in sun_path (108 bytes).
         self.run_dir = Path(tempfile.mkdtemp(prefix="psxd-", dir="/tmp"))
         self.socket = self.run_dir / "docker.sock"
         self.log_path = ARTIFACTS / "dockerd.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.answering = False  # start() saw it answer: there is a stack to take down
         self.env = {
             **os.environ,
             "DOCKER_HOST": f"unix://{self.socket}",
@@ -193,6 +196,7 @@ class Engine:
             if self.proc.poll() is not None:
                 pytest.fail(f"dockerd exited with {self.proc.returncode}:\n{self.log()}")
             if self.socket.exists() and self.docker("version", check=False, timeout=10).returncode == 0:
+                self.answering = True
                 return
             time.sleep(0.2)
         pytest.fail(f"dockerd did not answer on {self.socket} in {timeout:.0f}s:\n{self.log()}")
@@ -283,7 +287,7 @@ class Engine:
         tag = f"psx-quotes-stand-in:{key}"
         if self.inspect("image", tag):
             return tag
-        tarball = _keyed("rootfs", f"{key}.tar")
+        tarball = _keyed("debian-rootfs", f"{key}.tar")
         if not tarball.exists():
             _debootstrap(debootstrap, tarball)
         self.docker("import", str(tarball), tag, timeout=300)
