@@ -128,11 +128,13 @@ def test_published_ports_come_from_variables_and_no_redis_is_published(
         assert found.group(3) == ("80" if name == "nginx" else "8000"), name
         defaults.append(found.group(2))
     assert len(defaults) == len(set(defaults)), "two services on one host port"
-    # The README names the variables, and the file's header too.
+    # The file's header names the variables, and so do the docs (the README or its
+    # configuration page).
     header = (ROOT / "docker-compose.yml").read_text().split("\nx-redis-acl")[0]
-    readme = (ROOT / "README.md").read_text()
+    docs = "".join(path.read_text() for path in (ROOT / "README.md", ROOT / "docs" / "configuration.md")
+                   if path.is_file())
     for variable in PUBLISHED.values():
-        assert variable in header and variable in readme, variable
+        assert variable in header and variable in docs, variable
 
 
 def test_the_build_context_holds_what_the_dockerfile_copies() -> None:
