@@ -449,7 +449,8 @@ def stack(compose: dict[str, Any]) -> Iterator[Stack]:
                    "--project-directory", str(ROOT)]
         every = [word for profile in PROFILES for word in ("--profile", profile)]
         log = ARTIFACTS / "compose.log"
-        log.unlink(missing_ok=True)
+        for earlier in (log, ARTIFACTS / "docker-build.log"):
+            earlier.unlink(missing_ok=True)
 
         def timed(step: str, started: float) -> None:
             stack.timings[step] = round(time.monotonic() - started, 1)
