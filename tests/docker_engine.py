@@ -2,8 +2,9 @@
 
 The engine is a `dockerd` started on a socket in a temporary folder and stopped by its PID,
 so it never touches a Docker the machine may already run. Its data root (images, layers)
-lives in a cache folder outside the clone, keyed by the dockerd version, so a second run
-reuses the base images and the image build's layers.
+lives in a cache folder outside the clone (/var/cache/psx-quotes-tests, or
+PSX_QUOTES_TEST_CACHE), keyed by the dockerd version, so a second run, from a fresh clone
+too, reuses the base images and the image build's layers.
 
 A base image that cannot be pulled (no registry reachable) is replaced by a stand-in
 under the same name, built from a Debian rootfs (`debootstrap --variant=minbase`, cached
