@@ -14,7 +14,7 @@ RUN python -c "import tomllib; deps = [d for f in ('clients/python/pyproject.tom
     && rm /tmp/requirements.txt \
     && useradd --system --uid 10001 --home-dir /app quotes
 
-COPY README.md ./
+COPY README.md LICENSE ./
 COPY clients/python ./clients/python
 COPY service ./service
 COPY publisher ./publisher

@@ -136,7 +136,7 @@ def shadow_facts(page: Page, selector: str) -> dict[str, Any]:
 
 def item_texts(page: Page, selector: str) -> list[str]:
     texts: list[str] = page.evaluate("""(selector) => [...document.querySelector(selector)
-        .shadowRoot.querySelectorAll('.item')].map((i) => i.innerText)""", selector)
+        .shadowRoot.querySelectorAll('.item[data-symbol]')].map((i) => i.innerText)""", selector)
     return texts
 
 
@@ -163,7 +163,7 @@ def test_the_widget_runs_live_under_a_strict_third_party_policy(
         # Live: the simulated market moves, and the items follow.
         page.wait_for_function("""(first) => {
             const now = [...document.querySelector('#strip').shadowRoot
-              .querySelectorAll('.item')].map((i) => i.innerText);
+              .querySelectorAll('.item[data-symbol]')].map((i) => i.innerText);
             return now.length === first.length && now.some((t, i) => t !== first[i]);
         }""", arg=first, timeout=WAIT_MS)
         # Its stylesheet is a constructed one, in effect; no <style> element anywhere.

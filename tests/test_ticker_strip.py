@@ -156,7 +156,12 @@ def test_hover_focus_pause_and_reduced_motion_hold_it_still(
                 break
         else:
             pytest.fail("Tab never reached the strip's quotes")
-        assert all(abs(s) < 0.5 for s in travel(page, 1.0)), "keyboard focus did not hold it"
+        page.wait_for_timeout(100)  # the compositor's frame in flight when it was told
+        steps = travel(page, 1.0)
+        assert all(abs(s) < 0.5 for s in steps), (
+            f"keyboard focus did not hold it: {steps}, "
+            + str(strip.evaluate("(t) => [t.held, t.scroll && t.scroll.playState, "
+                                 "t.shadowRoot.activeElement && t.shadowRoot.activeElement.className]")))
         page.keyboard.press("Tab")
         assert sum(travel(page, 1.0)) > SPEED * 0.5, "it did not go on after the focus left"
 
