@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import subprocess
 import sys
@@ -221,3 +222,30 @@ def run_service(env: Mapping[str, str] | None = None, ready: str = "/healthz"
         yield service
     finally:
         service.stop()
+
+
+def run_example(python: str, code: str, service: ServiceProcess, cwd: Path, lines: int,
+                env: Mapping[str, str] | None = None) -> list[str]:
+    """A documented example (its one ws://127.0.0.1:8000/ws pointed at `service`), run
+    until it printed `lines` lines, 20 s at most: those lines."""
+    assert code.count("ws://127.0.0.1:8000/ws") == 1
+    script = cwd / "example.py"
+    script.write_text(code.replace("ws://127.0.0.1:8000/ws", service.ws_url), encoding="utf-8")
+    proc = subprocess.Popen([python, str(script)], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    got: list[str] = []
+    with selectors.DefaultSelector() as waiting:
+        waiting.register(proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + 20
+        try:
+            while len(got) < lines and waiting.select(timeout=max(0.0, deadline - time.monotonic())):
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                got.append(line.rstrip("\n"))
+        finally:
+            proc.kill()
+            _, err = proc.communicate(timeout=10)
+    assert len(got) == lines, f"the example printed {got} and then stopped:\n{err}"
+    return got

@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 
 from quote_client.quote import Quote
 from quote_client.ticker_text import parse_line
-from tests.service_proc import ROOT, ServiceProcess, run_service
+from tests.service_proc import ROOT, ServiceProcess, run_example, run_service
 
 PACKAGE = ROOT / "clients" / "python"
 SOURCE = PACKAGE / "quote_client"
@@ -103,26 +102,7 @@ def service() -> Iterator[ServiceProcess]:
 
 def run_readme_example(python: str, service: ServiceProcess, cwd: Path, lines: int = 8) -> list[str]:
     """The README's example, pointed at the test's service, until it printed `lines` lines."""
-    code = code_block("python")
-    assert code.count("ws://127.0.0.1:8000/ws") == 1
-    script = cwd / "readme_example.py"
-    script.write_text(code.replace("ws://127.0.0.1:8000/ws", service.ws_url), encoding="utf-8")
-    proc = subprocess.Popen([python, str(script)], cwd=cwd, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    got: list[str] = []
-    deadline = time.monotonic() + 20
-    try:
-        while len(got) < lines and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            got.append(line.rstrip("\n"))
-    finally:
-        proc.kill()
-        _, err = proc.communicate(timeout=10)
-    assert len(got) == lines, f"the example printed {got} and then stopped:\n{err}"
-    return got
+    return run_example(python, code_block("python"), service, cwd, lines, ENV)
 
 
 def check_example_output(lines: list[str]) -> None:

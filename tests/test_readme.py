@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-import selectors
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
@@ -18,7 +16,7 @@ from urllib.parse import unquote
 import pytest
 
 from service.settings import Settings
-from tests.service_proc import ROOT, ServiceProcess, run_service
+from tests.service_proc import ROOT, ServiceProcess, run_example, run_service
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
@@ -199,28 +197,8 @@ def test_the_raw_websocket_example_runs(service: ServiceProcess, tmp_path: Path)
     blocks = re.findall(r"^```python\n(.*?)^```$", section(consuming, "## The websocket in short"),
                         re.MULTILINE | re.DOTALL)
     assert len(blocks) == 1
-    code = blocks[0]
-    assert code.count("ws://127.0.0.1:8000/ws") == 1
-    script = tmp_path / "raw_example.py"
-    script.write_text(code.replace("ws://127.0.0.1:8000/ws", service.ws_url), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    got: list[str] = []
-    with selectors.DefaultSelector() as waiting:
-        waiting.register(proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + 20
-        try:
-            while len(got) < 6 and waiting.select(timeout=max(0.0, deadline - time.monotonic())):
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                got.append(line.rstrip("\n"))
-        finally:
-            proc.kill()
-            _, err = proc.communicate(timeout=10)
-    assert len(got) == 6, f"the example printed {got} and then stopped:\n{err}"
+    got = run_example(sys.executable, blocks[0], service, tmp_path, 6, env)
     for line in got:
         symbol, price, change = line.split()
         assert symbol in ("OGDC", "KSE100") and float(price) > 0, line

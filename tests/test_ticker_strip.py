@@ -98,6 +98,14 @@ def travel(page: Page, seconds: float, every_ms: int = 250) -> list[float]:
     return steps
 
 
+def holds_still(page: Page) -> bool:
+    return all(abs(step) < 0.5 for step in travel(page, 1.0))
+
+
+def goes_on(page: Page) -> bool:
+    return sum(travel(page, 1.0)) > SPEED * 0.5
+
+
 def speed_of(page: Page, seconds: float) -> tuple[float, list[float]]:
     start = page.evaluate(POSITION)
     steps = travel(page, seconds)
@@ -144,9 +152,9 @@ def test_hover_focus_pause_and_reduced_motion_hold_it_still(
 
         page.mouse.move(width - 20, 15)  # over the quotes
         page.wait_for_timeout(100)
-        assert all(abs(s) < 0.5 for s in travel(page, 1.0)), "hover did not hold it"
+        assert holds_still(page), "hover did not hold it"
         page.mouse.move(width - 20, height - 20)  # away, over the article
-        assert sum(travel(page, 1.0)) > SPEED * 0.5, "it did not go on after the hover"
+        assert goes_on(page), "it did not go on after the hover"
 
         # Keyboard focus on the quotes region holds it; leaving it lets it go.
         for _ in range(6):
@@ -163,28 +171,28 @@ def test_hover_focus_pause_and_reduced_motion_hold_it_still(
             + str(strip.evaluate("(t) => [t.held, t.scroll && t.scroll.playState, "
                                  "t.shadowRoot.activeElement && t.shadowRoot.activeElement.className]")))
         page.keyboard.press("Tab")
-        assert sum(travel(page, 1.0)) > SPEED * 0.5, "it did not go on after the focus left"
+        assert goes_on(page), "it did not go on after the focus left"
 
         # Pause: still, and the reader can scroll the row from where it stopped.
         strip.get_by_role("button", name="Pause").click()
         wait_state(page, "still")
         page.mouse.move(width - 20, height - 20)
-        assert all(abs(s) < 0.5 for s in travel(page, 1.0))
+        assert holds_still(page)
         assert viewport.evaluate("(v) => v.scrollWidth > v.clientWidth") is True
         strip.get_by_role("button", name="Pause").click()
         wait_state(page, "moving")
-        assert sum(travel(page, 1.0)) > SPEED * 0.5
+        assert goes_on(page)
 
         page.emulate_media(reduced_motion="reduce")
         wait_state(page, "still")
-        assert all(abs(s) < 0.5 for s in travel(page, 1.0))
+        assert holds_still(page)
         assert viewport.evaluate("(v) => getComputedStyle(v).overflowX") == "auto"
         page.emulate_media(reduced_motion="no-preference")
         wait_state(page, "moving")
 
         strip.evaluate("(t) => t.setAttribute('motion', 'off')")
         wait_state(page, "still")
-        assert all(abs(s) < 0.5 for s in travel(page, 1.0))
+        assert holds_still(page)
 
 
 def test_a_strip_that_fits_stands_still_and_hides_nothing(
