@@ -45,6 +45,8 @@ RECONNECT_MS = 25_000  # backoff with full jitter after a restart: 0.5+1+2+4+8 s
 
 UP_RGB = "rgb(10, 122, 60)"  # the widget's default --qt-up
 DOWN_RGB = "rgb(193, 38, 46)"  # and --qt-down
+# Their darker shades while a flash's tint is behind them (--qt-up-on-flash, --qt-down-on-flash).
+ON_FLASH = {"rgb(6, 90, 44)": UP_RGB, "rgb(150, 26, 32)": DOWN_RGB}
 
 
 def line(symbol: str, price: float, prev_close: float, kind: str = "stock") -> str:
@@ -166,14 +168,15 @@ def symbols_shown(page: Page, widget: str) -> list[str]:
 
 
 def direction(page: Page, symbol: str, widget: str = STRIP) -> list[Any]:
-    """[the item's direction class, the computed colour of its change]."""
-    return page.evaluate(
+    """[the item's direction class, the colour of its change (its shade when not lit)]."""
+    found: list[Any] = page.evaluate(
         """([sel, sym]) => {
             const root = document.querySelector(sel).shadowRoot;
             const e = root.querySelector(`[data-symbol="${sym}"]`);
             return [['up', 'down', 'flat'].filter((c) => e.classList.contains(c)),
                     getComputedStyle(e.querySelector('.chg')).color];
         }""", [widget, symbol])
+    return [found[0], ON_FLASH.get(found[1], found[1])]
 
 
 # --- 1. the snapshot ----------------------------------------------------------------------

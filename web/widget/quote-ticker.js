@@ -7,7 +7,7 @@
 
 import { formatQuote } from '../js/format.js';
 import { MAX_HZ, MIN_HZ, connect, isNewer, isSymbol } from '../js/stream.js';
-import { styleFor } from './styles.js';
+import { CSS, styleFor } from './styles.js';
 
 // The widget's default socket is ./ws next to /widget.js, wherever that was loaded from:
 // from the versioned tree (/v/<12 hex>/widget.js, service/assets.py), the folder above it,
@@ -119,6 +119,15 @@ export function thinPoints(points, n) {
   return out;
 }
 
+/** An item's text parts (what fill() builds, and the server renders alike). */
+function partsOf(item) {
+  const q = (selector) => item.querySelector(selector);
+  return {
+    sym: q('.sym'), px: q('.px'), vh: q('.vh'), br: q('.br'), arw: q('.arw, .tri'),
+    chg: q('.chg'), pct: q('.pct'),
+  };
+}
+
 function el(tag, attrs = {}, text) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
@@ -142,7 +151,6 @@ export class QuoteTicker extends ElementBase {
     super();
     // A declarative shadow root the server rendered is taken over (adopt()), not replaced.
     this.root = this.shadowRoot || this.attachShadow({ mode: 'open' });
-    styleFor(this.root);
     this.wants = '*'; // '*' or the array of symbols of the `symbols` attribute
     this.quotes = new Map(); // latest state, tracked even while paused
     this.history = new Map(); // symbol -> [[ts, price], ...]: setHistory()'s, then received
@@ -408,16 +416,19 @@ export class QuoteTicker extends ElementBase {
     }
     Object.assign(this, nodes);
     this.wrap = wrap;
-    for (const e of [...this.root.children]) if (e.localName === 'style') e.remove(); // styleFor's is in
+    // The server's <style> holds this very stylesheet: keeping it spares the browser
+    // restyling the whole tree as the element takes over. Another one (a server of another
+    // version) makes way for this module's.
+    const styles = [...this.root.children].filter((e) => e.localName === 'style');
+    if (styles.length !== 1 || styles[0].textContent !== CSS) {
+      for (const e of styles) e.remove();
+      styleFor(this.root);
+    }
     this.rowsLayout = wrap.classList.contains('panel') ? 'panel' : 'strip';
     for (const row of [...this.list.children]) {
       const item = row.querySelector('.item[data-symbol]');
       const symbol = item && item.getAttribute('data-symbol');
-      const parts = item && {
-        sym: item.querySelector('.sym'), px: item.querySelector('.px'), vh: item.querySelector('.vh'),
-        br: item.querySelector('.br'), arw: item.querySelector('.arw, .tri'),
-        chg: item.querySelector('.chg'), pct: item.querySelector('.pct'),
-      };
+      const parts = item && partsOf(item);
       if (!symbol || this.rows.has(symbol) || Object.values(parts).some((n) => !n)) {
         row.remove();
         continue;
@@ -445,6 +456,7 @@ export class QuoteTicker extends ElementBase {
   }
 
   create() {
+    styleFor(this.root);
     this.wrap = el('div', { class: 'wrap', part: 'container' });
     this.controls = el('div', { class: 'controls', part: 'controls' });
     const state = el('span', { class: 'state' });
@@ -800,16 +812,16 @@ export class QuoteTicker extends ElementBase {
     }
     this.rows.set(symbol, r);
     this.list.append(row);
-    if (this.layout() === 'strip') this.makeTwin(r);
     return r;
   }
 
-  /** The row's copy in the strip's echo, filled as the row is (fill()). */
+  /** The row's copy in the strip's echo (a clone of the filled row), then filled as the
+   * row is (fill()). */
   makeTwin(r) {
     const row = r.row.cloneNode(true);
     const item = row.querySelector('.item');
     item.removeAttribute('data-symbol');
-    r.twin = { row, item, kind: null, parts: null };
+    r.twin = { row, item, kind: r.kind, parts: r.parts && partsOf(item) };
     this.echo.append(row);
   }
 
@@ -835,6 +847,7 @@ export class QuoteTicker extends ElementBase {
     for (const k of WIDE_PARTS) r.wide[k] = Math.max(r.wide[k] || 0, p[k].length);
     this.fillItem(r, p, r.wide);
     if (r.twin) this.fillItem(r.twin, p, r.wide);
+    else if (this.layout() === 'strip') this.makeTwin(r);
     if (r.spark) this.drawSpark(r.spark, q);
   }
 

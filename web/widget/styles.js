@@ -150,6 +150,11 @@ button:focus-visible, .viewport:focus-visible, .list:focus-visible {
    its own. */
 .flash-up { background: var(--qt-flash-up, rgba(10, 122, 60, .22)); }
 .flash-down { background: var(--qt-flash-down, rgba(193, 38, 46, .2)); }
+/* On the tint the figures take a darker shade of their colour, so they keep a contrast of
+   4.5:1 (WCAG 1.4.3) while lit: 5.6:1 and more on the default colours. */
+:is(.flash-up, .flash-down).up :is(.chg, .pct, .arw, .tri) { color: var(--qt-up-on-flash, #065a2c); }
+:is(.flash-up, .flash-down).down :is(.chg, .pct, .arw, .tri) { color: var(--qt-down-on-flash, #961a20); }
+:is(.flash-up, .flash-down).flat :is(.chg, .pct, .arw, .tri) { color: var(--qt-flat-on-flash, #464b52); }
 
 .feed-stale .item, .feed-reconnecting .item { opacity: .62; }
 .spark { display: block; width: 100%; height: var(--qt-spark-height, 26px); overflow: visible; }
