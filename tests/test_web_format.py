@@ -511,6 +511,9 @@ def test_flash_on_change_then_off_and_none_with_reduced_motion(blank: Page) -> N
     assert blank.evaluate(classes) == ["", ""], "the row and its echo, no flash on a first quote"
     blank.evaluate(ingest, quote("PPL", 126.00, 116.30, seq=2))
     assert blank.evaluate(classes) == ["flash-up", "flash-up"]
+    # On the tint the figures take a darker shade (5.6:1 and more, WCAG 1.4.3's 4.5:1).
+    assert blank.evaluate("""() => getComputedStyle(document.getElementById('t').shadowRoot
+        .querySelector('[data-symbol="PPL"] .chg')).color""") == "rgb(6, 90, 44)"
     assert blank.evaluate("""() => getComputedStyle(document.getElementById('t').shadowRoot
         .querySelector('[data-symbol="PPL"]')).animationName""") == "none"
     blank.wait_for_function(f"({classes})().every((c) => c === '')", timeout=3000)
