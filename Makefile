@@ -58,8 +58,9 @@ js:
 	@test $(JS_CLIENT)/node_modules/.package-lock.json -nt $(JS_CLIENT)/package-lock.json || \
 		{ echo "npm ci in $(JS_CLIENT)"; cd $(JS_CLIENT) && npm ci --no-audit --no-fund --loglevel=error; }
 
-# System packages (redis-server, chromium, nginx, npm) through the same script CI uses: it
-# installs them where it can, or names each one missing.
+# System packages (redis-server, chromium, nginx, npm; docker.io, docker-compose and debootstrap
+# as root) through the same script CI uses: it installs them where it can, or names each one
+# missing.
 test: install-test
 	@bash .ci/system-packages
 	@$(MAKE) --no-print-directory js
