@@ -678,3 +678,16 @@ def test_backoff_has_full_jitter_and_a_cap(blank: Page) -> None:
     assert delays[0] < 500 and 3900 < delays[1] < 4000 and 14900 < delays[2] <= 15000
     assert delays[3] == 0
     assert 4900 < delays[4] < 5000 and 59000 < delays[5] <= 60000
+
+
+def test_the_js_and_python_clients_slow_down_on_the_same_closes(blank: Page) -> None:
+    """1008, 1013 and 4029 mean "slow down" to both clients (a crowd behind one address
+    refused by the per-address rate with 1013 must not come straight back), and every
+    other close is an ordinary drop."""
+    from quote_client.client import SLOW_DOWN_CODES
+
+    js = blank.evaluate("() => [...W.SLOW_DOWN_CODES]")
+    assert sorted(js) == sorted(SLOW_DOWN_CODES) == [1008, 1013, 4029]
+    slow = blank.evaluate("""(codes) => codes.map((c) => W.backoffDelay(0, c, () => 0.999))""",
+                          [1000, 1001, 1006, 1011, 1008, 1013, 4008, 4029])
+    assert [d > 4900 for d in slow] == [False, False, False, False, True, True, False, True]

@@ -247,6 +247,9 @@ export declare const RECONNECT: Readonly<{
   slowCapMs: number;
   healthyAfterMs: number;
 }>;
+/** Close codes after which the reconnect backs off slowly (slowBaseMs, slowCapMs): 1008,
+ * 1013, 4029. */
+export declare const SLOW_DOWN_CODES: readonly number[];
 /** The reconnect delay after `attempt` failures, closed with `code` (full jitter). */
 export declare function backoffDelay(attempt: number, code?: number, random?: () => number): number;
 /** Does `q` replace `held`? (seq above; or, first on a new socket, a later ts). */

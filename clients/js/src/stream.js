@@ -66,11 +66,16 @@ export function isSymbol(value) {
 }
 
 export const RECONNECT = Object.freeze({
-  baseMs: 500, capMs: 15000, // ordinary drops: 1001, 1006, 1011, 1013, 4008, ...
-  slowBaseMs: 5000, slowCapMs: 60000, // policy / rate limit: 1008, 4029
+  baseMs: 500, capMs: 15000, // ordinary drops: 1001, 1006, 1011, 4008, ...
+  // "You, slow down": policy or a connection cap (1008), a flood (4029), and "try again
+  // later" (1013: the service's connection cap or its per-address connect rate, when a
+  // crowd behind one address comes back at once). Retrying at once would be refused again.
+  // The same codes as the Python client's SLOW_DOWN_CODES (a test holds them equal).
+  slowBaseMs: 5000, slowCapMs: 60000,
   healthyAfterMs: 10000, // a socket that lived this long resets the backoff
 });
-const SLOW_CODES = new Set([1008, 4029]);
+export const SLOW_DOWN_CODES = Object.freeze([1008, 1013, 4029]);
+const SLOW_CODES = new Set(SLOW_DOWN_CODES);
 
 /** Full jitter: uniform in [0, min(cap, base * 2**attempt)). */
 export function backoffDelay(attempt, code, random = Math.random) {
