@@ -10,7 +10,6 @@ the widget; tokens are signed here, in Python, and handed to the page through a 
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -140,7 +139,9 @@ def test_tokenrequest_comes_before_expiry_and_a_fresh_token_keeps_it_live(
         assert request["at"] < request["expires"], "asked before the token expired"
     assert page.evaluate("() => log.feeds") == ["connecting", "live"], "never dropped"
     assert len(sockets) == 1, "the same socket all along"
-    assert all(b > a for a, b in itertools.pairwise(seqs)), f"prices kept moving: {seqs}"
+    # OGDC gets about 6 quotes a second here, so one second without one happens (e^-6 per
+    # sample, about 3% of runs over 12): the prices kept moving if no 2 s went by without.
+    assert all(b > a for a, b in zip(seqs, seqs[2:], strict=False)), f"prices kept moving: {seqs}"
     assert ticker.evaluate("(t) => t.stream.auth.sub") in (f"fresh-{len(calls)}", f"fresh-{len(calls) - 1}")
 
 
