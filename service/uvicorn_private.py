@@ -1,0 +1,115 @@
+"""Every use of uvicorn's private internals, in one place (uvicorn 0.55).
+
+ASGI hands an app a `send` to await and nothing more. The service needs two things it
+cannot give: speed (a group's shared frame is the same bytes for every client, so it is
+written once to each caught-up transport instead of being framed per client through
+`send`: bench/viewers.py) and an abort (a peer that stopped reading must be dropped, not
+left holding its buffers; ASGI can only close politely, which such a peer never takes).
+Both reach uvicorn's protocol objects behind the server's own `send` callable, which
+QuoteApp (app.py) keeps in the scope before any middleware wraps it. Stopping the
+listeners first on shutdown (server.py) reads `uvicorn.Server.servers`.
+
+None of this is uvicorn's public API. With another server, or an upgrade that changed a
+part, everything here answers None and the service takes the plain ASGI path (slower; a
+stalled peer then ends by the kernel's TCP_USER_TIMEOUT). tests/test_uvicorn_internals.py
+fails loudly when any part used here changes, on both event loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, MutableMapping
+from typing import Any, Protocol, cast
+
+from .outbox import Writer
+
+# Scope key under which QuoteApp leaves the server's own `send`, for websockets and HTTP.
+SERVER_SEND = "quotes.server_send"
+
+
+class _SansIOProtocol(Protocol):
+    """The parts of uvicorn's websockets-sansio protocol
+    (uvicorn/protocols/websockets/websockets_sansio_impl.py) this module reads."""
+
+    transport: asyncio.Transport
+    writable: asyncio.Event
+    close_sent: bool
+
+
+def keep_server_send(scope: MutableMapping[str, Any], send: Any) -> None:
+    """Called by the app with the server's `send`, before middleware wraps it."""
+    scope[SERVER_SEND] = send
+
+
+def server_send(scope: MutableMapping[str, Any]) -> Any:
+    """The server's own `send` kept by `keep_server_send`, or None."""
+    return scope.get(SERVER_SEND)
+
+
+def raw_protocol(send: Any) -> _SansIOProtocol | None:
+    """uvicorn's websocket protocol behind its `send` (a bound method of it), when shared
+    frames may be written to its transport as prepared wire bytes.
+
+    Only uvicorn's websockets-sansio protocol (server.py asks for it) with no extension
+    negotiated (deflate is off) qualifies; anything else takes the ASGI path."""
+    protocol = getattr(send, "__self__", None)
+    conn = getattr(protocol, "conn", None)
+    if (
+        protocol is None
+        or conn is None
+        or getattr(conn, "extensions", None) != []
+        or not all(hasattr(protocol, a) for a in ("transport", "writable", "close_sent"))
+    ):
+        return None
+    return cast(_SansIOProtocol, protocol)
+
+
+def direct_writes(send: Any) -> tuple[Writer, Callable[[], bool]] | None:
+    """For a websocket's `send`: what the group's lane writes through (the transport's own
+    write, is_closing, get_write_buffer_size: outbox.py), and a check of whether the
+    transport takes a write now (not paused, no close sent, not closing). Looked up once
+    per connection; None off uvicorn's sansio protocol.
+
+    A whole frame is written at once, so it never interleaves with uvicorn's own frames."""
+    protocol = raw_protocol(send)
+    if protocol is None:
+        return None
+    transport = protocol.transport
+
+    def takes_writes() -> bool:
+        return (not protocol.close_sent and protocol.writable.is_set()
+                and not protocol.transport.is_closing())
+
+    return (transport.write, transport.is_closing, transport.get_write_buffer_size), takes_writes
+
+
+def transport_of(send: Any) -> asyncio.Transport | None:
+    """uvicorn's transport behind its `send`: the websocket protocol's, or the HTTP request
+    cycle's (httptools or h11), whose `send` is a bound method beside it. None when there
+    is none that can be aborted (another server)."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None or not hasattr(transport, "abort"):
+        return None
+    return cast(asyncio.Transport, transport)
+
+
+def abort(send: Any) -> bool:
+    """Drop the connection behind the server's `send` at once (ASGI has no abort);
+    whether there was a transport to abort."""
+    transport = transport_of(send)
+    if transport is None:
+        return False
+    transport.abort()
+    return True
+
+
+def listeners(server: Any) -> list[asyncio.Server]:
+    """The listening servers a started `uvicorn.Server` made (its `servers`)."""
+    return list(getattr(server, "servers", []))
+
+
+def stop_accepting(server: Any) -> None:
+    """Close a started `uvicorn.Server`'s listeners before it drains: uvicorn only closes
+    them in its own shutdown, after the drain, and new clients must go elsewhere first."""
+    for listener in listeners(server):
+        listener.close()
