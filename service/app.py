@@ -321,12 +321,12 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR,
         open to any origin so AsyncAPI tools can load it from here."""
         if asyncapi_yaml is None:
             return PlainTextResponse("the AsyncAPI document is not installed here", 404)
-        cors = {"Access-Control-Allow-Origin": "*"}
         if request.url.path.endswith(".yaml"):
-            return Response(asyncapi_yaml, media_type="text/yaml; charset=utf-8", headers=cors)
+            return Response(asyncapi_yaml, media_type="text/yaml; charset=utf-8",
+                            headers=security.OPEN_TO_ALL)
         import yaml  # pyyaml: only this route needs it
 
-        return JSONResponse(yaml.safe_load(asyncapi_yaml), headers=cors)
+        return JSONResponse(yaml.safe_load(asyncapi_yaml), headers=security.OPEN_TO_ALL)
 
     app = QuoteApp(
         routes=[

@@ -29,8 +29,9 @@ from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .security import OPEN_TO_ALL
+
 JS_TYPE = "text/javascript; charset=utf-8"
-OPEN_TO_ALL = {"Access-Control-Allow-Origin": "*"}
 
 PREFIX = "/v"
 # Hex digits of the version; web/widget/quote-ticker.js recognises /v/<12 hex>/ by this.

@@ -166,6 +166,12 @@ def token_of(conn: HTTPConnection) -> str | None:
     return conn.query_params.get("token") or bearer(conn.headers.get("authorization"))
 
 
+# A token that does not pass: HTTP 401 with this code and challenge (RFC 6750 section 3.1);
+# the websocket closes with 1008 instead.
+UNAUTHORIZED = "unauthorized"
+INVALID_TOKEN_CHALLENGE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
+
 def bearer(authorization: str | None) -> str | None:
     """The token of an `Authorization: Bearer ...` header."""
     if authorization is None:

@@ -34,9 +34,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .auth import AuthError, Grant, token_of
+from .auth import INVALID_TOKEN_CHALLENGE, UNAUTHORIZED, AuthError, Grant, token_of
 from .history import DEFAULT_POINTS, MAX_POINTS, MIN_POINTS, Series, parse_id
 from .protocol import ALL, BAD_REQUEST, FORBIDDEN, ProtocolError, Symbols, parse_query_symbols
+from .security import OPEN_TO_ALL
 from .tape import Priced, Tape
 
 if TYPE_CHECKING:
@@ -45,14 +46,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("service.rest")
 
-OPEN_TO_ALL = {"Access-Control-Allow-Origin": "*"}
 # A second: a poller or a CDN gets the board at most a second old, and a burst of page
 # loads costs the service one answer a second per URL.
 CACHE_CONTROL = "public, max-age=1"
 HEADERS = {"Cache-Control": CACHE_CONTROL, **OPEN_TO_ALL}
 UNAVAILABLE = "unavailable"
-# A token that does not pass (HTTP 401); the websocket closes with 1008 instead.
-UNAUTHORIZED = "unauthorized"
 # Bodies above this are gzipped for a client that accepts it (34 symbols at 300 points is
 # some 250 KB of JSON; its digits compress several times over).
 GZIP_ABOVE = 1400
@@ -299,8 +297,7 @@ def routes(service: QuoteService) -> list[Route]:
         try:
             grant = service.auth.grant_for(token_of(request))
         except AuthError as exc:
-            raise BadQuery(UNAUTHORIZED, str(exc), 401,
-                           {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+            raise BadQuery(UNAUTHORIZED, str(exc), 401, INVALID_TOKEN_CHALLENGE) from None
         if grant.symbols == ALL:
             return grant, symbols
         if symbols == ALL:

@@ -49,6 +49,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from .auth import bearer
 from .limits import KeyedBuckets, TokenBucket
 from .protocol import CLOSE_POLICY, CLOSE_TRY_AGAIN
 
@@ -58,6 +59,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("service.security")
 
 ANY = "*"
+# CORS for answers any page may read (the REST API, SSE, assets, the AsyncAPI document).
+OPEN_TO_ALL = {"Access-Control-Allow-Origin": "*"}
 # A websocket refused for its address: accepted, then closed with 1008 and this reason.
 TOO_MANY_REASON = "too many connections from this address"
 # A websocket refused for its address's connect rate: accepted, then closed with 1013.
@@ -276,15 +279,13 @@ def forbidden_origin_response() -> Response:
 def too_many_response() -> Response:
     """An SSE stream refused for its address; open to any origin, so a page can read why."""
     return JSONResponse({"error": "too_many_connections", "message": TOO_MANY_REASON},
-                        status_code=429, headers={"Access-Control-Allow-Origin": "*",
-                                                  "Retry-After": str(RETRY_AFTER_S)})
+                        status_code=429, headers={**OPEN_TO_ALL, "Retry-After": str(RETRY_AFTER_S)})
 
 
 def too_fast_response() -> Response:
     """An SSE stream refused for its address's connect rate: 503, as for MAX_CONNECTS_PER_S."""
     return JSONResponse({"error": "try_again_later", "message": TOO_FAST_REASON},
-                        status_code=503, headers={"Access-Control-Allow-Origin": "*",
-                                                  "Retry-After": str(RETRY_AFTER_S)})
+                        status_code=503, headers={**OPEN_TO_ALL, "Retry-After": str(RETRY_AFTER_S)})
 
 
 def refusal_response(refusal: Refusal) -> Response:
@@ -367,12 +368,10 @@ class SecurityHeaders:
 
 def bearer_ok(authorization: str | None, token: str) -> bool:
     """Whether `Authorization: Bearer X` carries `token`, compared in constant time."""
-    if authorization is None:
+    presented = bearer(authorization)
+    if presented is None:
         return False
-    scheme, _, presented = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(presented.strip().encode("utf-8", "replace"), token.encode("utf-8"))
+    return hmac.compare_digest(presented.encode("utf-8", "replace"), token.encode("utf-8"))
 
 
 def metrics_refusal(headers: Headers, token: str | None) -> Response | None:

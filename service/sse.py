@@ -34,11 +34,12 @@ from starlette.types import Message, Receive, Scope, Send
 from quote_client.quote import QuoteError, normalize_symbol, now_ms
 
 from . import protocol, security
-from .auth import AuthError, Grant, token_of
+from .auth import INVALID_TOKEN_CHALLENGE, UNAUTHORIZED, AuthError, Grant, token_of
 from .connection import welcome
 from .hub import Hub
 from .outbox import Outbox
 from .protocol import ALL, BAD_REQUEST, Mode, ProtocolError, Symbols
+from .security import OPEN_TO_ALL
 from .settings import Settings
 from .wire import Prepared
 
@@ -52,7 +53,6 @@ SSE_PATH = "/sse"
 RETRY_MS = 2000
 # Retry-After of a refused stream (admission, draining), in seconds.
 RETRY_AFTER_S = 2
-OPEN_TO_ALL = {"Access-Control-Allow-Origin": "*"}
 STREAM_HEADERS = [
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache"),
@@ -440,9 +440,9 @@ class SseEndpoint:
             grant = service.auth.grant_for(token_of(HTTPConnection(scope)))
         except AuthError as exc:
             service.hub.stats["auth_refused"] += 1
-            await JSONResponse({"error": "unauthorized", "message": str(exc)}, status_code=401,
-                               headers={**OPEN_TO_ALL, "WWW-Authenticate":
-                                        'Bearer error="invalid_token"'})(scope, receive, send)
+            await JSONResponse({"error": UNAUTHORIZED, "message": str(exc)}, status_code=401,
+                               headers={**OPEN_TO_ALL, **INVALID_TOKEN_CHALLENGE}
+                               )(scope, receive, send)
             return
         try:
             request = parse_request(QueryParams(scope.get("query_string", b"")),
