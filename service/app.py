@@ -21,7 +21,7 @@ from starlette.websockets import WebSocket
 from . import page, rest, security
 from .assets import Assets
 from .auth import Authenticator, Tier
-from .connection import SERVER_SEND, Connection
+from .connection import Connection
 from .delayed import DelayedFeed
 from .feeds import Feed, make_feed
 from .hub import Hub
@@ -32,6 +32,7 @@ from .protocol import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
 from .settings import Settings
 from .sse import SSE_PATH, EventStream, SseEndpoint
 from .tape import Tape, make_tape
+from .uvicorn_private import keep_server_send
 
 log = logging.getLogger("service.app")
 
@@ -48,8 +49,7 @@ GZIP_LEVEL = 5
 class Compression(GZipMiddleware):
     """Starlette's gzip of HTTP answers, but not of the event stream: gzip would let its
     events through as they are (text/event-stream is excluded) yet still stand, for hours,
-    between sse.py and the server's send, where sse.py finds the transport to drop a
-    client that stopped reading."""
+    between sse.py and the server's send."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == SSE_PATH:
@@ -235,12 +235,14 @@ class QuoteApp(Starlette):
     A websocket lives for hours, and every ASGI layer it passes keeps a coroutine frame
     alive all that time (error and exception middleware, router, route, session wrapper:
     about 4 KB a connection together), where HTTP requests pass in milliseconds. The
-    server's own `send` is kept in the scope: connection.py writes through its transport."""
+    server's own `send` is kept in the scope (uvicorn_private.py), before any middleware
+    wraps it, for websockets and HTTP: connection.py writes through its transport, and
+    connection.py and sse.py abort stalled peers through it."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] == WS_PATH:
             scope["app"] = self
-            scope[SERVER_SEND] = send
+            keep_server_send(scope, send)
             service: QuoteService = self.state.service
             # Origin (403) and the address's share (1008), before anything else.
             admitted, address = await service.gate.websocket(scope, receive, send)
@@ -251,6 +253,8 @@ class QuoteApp(Starlette):
             finally:
                 service.gate.leave(address)
             return
+        if scope["type"] == "http":  # sse.py aborts a stalled stream through it
+            keep_server_send(scope, send)
         await super().__call__(scope, receive, send)
 
 

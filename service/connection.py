@@ -3,12 +3,12 @@
 Starlette locks nothing, so each connection has exactly one reader and one writer at a time
 (starlette/websockets.py, 1.10). The reader must always run: it reads pongs and notices a peer that
 left. Writes take one of two paths. Whenever the socket takes data and nothing is in
-flight, what is due is written straight to uvicorn's transport by whoever made it due (the
-fan-out, a command's reply): no task, no wake-up, no await per frame, which is most of a
-frame's cost otherwise (bench/viewers.py). Otherwise (the peer is behind and the transport
-paused, a close is due, or the server is not uvicorn) a sender task sends it through ASGI
-under the send timeout, so one stalled peer holds nothing but its own task, and exits once
-the direct path is open again.
+flight, what is due is written straight to uvicorn's transport (uvicorn_private.py) by
+whoever made it due (the fan-out, a command's reply): no task, no wake-up, no await per
+frame, which is most of a frame's cost otherwise (bench/viewers.py). Otherwise (the peer
+is behind and the transport paused, a close is due, or the server is not uvicorn) a sender
+task sends it through ASGI under the send timeout, so one stalled peer holds nothing but
+its own task, and exits once the direct path is open again.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -41,18 +40,16 @@ from .protocol import (
     Subscribe,
 )
 from .settings import Settings
+from .uvicorn_private import abort, direct_writes, server_send
 from .wire import Prepared, text_frame
 
 log = logging.getLogger("service.connection")
-
-# Scope key under which the app (app.py, QuoteApp) leaves the server's own `send` callable.
-SERVER_SEND = "quotes.server_send"
 
 
 class Connection:
     # Slots, a bare future instead of Events, and a sender task only while one is needed:
     # memory per connection is what decides how many idle clients a process holds.
-    __slots__ = ("_raw", "_sender", "_taken", "_waiter", "_writer", "auth", "closing",
+    __slots__ = ("_direct_open", "_sender", "_taken", "_waiter", "_writer", "auth", "closing",
                  "expired_at", "grant", "hub", "hubs",
                  "last_sent", "limiter", "outbox", "sending_since", "settings", "websocket")
 
@@ -73,11 +70,11 @@ class Connection:
         self.closing: tuple[int, str] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._sender: asyncio.Task[None] | None = None
-        self._raw = _raw_writer(websocket)
-        # What the group's lane writes through (outbox.py): the transport's own methods.
-        transport = self._raw.transport if self._raw is not None else None
-        self._writer: Writer | None = None if transport is None else (
-            transport.write, transport.is_closing, transport.get_write_buffer_size)
+        # What the group's lane writes through (outbox.py): uvicorn's transport's own
+        # methods, and whether it takes a write now (uvicorn_private.py). Looked up once.
+        direct = direct_writes(server_send(websocket.scope))
+        self._writer: Writer | None = None if direct is None else direct[0]
+        self._direct_open: Callable[[], bool] = _never if direct is None else direct[1]
         self.sending_since: float | None = None
         self.last_sent = asyncio.get_running_loop().time()
         # outbox.frames_taken when the sweeper last looked: it dates the last write.
@@ -329,12 +326,6 @@ class Connection:
             if self._sender is asyncio.current_task():
                 self._sender = None
 
-    def _direct_open(self) -> bool:
-        """Whether uvicorn's transport takes a write now (not paused, not closing)."""
-        raw = self._raw
-        return (raw is not None and not raw.close_sent and raw.writable.is_set()
-                and not raw.transport.is_closing())
-
     def check(self, now: float) -> None:
         """Called about every second by the service's sweeper: a heartbeat after
         `heartbeat_s` of silence; a send stuck past `send_timeout_s` ends the client."""
@@ -382,17 +373,11 @@ class Connection:
             async with asyncio.timeout(min(1.0, self.settings.send_timeout_s)):
                 await self.websocket.close(code, reason)
         except TimeoutError:
-            self._abort()
+            # ASGI has no abort; with another server the kernel's TCP_USER_TIMEOUT ends
+            # the connection instead.
+            abort(server_send(self.websocket.scope))
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
-
-    def _abort(self) -> None:
-        """ASGI has no abort, so reach uvicorn's transport behind the send callable; with
-        another server the kernel's TCP_USER_TIMEOUT ends the connection instead."""
-        protocol_ = getattr(self.websocket.scope.get(SERVER_SEND), "__self__", None)
-        transport = getattr(protocol_, "transport", None)
-        if transport is not None:
-            transport.abort()
 
 
 def welcome(settings: Settings, delayed: bool = False) -> str:
@@ -410,21 +395,7 @@ def welcome(settings: Settings, delayed: bool = False) -> str:
     )
 
 
-def _raw_writer(websocket: WebSocket) -> Any:
-    """uvicorn's websocket protocol behind this connection, when shared frames may be
-    written to its transport as prepared wire bytes: the frame is identical for every
-    client, and encoding and framing it per client cost more than the write (bench/).
 
-    Only with uvicorn's websockets-sansio protocol and no extension negotiated (deflate is
-    off, see __main__.py); anything else, or a paused transport, takes the ASGI path. A
-    whole frame is written at once, so it never interleaves with uvicorn's own frames."""
-    protocol_ = getattr(websocket.scope.get(SERVER_SEND), "__self__", None)
-    conn = getattr(protocol_, "conn", None)
-    if (
-        protocol_ is None
-        or conn is None
-        or getattr(conn, "extensions", None) != []
-        or not all(hasattr(protocol_, a) for a in ("transport", "writable", "close_sent"))
-    ):
-        return None
-    return protocol_
+def _never() -> bool:
+    """The direct path's check off uvicorn: never open, everything takes the ASGI path."""
+    return False

@@ -330,8 +330,7 @@ def document_policy(frame_ancestors: str) -> str:
 
 class SecurityHeaders:
     """ASGI middleware: the headers above on every HTTP response, added to what a route
-    set (a route's own Content-Security-Policy wins). Websockets pass untouched. The send
-    it hands on closes over `send`, so sse.py still finds uvicorn's transport behind it."""
+    set (a route's own Content-Security-Policy wins). Websockets pass untouched."""
 
     def __init__(self, app: ASGIApp, frame_ancestors: str = "'self'") -> None:
         self.app = app

@@ -24,6 +24,7 @@ from .forwarded import behind_proxies
 from .node import NODE_ID
 from .settings import Settings
 from .supervisor import EXIT_CONFIG
+from .uvicorn_private import stop_accepting
 
 log = logging.getLogger("service")
 
@@ -75,8 +76,7 @@ class QuoteServer(uvicorn.Server):
         _watchdog(service.settings.drain_s + (self.config.timeout_graceful_shutdown or 5) + 10)
         # Stop accepting: with SO_REUSEPORT the kernel sends new connections to the
         # other workers; without, a load balancer sees a refusal and tries elsewhere.
-        for server in getattr(self, "servers", []):
-            server.close()
+        stop_accepting(self)
         for sock in sockets or []:
             sock.close()
         await service.drain(service.settings.drain_s)
@@ -133,7 +133,8 @@ def uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
         # cores, 100 clients, 100-byte frames: 45k frames/s off vs 18k on, 24 vs 68 KB per
         # connection); quote frames are small, so compression buys little. Off on purpose.
         ws_per_message_deflate=False,
-        # connection.py writes shared frames straight to this protocol's transport.
+        # connection.py writes shared frames straight to this protocol's transport
+        # (uvicorn_private.py).
         ws="websockets-sansio",
         ws_max_size=settings.ws_max_size,
         loop=settings.loop,

@@ -33,7 +33,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from quote_client.quote import QuoteError, normalize_symbol, now_ms
 
-from . import protocol, security
+from . import protocol, security, uvicorn_private
 from .auth import INVALID_TOKEN_CHALLENGE, UNAUTHORIZED, AuthError, Grant, token_of
 from .connection import welcome
 from .hub import Hub
@@ -212,9 +212,9 @@ def error_response(exc: ProtocolError, status: int = 400) -> Response:
 class EventStream:
     """One SSE client: a hub Subscriber whose outbox a writer task turns into events."""
 
-    __slots__ = ("_recovery", "_send", "_waiter", "_writer", "closing", "expired_at", "grant",
-                 "hub", "last_sent", "outbox", "peer", "position", "request", "sending_since",
-                 "settings")
+    __slots__ = ("_recovery", "_server_send", "_waiter", "_writer", "closing", "expired_at",
+                 "grant", "hub", "last_sent", "outbox", "peer", "position", "request",
+                 "sending_since", "settings")
 
     def __init__(self, hub: Hub, settings: Settings, request: StreamRequest,
                  peer: str = "?", grant: Grant | None = None) -> None:
@@ -235,7 +235,8 @@ class EventStream:
         self.last_sent = asyncio.get_running_loop().time()
         self._waiter: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
-        self._send: Send | None = None
+        # The server's own send (uvicorn_private.py), for the abort of a stalled peer.
+        self._server_send: Any = None
         self._recovery: asyncio.Task[None] | None = None
 
     # Subscriber
@@ -297,10 +298,8 @@ class EventStream:
         self.closing = self.closing or (protocol.CLOSE_SLOW_CONSUMER, "slow consumer")
         self.sending_since = None
         # Drop the connection rather than leave its buffers to a peer that never reads
-        # (ASGI has no abort: uvicorn's transport, found behind the send callable).
-        transport = transport_behind(self._send)
-        if transport is not None:
-            transport.abort()
+        # (ASGI has no abort: uvicorn's transport, behind the server's own send).
+        uvicorn_private.abort(self._server_send)
         writer.cancel()
 
     # Lifetime
@@ -332,10 +331,11 @@ class EventStream:
             log.error("recovering the event stream of %s failed", self.peer, exc_info=exc)
             self.close(protocol.CLOSE_INTERNAL, "internal error")
 
-    async def run(self, receive: Receive, send: Send) -> None:
+    async def run(self, receive: Receive, send: Send, server_send: Any = None) -> None:
         """Answer with the stream until the client leaves or the stream is closed; leaves
-        the hub at the end, however it ends. `open` first."""
-        self._send = send
+        the hub at the end, however it ends. `open` first. `server_send`: the server's own
+        send, through which a stalled peer is aborted (None: it is not)."""
+        self._server_send = server_send
         loop = asyncio.get_running_loop()
         try:
             await send({"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS})
@@ -351,7 +351,7 @@ class EventStream:
                         log.error("the event stream of %s failed", self.peer, exc_info=result)
         finally:
             self.hub.remove(self)
-            self._send = None
+            self._server_send = None
 
     async def _write(self, send: Send) -> None:
         """Write whatever is due as one chunk of events; at a close, the `close` event and
@@ -402,25 +402,6 @@ async def _until_disconnect(receive: Receive) -> None:
         message: Message = await receive()
         if message["type"] == "http.disconnect":
             return
-
-
-def transport_behind(send: Any, depth: int = 8) -> Any:
-    """uvicorn's transport behind an ASGI `send`: the server's own send is a method of its
-    request cycle (which holds the transport), and Starlette's middleware wraps it in
-    closures over a variable `send`. None when it is not found (another server)."""
-    for _ in range(depth):
-        transport = getattr(getattr(send, "__self__", None), "transport", None)
-        if transport is not None and hasattr(transport, "abort"):
-            return transport
-        code = getattr(send, "__code__", None)
-        closure = getattr(send, "__closure__", None)
-        if code is None or not closure or "send" not in code.co_freevars:
-            return None
-        try:
-            send = closure[code.co_freevars.index("send")].cell_contents
-        except (ValueError, IndexError):
-            return None
-    return None
 
 
 class SseEndpoint:
@@ -491,7 +472,7 @@ class SseEndpoint:
             return
         service.add_stream(stream)
         try:
-            await stream.run(receive, send)
+            await stream.run(receive, send, uvicorn_private.server_send(scope))
         finally:
             service.remove_stream(stream)
 

@@ -9,14 +9,16 @@ from typing import Any
 
 import orjson
 import pytest
-from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import protocol
+from service import protocol, uvicorn_private
+from service.app import QuoteApp
 from service.forwarded import behind_proxies
 from service.hub import Hub
 from service.protocol import ALL, ProtocolError
+from service.security import SecurityHeaders
 from service.settings import Settings
 from service.sse import (
     RETRY_MS,
@@ -29,7 +31,6 @@ from service.sse import (
     format_event,
     frame_type,
     parse_request,
-    transport_behind,
 )
 from service.tape.memory import MemoryTape
 
@@ -328,50 +329,22 @@ async def test_the_sweeper_sends_heartbeats_and_ends_a_stuck_write() -> None:
     assert hub.stats["slow_consumer_closed"] == 1
 
 
-async def test_the_transport_is_found_behind_the_middlewares_send() -> None:
+async def test_the_transport_is_found_through_the_services_middleware_stack() -> None:
+    """As app.py and server.py wrap the route: uvicorn's proxy-header layers, QuoteApp, then
+    Starlette's error and exception middleware and ours, each with a send of its own. The
+    route still finds the server's own send in the scope, and the transport behind it."""
+    found = []
+
+    class Probe:
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            found.append(uvicorn_private.transport_of(uvicorn_private.server_send(scope)))
+            await Response("ok")(scope, receive, send)
+
     class Transport:
         aborted = False
 
         def abort(self) -> None:
             self.aborted = True
-
-    class Cycle:
-        def __init__(self) -> None:
-            self.transport = Transport()
-
-        async def send(self, message: Any) -> None:
-            pass
-
-    cycle = Cycle()
-
-    def wrap(send: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
-        async def sender(message: Any) -> None:  # Starlette's wrappers look like this
-            await send(message)
-        return sender
-
-    assert transport_behind(wrap(wrap(cycle.send))) is cycle.transport
-    assert transport_behind(cycle.send) is cycle.transport
-    assert transport_behind(None) is None
-
-    async def other(message: Any) -> None:
-        pass
-
-    assert transport_behind(wrap(other)) is None
-
-
-async def test_the_transport_is_found_through_the_services_middleware_stack() -> None:
-    """As app.py and server.py wrap the route: uvicorn's proxy-header layers, then
-    Starlette's error and exception middleware, each with a send of its own."""
-    found = []
-
-    class Probe:
-        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-            found.append(transport_behind(send))
-            await Response("ok")(scope, receive, send)
-
-    class Transport:
-        def abort(self) -> None:
-            pass
 
     class Cycle:  # uvicorn's request cycle: its send is a method, beside the transport
         def __init__(self) -> None:
@@ -384,7 +357,8 @@ async def test_the_transport_is_found_through_the_services_middleware_stack() ->
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    app = behind_proxies(Starlette(routes=[Route("/x", Probe())]), "127.0.0.1")
+    app = behind_proxies(QuoteApp(routes=[Route("/x", Probe())],
+                                  middleware=[Middleware(SecurityHeaders)]), "127.0.0.1")
     cycle = Cycle()
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
              "method": "GET", "scheme": "http", "path": "/x", "raw_path": b"/x",
@@ -393,4 +367,11 @@ async def test_the_transport_is_found_through_the_services_middleware_stack() ->
     await app(scope, receive, cycle.send)
     assert found == [cycle.transport]
     assert cycle.sent[0]["status"] == 200
+    assert uvicorn_private.abort(cycle.send) and cycle.transport.aborted
+
+    async def other(message: Any) -> None:  # another server's send: nothing to abort
+        pass
+
+    assert uvicorn_private.transport_of(other) is None and not uvicorn_private.abort(other)
+    assert uvicorn_private.transport_of(None) is None
 
