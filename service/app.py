@@ -47,9 +47,9 @@ GZIP_LEVEL = 5
 
 
 class Compression(GZipMiddleware):
-    """Starlette's gzip of HTTP answers, but not of the event stream: gzip would let its
-    events through as they are (text/event-stream is excluded) yet still stand, for hours,
-    between sse.py and the server's send."""
+    """Starlette's gzip of HTTP answers, but not of the event stream, which it would only
+    pass through (text/event-stream is excluded) while keeping a layer of its own alive for
+    the hours a stream lasts."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == SSE_PATH:

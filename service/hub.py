@@ -79,6 +79,12 @@ def _loop_call_later(delay: float, callback: Callable[[], None]) -> Any:
     return asyncio.get_running_loop().call_later(delay, callback)
 
 
+def unknown(board: Mapping[str, object], symbols: Symbols) -> list[str]:
+    """The requested symbols the board holds no quote for, sorted (none for "*"): the ack's
+    `unknown`, and /quotes' (rest.py)."""
+    return [] if symbols == ALL else sorted(s for s in symbols if s not in board)
+
+
 class Hub:
     def __init__(self, max_symbols: int, *, default_hz: float | None = None,
                  clock: Callable[[], float] = _loop_time,
@@ -285,8 +291,7 @@ class Hub:
         return added, mine | added
 
     def _unknown(self, symbols: Symbols) -> list[str]:
-        requested = self.board.keys() if symbols == ALL else symbols
-        return [s for s in requested if s not in self.board]
+        return unknown(self.board, symbols)
 
     def set_rate(self, sub: Subscriber, max_hz: float) -> None:
         """The client's rate from now on; it takes effect at its next move (subscribe)."""

@@ -36,6 +36,7 @@ from starlette.routing import Route
 
 from .auth import INVALID_TOKEN_CHALLENGE, UNAUTHORIZED, AuthError, Grant, token_of
 from .history import DEFAULT_POINTS, MAX_POINTS, MIN_POINTS, Series, parse_id
+from .hub import unknown
 from .protocol import ALL, BAD_REQUEST, FORBIDDEN, ProtocolError, Symbols, parse_query_symbols
 from .security import OPEN_TO_ALL
 from .tape import Priced, Tape
@@ -125,9 +126,8 @@ def board_json(board: Mapping[str, tuple[int, str]], symbols: Symbols, feed: str
     (the websocket's quote schema, seq included), by symbol; `unknown` the requested symbols
     without a quote, sorted, as the websocket's ack names them (none for "*")."""
     quotes = ",".join(board[s][1] for s in on_board(board, symbols))
-    unknown = [] if symbols == ALL else sorted(s for s in symbols if s not in board)
     return (b'{"quotes":[' + quotes.encode() + b'],"feed":' + orjson.dumps(feed)
-            + b',"unknown":' + orjson.dumps(unknown) + b"}")
+            + b',"unknown":' + orjson.dumps(unknown(board, symbols)) + b"}")
 
 
 def maybe_gzip(request: Request, body: bytes, headers: dict[str, str]) -> bytes:

@@ -20,7 +20,6 @@ from tests.service_proc import ServiceProcess, run_service
 
 STRIP = "#ticker-strip"
 WAIT_MS = 10_000
-SIZES = [pytest.param(1366, 900, id="desktop"), pytest.param(390, 844, id="phone")]
 # The widget's default speed (--qt-speed, px/s) and the tolerance the issue sets.
 SPEED = 40.0
 SPEED_TOLERANCE = 0.15
@@ -56,6 +55,20 @@ def demo() -> Iterator[ServiceProcess]:
 def browser() -> Iterator[Browser]:
     with chromium() as b:
         yield b
+
+
+@pytest.fixture(params=[(1366, 900), (390, 844)], ids=["desktop", "phone"])
+def page(request: pytest.FixtureRequest, browser: Browser) -> Iterator[Page]:
+    """A page of its own at desktop and at phone size."""
+    width, height = request.param
+    with checked_page(browser, width, height, WAIT_MS) as page:
+        yield page
+
+
+def size(page: Page) -> tuple[int, int]:
+    viewport = page.viewport_size
+    assert viewport is not None
+    return viewport["width"], viewport["height"]
 
 
 def open_live(page: Page, url: str, count: int = 34) -> None:
@@ -113,86 +126,84 @@ def speed_of(page: Page, seconds: float) -> tuple[float, list[float]]:
     return sum(steps) / ((end["at"] - start["at"]) / 1000), steps
 
 
-@pytest.mark.parametrize(("width", "height"), SIZES)
 def test_the_strip_scrolls_one_way_at_its_speed_from_the_first_second(
-        browser: Browser, demo: ServiceProcess, width: int, height: int) -> None:
-    with checked_page(browser, width, height, WAIT_MS) as page:
-        open_live(page, demo.url + "/")
-        wait_state(page, "moving")
-        first = page.evaluate(FIRST_VISIBLE)
-        speed, steps = speed_of(page, 5.0)
-        assert all(step > 0 for step in steps), f"not one way: {steps}"
-        assert abs(speed - SPEED) <= SPEED * SPEED_TOLERANCE, f"{speed:.1f} px/s, want {SPEED}"
-        if width < 600:
-            # The reader sees the next quote come in within seconds, not half a minute.
-            deadline = time.monotonic() + 10
-            while page.evaluate(FIRST_VISIBLE) == first:
-                assert time.monotonic() < deadline, f"{first} still first after 10 s"
-                page.wait_for_timeout(200)
-        # The echo repeats the rows, word for word, as prices change in place.
-        texts = page.evaluate("""() => {
-            const root = document.querySelector('#ticker-strip').shadowRoot;
-            const text = (sel) => [...root.querySelectorAll(sel)].map((e) => e.innerText);
-            return [text('.track:not(.echo) .item'), text('.echo .item'),
-                    root.querySelector('.echo').getAttribute('aria-hidden'),
-                    root.querySelectorAll('.echo [data-symbol]').length];
-        }""")
-        assert texts[0] == texts[1] and len(texts[0]) == 34
-        assert texts[2:] == ["true", 0]
+        page: Page, demo: ServiceProcess) -> None:
+    width, _ = size(page)
+    open_live(page, demo.url + "/")
+    wait_state(page, "moving")
+    first = page.evaluate(FIRST_VISIBLE)
+    speed, steps = speed_of(page, 5.0)
+    assert all(step > 0 for step in steps), f"not one way: {steps}"
+    assert abs(speed - SPEED) <= SPEED * SPEED_TOLERANCE, f"{speed:.1f} px/s, want {SPEED}"
+    if width < 600:
+        # The reader sees the next quote come in within seconds, not half a minute.
+        deadline = time.monotonic() + 10
+        while page.evaluate(FIRST_VISIBLE) == first:
+            assert time.monotonic() < deadline, f"{first} still first after 10 s"
+            page.wait_for_timeout(200)
+    # The echo repeats the rows, word for word, as prices change in place.
+    texts = page.evaluate("""() => {
+        const root = document.querySelector('#ticker-strip').shadowRoot;
+        const text = (sel) => [...root.querySelectorAll(sel)].map((e) => e.innerText);
+        return [text('.track:not(.echo) .item'), text('.echo .item'),
+                root.querySelector('.echo').getAttribute('aria-hidden'),
+                root.querySelectorAll('.echo [data-symbol]').length];
+    }""")
+    assert texts[0] == texts[1] and len(texts[0]) == 34
+    assert texts[2:] == ["true", 0]
 
 
-@pytest.mark.parametrize(("width", "height"), SIZES)
 def test_hover_focus_pause_and_reduced_motion_hold_it_still(
-        browser: Browser, demo: ServiceProcess, width: int, height: int) -> None:
-    with checked_page(browser, width, height, WAIT_MS) as page:
-        open_live(page, demo.url + "/")
-        wait_state(page, "moving")
-        strip = page.locator(STRIP)
-        viewport = strip.locator(".viewport")
+        page: Page, demo: ServiceProcess) -> None:
+    width, height = size(page)
+    open_live(page, demo.url + "/")
+    wait_state(page, "moving")
+    strip = page.locator(STRIP)
+    viewport = strip.locator(".viewport")
 
-        page.mouse.move(width - 20, 15)  # over the quotes
-        page.wait_for_timeout(100)
-        assert holds_still(page), "hover did not hold it"
-        page.mouse.move(width - 20, height - 20)  # away, over the article
-        assert goes_on(page), "it did not go on after the hover"
+    page.mouse.move(width - 20, 15)  # over the quotes
+    page.wait_for_timeout(100)
+    assert holds_still(page), "hover did not hold it"
+    page.mouse.move(width - 20, height - 20)  # away, over the article
+    assert goes_on(page), "it did not go on after the hover"
 
-        # Keyboard focus on the quotes region holds it; leaving it lets it go.
-        for _ in range(6):
-            page.keyboard.press("Tab")
-            if page.evaluate("() => document.activeElement?.id === 'ticker-strip' && "
-                             "document.activeElement.shadowRoot.activeElement?.classList.contains('viewport')"):
-                break
-        else:
-            pytest.fail("Tab never reached the strip's quotes")
-        page.wait_for_timeout(100)  # the compositor's frame in flight when it was told
-        steps = travel(page, 1.0)
-        assert all(abs(s) < 0.5 for s in steps), (
-            f"keyboard focus did not hold it: {steps}, "
-            + str(strip.evaluate("(t) => [t.held, t.scroll && t.scroll.playState, "
-                                 "t.shadowRoot.activeElement && t.shadowRoot.activeElement.className]")))
+    # Keyboard focus on the quotes region holds it; leaving it lets it go.
+    for _ in range(6):
         page.keyboard.press("Tab")
-        assert goes_on(page), "it did not go on after the focus left"
+        if page.evaluate("() => document.activeElement?.id === 'ticker-strip' && "
+                         "document.activeElement.shadowRoot.activeElement?.classList.contains('viewport')"):
+            break
+    else:
+        pytest.fail("Tab never reached the strip's quotes")
+    page.wait_for_timeout(100)  # the compositor's frame in flight when it was told
+    steps = travel(page, 1.0)
+    assert all(abs(s) < 0.5 for s in steps), (
+        f"keyboard focus did not hold it: {steps}, "
+        + str(strip.evaluate("(t) => [t.held, t.scroll && t.scroll.playState, "
+                             "t.shadowRoot.activeElement && t.shadowRoot.activeElement.className]")))
+    page.keyboard.press("Tab")
+    assert goes_on(page), "it did not go on after the focus left"
 
-        # Pause: still, and the reader can scroll the row from where it stopped.
-        strip.get_by_role("button", name="Pause").click()
-        wait_state(page, "still")
-        page.mouse.move(width - 20, height - 20)
-        assert holds_still(page)
-        assert viewport.evaluate("(v) => v.scrollWidth > v.clientWidth") is True
-        strip.get_by_role("button", name="Pause").click()
-        wait_state(page, "moving")
-        assert goes_on(page)
+    # Pause: still, and the reader can scroll the row from where it stopped.
+    strip.get_by_role("button", name="Pause").click()
+    wait_state(page, "still")
+    page.mouse.move(width - 20, height - 20)
+    assert holds_still(page)
+    assert viewport.evaluate("(v) => v.scrollWidth > v.clientWidth") is True
+    strip.get_by_role("button", name="Pause").click()
+    wait_state(page, "moving")
+    assert goes_on(page)
 
-        page.emulate_media(reduced_motion="reduce")
-        wait_state(page, "still")
-        assert holds_still(page)
-        assert viewport.evaluate("(v) => getComputedStyle(v).overflowX") == "auto"
-        page.emulate_media(reduced_motion="no-preference")
-        wait_state(page, "moving")
+    page.emulate_media(reduced_motion="reduce")
+    wait_state(page, "still")
+    assert holds_still(page)
+    assert viewport.evaluate("(v) => getComputedStyle(v).overflowX") == "auto"
+    page.emulate_media(reduced_motion="no-preference")
+    wait_state(page, "moving")
 
-        strip.evaluate("(t) => t.setAttribute('motion', 'off')")
-        wait_state(page, "still")
-        assert holds_still(page)
+    strip.evaluate("(t) => t.setAttribute('motion', 'off')")
+    wait_state(page, "still")
+    assert holds_still(page)
 
 
 def test_a_strip_that_fits_stands_still_and_hides_nothing(
@@ -217,35 +228,34 @@ def metrics(cdp: CDPSession) -> dict[str, float]:
     return {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
 
 
-@pytest.mark.parametrize(("width", "height"), SIZES)
 def test_the_reader_s_main_thread_stays_nearly_idle_and_nothing_shifts(
-        browser: Browser, demo: ServiceProcess, width: int, height: int) -> None:
+        page: Page, demo: ServiceProcess) -> None:
     """The demo's updates at the widget's max_hz 4, the strip scrolling and flashing, the
     panel's sparklines growing: the main thread's task time over 6 s of wall time."""
-    with checked_page(browser, width, height, WAIT_MS) as page:
-        page.add_init_script("""
-            window.shifts = [];
-            new PerformanceObserver((list) => {
-                for (const e of list.getEntries()) if (!e.hadRecentInput) window.shifts.push(e.value);
-            }).observe({type: 'layout-shift', buffered: true});""")
-        cdp = page.context.new_cdp_session(page)
-        cdp.send("Performance.enable", {"timeDomain": "threadTicks"})
-        open_live(page, demo.url + "/")
-        wait_state(page, "moving")
-        page.wait_for_timeout(1000)
-        page.evaluate("() => { window.shifts = []; }")
-        before, t0 = metrics(cdp), time.monotonic()
-        page.wait_for_timeout(6000)
-        after, t1 = metrics(cdp), time.monotonic()
-        busy = (after["TaskDuration"] - before["TaskDuration"]) / (t1 - t0)
-        frames_moved = page.evaluate("() => document.querySelector('#ticker-strip').scroll.playState")
-        assert frames_moved == "running"
-        assert busy <= BUSY_LIMIT, f"the main thread was {busy:.1%} busy"
-        # A number that needs more room than it ever had (a percentage gaining a digit) still
-        # moves what follows it, once; then its room stays. Without that, every shorter and
-        # longer figure moves the rest of the strip: several shifts a second.
-        shifts: list[Any] = page.evaluate("() => window.shifts")
-        assert len(shifts) <= 3 and sum(shifts) < 0.001, f"layout shifts: {shifts}"
-        print(f"{width}px: main thread {busy:.1%} busy, "
-              f"{(after['RecalcStyleCount'] - before['RecalcStyleCount']) / (t1 - t0):.1f} style "
-              f"recalculations/s, {(after['LayoutCount'] - before['LayoutCount']) / (t1 - t0):.1f} layouts/s")
+    width, _ = size(page)
+    page.add_init_script("""
+        window.shifts = [];
+        new PerformanceObserver((list) => {
+            for (const e of list.getEntries()) if (!e.hadRecentInput) window.shifts.push(e.value);
+        }).observe({type: 'layout-shift', buffered: true});""")
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Performance.enable", {"timeDomain": "threadTicks"})
+    open_live(page, demo.url + "/")
+    wait_state(page, "moving")
+    page.wait_for_timeout(1000)
+    page.evaluate("() => { window.shifts = []; }")
+    before, t0 = metrics(cdp), time.monotonic()
+    page.wait_for_timeout(6000)
+    after, t1 = metrics(cdp), time.monotonic()
+    busy = (after["TaskDuration"] - before["TaskDuration"]) / (t1 - t0)
+    frames_moved = page.evaluate("() => document.querySelector('#ticker-strip').scroll.playState")
+    assert frames_moved == "running"
+    assert busy <= BUSY_LIMIT, f"the main thread was {busy:.1%} busy"
+    # A number that needs more room than it ever had (a percentage gaining a digit) still
+    # moves what follows it, once; then its room stays. Without that, every shorter and
+    # longer figure moves the rest of the strip: several shifts a second.
+    shifts: list[Any] = page.evaluate("() => window.shifts")
+    assert len(shifts) <= 3 and sum(shifts) < 0.001, f"layout shifts: {shifts}"
+    print(f"{width}px: main thread {busy:.1%} busy, "
+          f"{(after['RecalcStyleCount'] - before['RecalcStyleCount']) / (t1 - t0):.1f} style "
+          f"recalculations/s, {(after['LayoutCount'] - before['LayoutCount']) / (t1 - t0):.1f} layouts/s")
