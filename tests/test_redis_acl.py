@@ -161,6 +161,7 @@ async def test_publisher_and_service_each_do_their_job_as_their_own_user(
         report = orjson.loads(body)
         assert status == 200 and report["redis"] == "connected", report
         assert report["probe_rtt_ms"] is not None, report
+        await board_full(service)
 
         async with connect(service.ws_url + "?symbols=*") as ws:
             snapshot = await recv_type(ws, "snapshot", timeout=10)
@@ -538,6 +539,18 @@ async def test_a_cluster_on_the_same_rules_survives_a_failover() -> None:
             cluster.stop()
 
 
+
+async def board_full(service: ServiceProcess) -> None:
+    """Until the service holds the publisher's whole board: /readyz turns 200 on the first
+    heartbeat heard, which may come before the board (the publisher reads its earlier state
+    first, slower on a cluster), and a client connecting then gets no snapshot yet."""
+
+    def full() -> bool:
+        status, body = http_get(service.url + "/quotes")
+        return status == 200 and len(orjson.loads(body)["quotes"]) == SYMBOLS
+
+    await until(full, 10, "the whole board on the service")
+
 async def cluster_stack(cluster: AclCluster) -> None:
     for node in cluster.nodes:
         reset_acl_log(node.port)
@@ -549,6 +562,7 @@ async def cluster_stack(cluster: AclCluster) -> None:
     try:
         publisher.start()
         service.start(ready="/readyz")  # SSUBSCRIBEd, probes SPUBLISHed on every shard
+        await board_full(service)
         async with connect(service.ws_url + "?symbols=*") as ws:
             assert len((await recv_type(ws, "snapshot", timeout=10))["quotes"]) == SYMBOLS
             await recv_type(ws, "quotes", timeout=10)
