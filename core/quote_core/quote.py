@@ -181,21 +181,3 @@ class Quote:
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict())
 
-
-def decode_payload(payload: bytes | str) -> tuple[list[Quote], list[str]]:
-    """Decode one pub/sub message: a quote object or a JSON array of them, each with seq.
-
-    Returns the good quotes and a reason for each bad one, so that one bad entry costs
-    only itself; the caller counts, logs and drops the bad ones."""
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        return [], [f"not JSON: {exc}"]
-    good: list[Quote] = []
-    bad: list[str] = []
-    for item in data if isinstance(data, list) else [data]:
-        try:
-            good.append(Quote.from_dict(item, require_seq=True))
-        except QuoteError as exc:
-            bad.append(str(exc))
-    return good, bad
