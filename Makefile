@@ -15,19 +15,21 @@ export HOST PORT
 install: $(VENV)/.installed-run
 install-test: $(VENV)/.installed-test
 
-# The client package first: the server depends on it (psx-quote-client), and pip takes that
-# installed copy rather than looking for it on an index.
-$(VENV)/.installed-run: pyproject.toml clients/python/pyproject.toml
+# The core first: the server depends on it (psx-quote-core), and pip takes that installed
+# copy rather than looking for it on an index. The client package (clients/python, which
+# depends on the core too) only with the tests: the suite and the benchmark use it, the
+# server does not.
+$(VENV)/.installed-run: pyproject.toml core/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "Python 3.11 or newer is needed (set PYTHON=python3.12 or similar)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e clients/python
+	$(PY) -m pip install --quiet -e core
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed-run
-	$(PY) -m pip install --quiet -e '.[test]'
+$(VENV)/.installed-test: $(VENV)/.installed-run clients/python/pyproject.toml
+	$(PY) -m pip install --quiet -e clients/python -e '.[test]'
 	touch $@
 
 # Without REDIS_URL: one process, the simulated market in-process, no Redis needed.
@@ -66,10 +68,11 @@ test: install-test
 	@$(MAKE) --no-print-directory js
 	$(PY) -m pytest
 
-# Lint and types: what CI checks besides the tests.
+# Lint, types and the import contracts (.importlinter): what CI checks besides the tests.
 lint: install-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # The benchmark (bench/README.md): the service and its peers one after another, about
 # 15 minutes; results in bench/results/. `make bench BENCH_ARGS=--quick` for seconds.

@@ -1,7 +1,8 @@
-"""The Python client as a package of its own (clients/python): it imports nothing of the
-server, the server keeps no second copy of what it shares with it, the README's example
-runs against the real service, and `pip install ./clients/python` in a fresh venv, with
-no Starlette or uvicorn in it, gives a working QuoteClient and `quote-tail`."""
+"""The Python client as a package of its own (clients/python) on the shared core (core/):
+the client imports nothing of the server, the core nothing but orjson, nobody keeps a
+second copy of what the core holds, the README's example runs against the real service,
+and `pip install ./core ./clients/python` in a fresh venv, with no Starlette or uvicorn in
+it, gives a working QuoteClient and `quote-tail`."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from quote_client.quote import Quote
-from quote_client.ticker_text import parse_line
+from quote_core.quote import Quote
+from quote_core.text import parse_line
 from tests.service_proc import ROOT, ServiceProcess, run_example, run_service
 
 PACKAGE = ROOT / "clients" / "python"
 SOURCE = PACKAGE / "quote_client"
+CORE = ROOT / "core"
+CORE_SOURCE = CORE / "quote_core"
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 SEED_SYMBOLS = 34
 # A child Python of ours, without this checkout or a developer's settings on its path.
@@ -46,9 +49,9 @@ def code_block(language: str) -> str:
 # Static: the package stands alone, and each shared idea has one implementation.
 
 
-def test_the_package_imports_only_the_standard_library_websockets_and_orjson() -> None:
-    allowed = set(sys.stdlib_module_names) | {"websockets", "orjson"}
-    for path in sorted(SOURCE.glob("*.py")):
+def check_imports(source: Path, allowed: set[str]) -> None:
+    """Every absolute import of the package's modules is of one of `allowed`."""
+    for path in sorted(source.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
@@ -58,11 +61,23 @@ def test_the_package_imports_only_the_standard_library_websockets_and_orjson() -
                 continue
             for name in names:
                 assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
-    text = (PACKAGE / "pyproject.toml").read_text(encoding="utf-8")
+
+
+def dependencies_of(package: Path) -> list[str]:
+    text = (package / "pyproject.toml").read_text(encoding="utf-8")
     dependencies = re.search(r"^dependencies = \[(.*?)^\]", text, re.MULTILINE | re.DOTALL)
     assert dependencies is not None
-    named = re.findall(r'^\s*"([A-Za-z0-9_.-]+)', dependencies.group(1), re.MULTILINE)
-    assert sorted(named) == ["orjson", "websockets"]
+    return sorted(re.findall(r'^\s*"([A-Za-z0-9_.-]+)', dependencies.group(1), re.MULTILINE))
+
+
+def test_the_package_imports_only_the_standard_library_websockets_orjson_and_the_core() -> None:
+    check_imports(SOURCE, set(sys.stdlib_module_names) | {"websockets", "orjson", "quote_core"})
+    assert dependencies_of(PACKAGE) == ["orjson", "psx-quote-core", "websockets"]
+
+
+def test_the_core_imports_only_the_standard_library_and_orjson() -> None:
+    check_imports(CORE_SOURCE, set(sys.stdlib_module_names) | {"orjson"})
+    assert dependencies_of(CORE) == ["orjson"]
 
 
 def _top_level_names(path: Path) -> set[str]:
@@ -77,19 +92,41 @@ def _top_level_names(path: Path) -> set[str]:
     return {n for n in names if not n.startswith("_") and n != "log"}
 
 
-def test_the_server_defines_none_of_what_it_shares_with_the_client() -> None:
-    """quote, ticker_text, protocol and backoff live in quote_client only: the service and
-    the publisher import them, they do not define them again."""
+# Every Python package of the checkout but the core: the server's, the publisher's, the SDK.
+USERS_OF_THE_CORE = ("service", "publisher", "quote_bus", "quote_runtime", "quote_sim",
+                     "clients/python/quote_client")
+
+
+def test_nobody_defines_again_what_the_core_holds() -> None:
+    """quote, text, protocol and backoff live in quote_core only: the service, the
+    publisher and the client import them, they do not define them again."""
     shared: dict[str, str] = {}
-    for module in ("quote", "ticker_text", "protocol", "backoff"):
-        for name in _top_level_names(SOURCE / f"{module}.py"):
+    for module in ("quote", "text", "protocol", "backoff"):
+        for name in _top_level_names(CORE_SOURCE / f"{module}.py"):
             shared[name] = module
-    for path in sorted([*ROOT.glob("service/**/*.py"), *ROOT.glob("publisher/**/*.py")]):
+    for path in sorted(p for folder in USERS_OF_THE_CORE for p in ROOT.glob(f"{folder}/**/*.py")):
         again = _top_level_names(path) & shared.keys()
         assert not again, f"{path.relative_to(ROOT)} defines {sorted(again)} again " \
-                          f"(quote_client: {sorted({shared[n] for n in again})})"
+                          f"(quote_core: {sorted({shared[n] for n in again})})"
+    for gone in ("quote.py", "ticker_text.py", "protocol.py", "backoff.py"):
+        assert not (SOURCE / gone).exists(), f"quote_client/{gone}: the core's now"
     for gone in ("quote.py", "ticker_text.py", "backoff.py", "client.py", "tail.py"):
         assert not (ROOT / "service" / gone).exists(), gone
+
+
+def test_the_client_ships_no_server_code() -> None:
+    """The Redis payload decoding is the server's (quote_bus.payload): neither the SDK nor
+    the core it installs defines it, and importing the SDK loads nothing of the server."""
+    for source in (SOURCE, CORE_SOURCE):
+        for path in source.glob("*.py"):
+            assert "decode_payload" not in _top_level_names(path), path
+    loaded = subprocess.run([sys.executable, "-c", "import sys, quote_client; "
+                             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"],
+                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=30)
+    assert loaded.returncode == 0, loaded.stderr
+    server = {"service", "publisher", "quote_bus", "quote_runtime", "quote_sim", "redis",
+              "starlette", "uvicorn"}
+    assert not server & set(loaded.stdout.split()), loaded.stdout
 
 
 # Against the real service.
@@ -118,7 +155,7 @@ def test_the_readme_example_runs(service: ServiceProcess, tmp_path: Path) -> Non
 
 
 def test_the_readme_shows_the_install_line_and_the_tail() -> None:
-    assert code_block("sh").strip() == "pip install ./clients/python"
+    assert code_block("sh").strip() == "pip install ./core ./clients/python"
     section = python_section()
     assert "quote-tail --symbols" in section and "python -m quote_client tail" in section
     assert "--json" in section and "--once" in section
@@ -141,6 +178,7 @@ async def main() -> None:
         print(json.dumps({
             "board": len(client.board), "feed": client.feed,
             "requires": importlib.metadata.requires("psx-quote-client"),
+            "core_requires": importlib.metadata.requires("psx-quote-core"),
             "loaded": sorted({m.split(".")[0] for m in sys.modules}),
         }))
 
@@ -150,12 +188,14 @@ asyncio.run(main())
 
 @pytest.fixture(scope="module")
 def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`pip install ./clients/python` (the README's line) into a new venv, run in a folder
-    that holds a copy of clients/python and nothing else: the folder alone is enough.
-    pip fetches websockets and orjson from the index as a consumer's would."""
+    """`pip install ./core ./clients/python` (the README's line) into a new venv, run in a
+    folder that holds a copy of core and clients/python and nothing else: the two folders
+    alone are enough. pip fetches websockets and orjson from the index as a consumer's
+    would, and takes psx-quote-core from its path."""
     root = tmp_path_factory.mktemp("consumer")
-    shutil.copytree(PACKAGE, root / "clients" / "python",
-                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    for folder in (CORE, PACKAGE):
+        shutil.copytree(folder, root / folder.relative_to(ROOT),
+                        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120,
                    capture_output=True)
@@ -174,11 +214,15 @@ FRESH_VENV = pytest.mark.timeout(360)
 @FRESH_VENV
 def test_a_fresh_venv_has_no_server_dependencies(fresh_venv: Path) -> None:
     python = str(fresh_venv / "bin" / "python")
-    for module in ("starlette", "uvicorn", "redis", "prometheus_client", "service", "publisher"):
+    for module in ("starlette", "uvicorn", "redis", "prometheus_client", "service", "publisher",
+                   "quote_bus"):
         result = subprocess.run([python, "-c", f"import {module}"], cwd=fresh_venv, env=ENV,
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr, module
     where = subprocess.run([python, "-c", "import quote_client; print(quote_client.__file__)"],
+                           cwd=fresh_venv, env=ENV, capture_output=True, text=True, timeout=30)
+    assert Path(where.stdout.strip()).is_relative_to(fresh_venv), "installed, not this checkout"
+    where = subprocess.run([python, "-c", "import quote_core; print(quote_core.__file__)"],
                            cwd=fresh_venv, env=ENV, capture_output=True, text=True, timeout=30)
     assert Path(where.stdout.strip()).is_relative_to(fresh_venv), "installed, not this checkout"
 
@@ -190,8 +234,10 @@ def test_a_fresh_venv_client_holds_the_full_board(fresh_venv: Path, service: Ser
     assert result.returncode == 0, result.stderr
     report = orjson.loads(result.stdout)
     assert report["board"] == SEED_SYMBOLS and report["feed"] == "live"
-    assert sorted(r.split(">")[0].split("=")[0] for r in report["requires"]) == ["orjson", "websockets"]
-    assert not {"starlette", "uvicorn", "service", "publisher"} & set(report["loaded"])
+    assert sorted(r.split(">")[0].split("=")[0] for r in report["requires"]) == [
+        "orjson", "psx-quote-core", "websockets"]
+    assert [r.split(">")[0] for r in report["core_requires"]] == ["orjson"], "the core needs orjson only"
+    assert not {"starlette", "uvicorn", "service", "publisher", "quote_bus"} & set(report["loaded"])
 
 
 @FRESH_VENV

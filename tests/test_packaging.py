@@ -1,9 +1,9 @@
 """How the project installs: the two make stages (what running needs, then the test tools),
-setuptools silent on an editable install, and each package (the server, the Python client,
-the JS client) shipping its LICENSE and its data.
+setuptools silent on an editable install, and each package (the server, the shared core, the
+Python client, the JS client) shipping its LICENSE and its data.
 
 The installs are real: a fresh venv with the build system the pyprojects name (setuptools
-from the index, as a newcomer's pip gets it), and pip building both packages from this
+from the index, as a newcomer's pip gets it), and pip building the packages from this
 checkout with it, without their dependencies.
 """
 
@@ -24,6 +24,7 @@ import pytest
 from tests.service_proc import ROOT
 
 PYTHON_CLIENT = ROOT / "clients" / "python"
+CORE = ROOT / "core"
 JS_CLIENT = ROOT / "clients" / "js"
 MIT_HEAD = "MIT License\n\nCopyright (c) 2026 The psx-quotes authors\n"
 # What setuptools warns with: BuildBackendWarning, SetuptoolsDeprecationWarning, ... (pip's
@@ -58,12 +59,13 @@ def make(*args: str) -> subprocess.CompletedProcess[str]:
 def test_make_run_installs_what_running_needs_and_make_test_adds_the_test_tools(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     run = make("-n", "run", f"VENV={venv}").stdout
-    assert "pip install --quiet -e clients/python" in run and "pip install --quiet -e .\n" in run
+    assert "pip install --quiet -e core\n" in run and "pip install --quiet -e .\n" in run
     assert "[test]" not in run, "make run installs no test tools"
+    assert "clients/python" not in run, "the server does not need the client package"
     assert f"touch {venv}/.installed-run" in run
     for target in ("test", "lint", "install-test"):
         out = make("-n", target, f"VENV={venv}").stdout
-        assert "-e clients/python" in out and "pip install --quiet -e '.[test]'" in out, target
+        assert "pip install --quiet -e clients/python -e '.[test]'" in out, target
         assert f"touch {venv}/.installed-test" in out, target
 
 
@@ -76,7 +78,7 @@ def test_each_stage_installs_once(tmp_path: Path) -> None:
     assert make("-q", "install", f"VENV={venv}").returncode == 0
     assert make("-q", "install-test", f"VENV={venv}").returncode == 1
     todo = make("-n", "install-test", f"VENV={venv}").stdout
-    assert "'.[test]'" in todo and "-e clients/python" not in todo
+    assert "'.[test]'" in todo and "-e core" not in todo
     (venv / ".installed-test").touch()
     assert make("-q", "install-test", f"VENV={venv}").returncode == 0
 
@@ -89,35 +91,40 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (pip's build isolation would fetch it again for every build)."""
     venv = tmp_path_factory.mktemp("packaging") / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    requires = {req for pyproject in (ROOT / "pyproject.toml", PYTHON_CLIENT / "pyproject.toml")
+    requires = {req for pyproject in (ROOT / "pyproject.toml", CORE / "pyproject.toml",
+                                      PYTHON_CLIENT / "pyproject.toml")
                 for req in tomllib.loads(pyproject.read_text(encoding="utf-8"))["build-system"]["requires"]}
     pip(venv, "install", *sorted(requires))
     return venv
 
 
 def test_editable_installs_print_no_setuptools_warnings(venv: Path, tmp_path: Path) -> None:
-    """`pip install -e clients/python` then `pip install -e .` in a fresh venv, as the README
-    and the Makefile do: no "Package would be ignored", no notice about import finders."""
-    client = pip(venv, "install", "--no-deps", "--no-build-isolation", "-e", str(PYTHON_CLIENT))
+    """`pip install -e core`, `-e .` and `-e clients/python` in a fresh venv, as the Makefile
+    does: no "Package would be ignored", no notice about import finders."""
+    core = pip(venv, "install", "--no-deps", "--no-build-isolation", "-e", str(CORE))
     server = pip(venv, "install", "--no-deps", "--no-build-isolation", "-e", ".")
+    client = pip(venv, "install", "--no-deps", "--no-build-isolation", "-e", str(PYTHON_CLIENT))
     assert "Successfully installed psx-quotes" in server
-    assert warnings_in(client) == [] and warnings_in(server) == [], warnings_in(client + server)
+    assert warnings_in(core + server + client) == [], warnings_in(core + server + client)
     # Found in this checkout (their dependencies are not installed, so not imported).
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "from importlib.util import find_spec; "
-                            "print(find_spec('publisher').origin, find_spec('quote_client').origin)"],
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "from importlib.util import find_spec; print("
+                            "*(find_spec(p).origin for p in ('publisher', 'quote_core', 'quote_client')))"],
                            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=30)
     assert where.stdout.split() == [str(ROOT / "publisher" / "__init__.py"),
+                                    str(CORE / "quote_core" / "__init__.py"),
                                     str(PYTHON_CLIENT / "quote_client" / "__init__.py")], where.stderr
 
 
 def test_the_wheels_carry_their_license_and_data(venv: Path, tmp_path: Path) -> None:
-    """The wheels pip builds from a plain `pip install ./clients/python .` (the Dockerfile's):
-    the LICENSE in each, the seed's ticker file, every subpackage, and nothing else."""
+    """The wheels pip builds from a plain `pip install ./core .` (the Dockerfile's) and of the
+    client package: the LICENSE in each, the seed's ticker file, every subpackage, and
+    nothing else."""
     output = pip(venv, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
-                 str(PYTHON_CLIENT), ".")
+                 str(CORE), str(PYTHON_CLIENT), ".")
     assert warnings_in(output) == [], warnings_in(output)
     (server,) = tmp_path.glob("psx_quotes-*.whl")
     (client,) = tmp_path.glob("psx_quote_client-*.whl")
+    (core,) = tmp_path.glob("psx_quote_core-*.whl")
     with zipfile.ZipFile(server) as wheel:
         names = set(wheel.namelist())
         assert wheel.read("psx_quotes-0.1.0.dist-info/licenses/LICENSE").decode().startswith(MIT_HEAD)
@@ -132,6 +139,14 @@ def test_the_wheels_carry_their_license_and_data(venv: Path, tmp_path: Path) -> 
         assert wheel.read("psx_quote_client-0.1.0.dist-info/licenses/LICENSE").decode().startswith(MIT_HEAD)
     assert "quote_client/py.typed" in names
     assert {n.split("/")[0] for n in names} == {"quote_client", "psx_quote_client-0.1.0.dist-info"}
+    with zipfile.ZipFile(core) as wheel:
+        names = set(wheel.namelist())
+        assert wheel.read("psx_quote_core-0.1.0.dist-info/licenses/LICENSE").decode().startswith(MIT_HEAD)
+        metadata = wheel.read("psx_quote_core-0.1.0.dist-info/METADATA").decode()
+    assert [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")] == [
+        "Requires-Dist: orjson>=3.10"], "the core needs orjson only"
+    assert "quote_core/py.typed" in names
+    assert {n.split("/")[0] for n in names} == {"quote_core", "psx_quote_core-0.1.0.dist-info"}
 
 
 # --- the licenses -------------------------------------------------------------------------
@@ -139,9 +154,9 @@ def test_the_wheels_carry_their_license_and_data(venv: Path, tmp_path: Path) -> 
 def test_every_package_is_mit_with_its_license_file() -> None:
     text = (ROOT / "LICENSE").read_text(encoding="utf-8")
     assert text.startswith(MIT_HEAD) and "THE SOFTWARE IS PROVIDED \"AS IS\"" in text
-    for folder in (PYTHON_CLIENT, JS_CLIENT):
+    for folder in (CORE, PYTHON_CLIENT, JS_CLIENT):
         assert (folder / "LICENSE").read_text(encoding="utf-8") == text, folder
-    for pyproject in (ROOT / "pyproject.toml", PYTHON_CLIENT / "pyproject.toml"):
+    for pyproject in (ROOT / "pyproject.toml", CORE / "pyproject.toml", PYTHON_CLIENT / "pyproject.toml"):
         project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
         assert (project["license"], project["license-files"]) == ("MIT", ["LICENSE"]), pyproject
     assert json.loads((JS_CLIENT / "package.json").read_text(encoding="utf-8"))["license"] == "MIT"

@@ -1,4 +1,4 @@
-"""The Python client of the PSX quote stream, and the ideas it shares with the server.
+"""The Python client of the PSX quote stream.
 
     from quote_client import QuoteClient, format_line
 
@@ -6,39 +6,31 @@
         async for quote in client.quotes():
             print(format_line(quote))
 
-Modules: `client` (QuoteClient: reconnects, resubscribes, keeps the board by seq), `quote`
-(the quote model and its validation), `ticker_text` (the seed's text form of a quote),
-`protocol` (the codes and names of the wire protocol), `backoff` (jittered retry delays),
-`tail` (the terminal ticker, `quote-tail`). The service and the publisher import the
-shared ones from here: one implementation of each idea.
-
-The client module (and websockets with it) is loaded on first use of one of its names, so
-a process that needs only the quote model does not pay for it.
+Modules: `client` (QuoteClient: reconnects, resubscribes, keeps the board by seq), `tail`
+(the terminal ticker, `quote-tail`). The quote model, its text form and the protocol's
+vocabulary are psx-quote-core's (quote_core), which the server shares; the names a
+consumer needs from it are re-exported here.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from quote_core.protocol import ALL, Mode, Symbols
+from quote_core.quote import Quote, QuoteError, normalize_symbol
+from quote_core.text import TickerLine, format_line, parse_line
 
-from .protocol import ALL, Symbols
-from .quote import Quote, QuoteError, normalize_symbol
-from .ticker_text import TickerLine, format_line, parse_line
-
-if TYPE_CHECKING:
-    from .client import (
-        DEFAULT_URL,
-        Ack,
-        AuthenticationError,
-        AuthInfo,
-        Feed,
-        Mode,
-        QuoteClient,
-        ServerError,
-        TokenSource,
-        TokenUnavailable,
-        Welcome,
-        retry_delay,
-    )
+from .client import (
+    DEFAULT_URL,
+    Ack,
+    AuthenticationError,
+    AuthInfo,
+    Feed,
+    QuoteClient,
+    ServerError,
+    TokenSource,
+    TokenUnavailable,
+    Welcome,
+    retry_delay,
+)
 
 __all__ = [
     "ALL",
@@ -62,19 +54,3 @@ __all__ = [
     "parse_line",
     "retry_delay",
 ]
-
-_FROM_CLIENT = frozenset({"DEFAULT_URL", "Ack", "AuthInfo", "AuthenticationError", "Feed", "Mode",
-                          "QuoteClient", "ServerError", "TokenSource", "TokenUnavailable",
-                          "Welcome", "retry_delay"})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _FROM_CLIENT:
-        from . import client
-
-        return getattr(client, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})

@@ -81,37 +81,38 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from .backoff import backoff
-from .protocol import (
+from quote_core.backoff import backoff
+from quote_core.protocol import (
     ALL,
     CLOSE_POLICY,
-    CLOSE_RATE_LIMITED,
-    CLOSE_TRY_AGAIN,
     FORBIDDEN,
     MAX_HZ,
     MIN_HZ,
+    MODE_CONFLATED,
+    MODE_EVERY,
+    RECONNECT_CAP_S,
+    SLOW_DOWN_CODES,
     TOKEN_EXPIRED,
+    FeedState,
+    Mode,
     Symbols,
+    auth_refusal,
     split_query_symbols,
 )
-from .quote import Quote, QuoteError, normalize_symbol
+from quote_core.quote import Quote, QuoteError, normalize_symbol
 
 __all__ = ["DEFAULT_URL", "Ack", "AuthInfo", "AuthenticationError", "Feed", "Mode", "QuoteClient",
            "ServerError", "TokenSource", "TokenUnavailable", "Welcome", "auth_refusal", "retry_delay"]
 
 log = logging.getLogger("quote_client")
 
-Feed = Literal["connecting", "live", "stale", "reconnecting"]
-# Subscription modes (PROTOCOL.md, "Every update, recovery and the tape"): `conflated`, the
-# latest per symbol (a ticker), or `every`, every quote in seq order (a recorder).
-Mode = Literal["conflated", "every"]
-MODE_CONFLATED: Literal["conflated"] = "conflated"
-MODE_EVERY: Literal["every"] = "every"
+# What `feed` says: the service's own feed state while connected and in sync, or where
+# the client's connection stands before that.
+Feed = FeedState | Literal["connecting", "reconnecting"]
 
 DEFAULT_URL = "ws://127.0.0.1:8000/ws"
-# Close codes that mean "you, slow down" (policy, flood, connection cap): retrying at
-# once would only be refused again, so the back-off starts this many steps up.
-SLOW_DOWN_CODES = frozenset({CLOSE_POLICY, CLOSE_RATE_LIMITED, CLOSE_TRY_AGAIN})
+# After a close in SLOW_DOWN_CODES (quote_core.protocol) the back-off starts this many
+# steps up: retrying at once would only be refused again.
 SLOW_DOWN_ATTEMPT = 5
 # Every mode: quotes queued for the consumer before the client stops reading the socket.
 # Above the service's default max_recovery (10,000), so one recovery burst fits.
@@ -157,15 +158,6 @@ class _Lost(Exception):
 class TokenUnavailable(Exception):
     """The token callable failed or returned no token: that connection attempt fails (the
     next one calls it again), or authenticate() raises this."""
-
-
-def auth_refusal(code: int | None, reason: str) -> bool:
-    """A close that refuses the client's token, or its lack of one: 1008 with a reason
-    about a token ("token expired", "no token came", "a token may not change the tier
-    ...") or "authentication required". Other 1008s (too many connections from this
-    address) are only a reason to slow down."""
-    text = reason.strip().lower()
-    return code == CLOSE_POLICY and ("token" in text or text.startswith("authentication"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,7 +472,7 @@ class QuoteClient:
         url: str = DEFAULT_URL,
         *,
         symbols: Iterable[str] | str | None = None,
-        max_backoff_s: float = 15.0,
+        max_backoff_s: float = RECONNECT_CAP_S,
         open_timeout: float | None = 10.0,
         on_status: Callable[[Feed], object] | None = None,
         max_hz: float | None = None,
@@ -557,7 +549,7 @@ class QuoteClient:
         self._synced = asyncio.Event()
         self._opening_id: int | None = None
         self._expect_snapshot = False
-        self._server_feed: Literal["live", "stale"] = "live"
+        self._server_feed: FeedState = "live"
         self._synced_here = False
         self._stopped = asyncio.Event()
         self._first_error: ServerError | None = None

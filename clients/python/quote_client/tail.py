@@ -21,10 +21,11 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, TextIO
 
+from quote_core.protocol import ALL, Symbols
+from quote_core.quote import Quote, QuoteError, normalize_symbol
+from quote_core.text import format_line
+
 from .client import DEFAULT_URL, QuoteClient, ServerError
-from .protocol import ALL, Symbols
-from .quote import Quote, QuoteError, normalize_symbol
-from .ticker_text import format_line
 
 GREEN, RED, YELLOW, BOLD, DIM, RESET = "\x1b[32m", "\x1b[31m", "\x1b[33m", "\x1b[1m", "\x1b[2m", "\x1b[0m"
 ENTER_SCREEN = "\x1b[?1049h\x1b[?25l"  # alternate screen, cursor hidden
