@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 
-from quote_client.quote import Quote, QuoteError, now_ms
-from quote_client.ticker_text import DECREASED, DOWN, INCREASED, NO_CHANGE, UP, parse_line
+from quote_core.quote import Quote, QuoteError, now_ms
+from quote_core.text import DECREASED, DOWN, INCREASED, NO_CHANGE, UP, parse_line
 
 REQUIRED_COLUMNS = ("symbol", "price", "prev_close")
 OPTIONAL_COLUMNS = (

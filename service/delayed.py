@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 
-from quote_client.quote import Quote
+from quote_core.quote import Quote
 
 from .hub import Hub
 from .settings import Settings

@@ -8,7 +8,7 @@ disabled and to crawlers, and when the widget's module runs it takes those nodes
 updates them in place, without a flash.
 
 Each item reads as the seed's line (docs/PROTOCOL.md, "How the ticker reads") exactly as
-quote_client.ticker_text.format_line writes it, the formatter the JS one is held equal to
+quote_core.text.format_line writes it, the formatter the JS one is held equal to
 (tests/test_web_format.py); this module only cuts that line into the widget's parts.
 Everything from the feed or the request is escaped.
 """
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import orjson
 
-from quote_client.quote import Quote, QuoteError, normalize_symbol
-from quote_client.ticker_text import DECREASED, INCREASED, NO_CHANGE, format_line
+from quote_core.quote import Quote, QuoteError, normalize_symbol
+from quote_core.text import DECREASED, INCREASED, NO_CHANGE, format_line
 
 # A second: the page carries the board of that moment, and the widget brings it up to
 # date at once; a burst of visitors costs one render a second per URL behind a cache.

@@ -31,7 +31,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
-from quote_client.quote import QuoteError, normalize_symbol, now_ms
+from quote_core.quote import QuoteError, normalize_symbol, now_ms
 
 from . import protocol, security, uvicorn_private
 from .auth import INVALID_TOKEN_CHALLENGE, UNAUTHORIZED, AuthError, Grant, token_of

@@ -22,7 +22,7 @@ from jsonschema import Draft7Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT7
 
-from quote_client.quote import Quote
+from quote_core.quote import Quote
 from service import protocol
 from tests.redis_server import start_redis_server
 from tests.service_proc import ROOT, ServiceProcess, http_get, replay, run_service, wait_publisher_silent

@@ -17,8 +17,8 @@ from websockets.exceptions import InvalidStatus
 
 from quote_client import client as client_module
 from quote_client.client import Feed, QuoteClient, ServerError, retry_delay
-from quote_client.protocol import CLOSE_GOING_AWAY, CLOSE_RATE_LIMITED, CLOSE_TRY_AGAIN
-from quote_client.quote import Quote, QuoteError
+from quote_core.protocol import CLOSE_GOING_AWAY, CLOSE_RATE_LIMITED, CLOSE_TRY_AGAIN
+from quote_core.quote import Quote, QuoteError
 from tests.redis_server import free_port, start_redis_server
 from tests.service_proc import ServiceProcess, replay, run_service, wait_publisher_silent
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from quote_client.client import AuthenticationError, AuthInfo, QuoteClient, auth_refusal
-from quote_client.protocol import ALL
+from quote_core.protocol import ALL
 from tests.service_proc import ServiceProcess, run_service
 from tests.test_auth import SECRET, token
 from tests.test_client import wait_until

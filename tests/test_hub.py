@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from quote_client.quote import Quote
+from quote_core.quote import Quote
 from service import hub as hub_module
 from service.hub import Hub
 from service.outbox import KEEP, Group, Outbox, spread

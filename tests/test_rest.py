@@ -19,7 +19,7 @@ import orjson
 import pytest
 import redis
 
-from quote_client.quote import Quote
+from quote_core.quote import Quote
 from service.history import Point, Series
 from tests.redis_server import LAYOUT, start_redis_server
 from tests.service_proc import PublisherProcess, ServiceProcess, http_fetch as get, replay_file, run_service

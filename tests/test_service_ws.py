@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from quote_client.quote import Quote
+from quote_core.quote import Quote
 from tests.service_proc import ServiceProcess, http_get, run_service
 from tests.wsclient import closed_code, connect, recv, recv_type
 

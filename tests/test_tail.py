@@ -20,9 +20,9 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from quote_client.quote import Quote
+from quote_core.quote import Quote
 from quote_client.tail import ENTER_SCREEN, LEAVE_SCREEN
-from quote_client.ticker_text import TickerLine, parse_line
+from quote_core.text import TickerLine, parse_line
 from tests.redis_server import free_port
 from tests.service_proc import ROOT, ServiceProcess, run_service
 

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import orjson
 
-from quote_client.quote import Quote
+from quote_core.quote import Quote
 
 from ..settings import Settings
 

@@ -11,7 +11,7 @@ import bisect
 import time
 from collections.abc import Iterable, Mapping
 
-from quote_client.quote import Quote
+from quote_core.quote import Quote
 
 from . import Entry, Priced
 
