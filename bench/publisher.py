@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 
 from publisher.redis_sink import PUBLISH_SCRIPT, script_call, wire_body
 from publisher.simulate import market_from_settings, run_simulation
-from quote_client.quote import Quote
+from quote_core.quote import Quote
 from service.settings import Settings
 
 TICK_S = 0.01

@@ -25,7 +25,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, NoScriptError, RedisError, TimeoutError
 
-from quote_client.quote import Quote, decode_payload
+from quote_bus.payload import decode_payload
+from quote_core.quote import Quote
 from service import topology
 from service.feeds.redis_edge import is_refusal
 from service.settings import Settings

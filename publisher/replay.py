@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from quote_client.quote import Quote
+from quote_core.quote import Quote
 
 from .lines import LineError, parse_stream
 from .sink import QuoteSink

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from starlette.requests import HTTPConnection
 
-from quote_client.quote import QuoteError, normalize_symbol
+from quote_core.quote import QuoteError, normalize_symbol
 
 from .protocol import ALL, Symbols
 from .settings import ConfigError, Settings

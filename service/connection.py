@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from quote_client.quote import now_ms
+from quote_core.quote import now_ms
 
 from . import protocol
 from .auth import Authenticator, AuthError, Grant, Tier, token_of

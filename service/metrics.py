@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from quote_client.quote import Quote, now_ms
+from quote_core.quote import Quote, now_ms
 
 from .protocol import ALL
 

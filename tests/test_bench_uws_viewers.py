@@ -34,7 +34,7 @@ from websockets.asyncio.client import ClientConnection
 
 from bench.publisher import PerQuoteSink
 from publisher.redis_sink import PUBLISH_SCRIPT
-from quote_client.quote import Quote
+from quote_core.quote import Quote
 from service.partitions import Layout
 from service.settings import Settings
 from tests.redis_server import RedisServer, free_port

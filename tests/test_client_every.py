@@ -25,7 +25,7 @@ import pytest
 import redis
 
 from quote_client.client import Ack, Feed, QuoteClient
-from quote_client.quote import Quote
+from quote_core.quote import Quote
 from service.partitions import Layout
 from tests.redis_server import RedisServer, redis_server
 from tests.service_proc import ROOT, PublisherProcess, ServiceProcess

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from quote_client.quote import Quote
+from quote_core.quote import Quote
 from service.hub import Hub
 from service.outbox import EVERY_FRAME_QUOTES
 from service.protocol import ALL, ProtocolError

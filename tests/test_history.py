@@ -10,7 +10,7 @@ from itertools import pairwise
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from quote_client.quote import Quote
+from quote_core.quote import Quote
 from service.history import MIN_POINTS, Point, Series, bucket_edges, parse_id, reduce
 from service.rest import HistoryCache, TapeUnavailable
 from service.tape import Entry

@@ -29,8 +29,8 @@ from typing import IO, Any
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from quote_client.quote import Quote
-from quote_client.ticker_text import format_line, parse_line
+from quote_core.quote import Quote
+from quote_core.text import format_line, parse_line
 from tests.browser import checked_page
 from tests.service_proc import ROOT, ServiceProcess, end_process, http_fetch as fetch, run_service
 

@@ -17,8 +17,8 @@ import orjson
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from quote_client.quote import Quote
-from quote_client.ticker_text import format_line
+from quote_core.quote import Quote
+from quote_core.text import format_line
 from service import page as page_module
 from tests.browser import checked_page
 from tests.redis_server import latest_in_redis, start_redis_server

@@ -13,8 +13,8 @@ import orjson
 import pytest
 import redis
 
-from quote_client.quote import Quote
-from quote_client.ticker_text import format_line
+from quote_core.quote import Quote
+from quote_core.text import format_line
 from tests.redis_server import LAYOUT, latest_in_redis, start_redis_server
 from tests.service_proc import ROOT, ServiceProcess, http_get, replay, run_service
 from tests.wsclient import ClientConnection, connect, recv, recv_type

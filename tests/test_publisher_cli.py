@@ -15,8 +15,9 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from quote_client.quote import Quote, decode_payload
-from quote_client.ticker_text import format_line
+from quote_bus.payload import decode_payload
+from quote_core.quote import Quote
+from quote_core.text import format_line
 from service.settings import Settings
 from tests.redis_server import CHANNELS, latest_in_redis, redis_url  # noqa: F401
 

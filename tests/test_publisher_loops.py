@@ -14,8 +14,8 @@ from publisher.replay import ReplayResult, replay
 from publisher.seed import load_instruments, seed_text
 from publisher.simulate import market_from_settings, run_simulation
 from publisher.sink import QuoteSink
-from quote_client.quote import Quote
-from quote_client.ticker_text import format_line
+from quote_core.quote import Quote
+from quote_core.text import format_line
 from service.settings import Settings
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from publisher.market import BR30_MEMBERS, INDEX_MEMBERS, KSE30_MEMBERS, Market, band_ticks
 from publisher.seed import Instrument, load_instruments, seed_text
-from quote_client.quote import Quote
-from quote_client.ticker_text import format_line
+from quote_core.quote import Quote
+from quote_core.text import format_line
 from service.settings import Settings
 
 INDICES = {"BR100", "BR30", "KSE100", "KSE30"}

@@ -19,7 +19,8 @@ from publisher.redis_sink import MAX_BATCH, RedisRefused, RedisSink, connect, wi
 from publisher.seed import load_instruments
 from publisher.simulate import run_simulation
 from publisher.sink import QuoteSink
-from quote_client.quote import Quote, decode_payload
+from quote_bus.payload import decode_payload
+from quote_core.quote import Quote
 from service.partitions import Layout
 from service.settings import Settings
 from tests.redis_server import redis_server, redis_url  # noqa: F401

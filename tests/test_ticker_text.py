@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from quote_client.quote import Quote, QuoteError
-from quote_client.ticker_text import format_line, parse_line
+from quote_core.quote import Quote, QuoteError
+from quote_core.text import format_line, parse_line
 from tests.service_proc import ROOT
 
 SEED = (ROOT / "publisher" / "data" / "psx_ticker.txt").read_text(encoding="utf-8").splitlines()

@@ -25,8 +25,8 @@ import orjson
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from quote_client.quote import Quote
-from quote_client.ticker_text import format_line, parse_line
+from quote_core.quote import Quote
+from quote_core.text import format_line, parse_line
 from tests.redis_server import latest_in_redis, start_redis_server
 from tests.service_proc import ROOT, ServiceProcess, http_get, replay_file
 

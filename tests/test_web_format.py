@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from quote_client.quote import Quote
-from quote_client.ticker_text import format_line, parse_line
+from quote_core.quote import Quote
+from quote_core.text import format_line, parse_line
 from tests.browser import checked_page
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -684,7 +684,7 @@ def test_the_js_and_python_clients_slow_down_on_the_same_closes(blank: Page) -> 
     """1008, 1013 and 4029 mean "slow down" to both clients (a crowd behind one address
     refused by the per-address rate with 1013 must not come straight back), and every
     other close is an ordinary drop."""
-    from quote_client.client import SLOW_DOWN_CODES
+    from quote_core.protocol import SLOW_DOWN_CODES
 
     js = blank.evaluate("() => [...W.SLOW_DOWN_CODES]")
     assert sorted(js) == sorted(SLOW_DOWN_CODES) == [1008, 1013, 4029]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from quote_client.quote import Quote, now_ms
+from quote_core.quote import Quote, now_ms
 
 from ..hub import Hub
 from ..settings import Settings

@@ -28,8 +28,9 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from quote_client.backoff import backoff
-from quote_client.quote import Quote, decode_payload
+from quote_bus.payload import decode_payload
+from quote_core.backoff import backoff
+from quote_core.quote import Quote
 
 from ..hub import Hub
 from ..settings import Settings

@@ -15,7 +15,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from quote_client.quote import Quote
+from quote_core.quote import Quote
 
 from .. import topology
 from ..hub import Hub

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from quote_client.quote import decode_payload
+from quote_bus.payload import decode_payload
 
 from .. import topology
 from ..partitions import Layout
