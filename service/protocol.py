@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 import orjson
 
-# The vocabulary both ends share (version, error and close codes, "*") is the client
-# package's; re-exported here for the server's modules.
-from quote_client.protocol import (
+# The vocabulary both ends share (version, error and close codes, modes, feed states,
+# "*") is quote_core's; re-exported here for the server's modules.
+from quote_core.protocol import (
     ALL as ALL,
     BAD_JSON as BAD_JSON,
     BAD_REQUEST as BAD_REQUEST,
@@ -33,23 +33,22 @@ from quote_client.protocol import (
     INTERNAL as INTERNAL,
     MAX_HZ as MAX_HZ,
     MIN_HZ as MIN_HZ,
+    MODES as MODES,
     PROTOCOL_VERSION as PROTOCOL_VERSION,
     RATE_LIMITED as RATE_LIMITED,
     TOKEN_EXPIRED as TOKEN_EXPIRED,
     TOO_MANY_SYMBOLS as TOO_MANY_SYMBOLS,
     UNKNOWN_OP as UNKNOWN_OP,
+    FeedState as FeedState,
+    Mode as Mode,
     Symbols as Symbols,
     split_query_symbols,
 )
-from quote_client.quote import QuoteError, normalize_symbol
+from quote_core.quote import QuoteError, normalize_symbol
 
 MAX_ID_LENGTH = 64
 
 Id = int | str | None
-
-# "conflated": the latest per symbol (a ticker); "every": every quote, in seq order.
-Mode = Literal["conflated", "every"]
-MODES: tuple[Mode, ...] = ("conflated", "every")
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,7 +342,7 @@ def pong(id: Id, ts: int) -> str:
     return _dumps({"type": "pong", "id": id, "ts": ts})
 
 
-def status(feed: Literal["live", "stale"], ts: int) -> str:
+def status(feed: FeedState, ts: int) -> str:
     return _dumps({"type": "status", "feed": feed, "ts": ts})
 
 
