@@ -20,9 +20,9 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-from quote_client.quote import Quote, now_ms
+from quote_core.quote import Quote, now_ms
 
 from .outbox import EveryQueue, Group, Outbox, OutboxFull
 from .protocol import (
@@ -30,6 +30,7 @@ from .protocol import (
     BAD_REQUEST,
     FORBIDDEN,
     TOO_MANY_SYMBOLS,
+    FeedState as Feed,
     Id,
     Mode,
     ProtocolError,
@@ -42,8 +43,6 @@ from .protocol import (
 from .tape import SLACK, Tape, read_after
 
 log = logging.getLogger("service.hub")
-
-Feed = Literal["live", "stale"]
 
 
 class Subscriber(Protocol):
