@@ -20,8 +20,8 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from quote_core.quote import Quote
 from quote_client.tail import ENTER_SCREEN, LEAVE_SCREEN
+from quote_core.quote import Quote
 from quote_core.text import TickerLine, parse_line
 from tests.redis_server import free_port
 from tests.service_proc import ROOT, ServiceProcess, run_service
