@@ -71,7 +71,7 @@ export function groupThousands(text) {
   return m[1] + m[2].replace(/\B(?=(\d{3})+(?!\d))/g, ',') + m[3];
 }
 
-/** The Python side's `_trim` (quote_client/ticker_text.py): 4.90 -> 4.9, 0.00 -> 0, -0.0 -> 0. */
+/** The Python side's `_trim` (quote_core/text.py): 4.90 -> 4.9, 0.00 -> 0, -0.0 -> 0. */
 export function trimZeros(text) {
   let t = text;
   if (t.includes('.')) t = t.replace(/0+$/, '').replace(/\.+$/, '');
