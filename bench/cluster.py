@@ -51,8 +51,9 @@ from bench.harness import machine, source_state, versions
 from bench.peers import ROOT
 from bench.procs import Child, Sampler, busy_pct, cpu_plan, cpu_times, port_open, raise_nofile, read_proc
 from publisher.redis_sink import wire_body
-from publisher.simulate import market_from_settings
-from service.partitions import Layout
+from publisher.settings import Settings as PublisherSettings
+from quote_bus.layout import Layout
+from quote_sim.simulate import market_from_settings
 from service.settings import Settings
 from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer, free_port
@@ -811,7 +812,7 @@ def markdown(data: dict[str, Any]) -> str:
 def clean_environment() -> None:
     """The service's and publisher's settings come from the environment: a developer's
     REDIS_URL or REDIS_PARTITIONS must not reach the children (they would inherit it)."""
-    for f in fields(Settings):
+    for f in (*fields(Settings), *fields(PublisherSettings)):
         os.environ.pop(f.name.upper(), None)
 
 

@@ -6,7 +6,7 @@ sends 20 frames a second per client and every server tested keeps up with ease (
 benchmark still runs one Firehose that way, `firehose-batched`). The fan-out load the
 issue's scenarios mean (200k deliveries/s) is one message per quote, which is also what
 a publisher that forwards a market's tick stream does. This publisher is the same
-simulated market (publisher.simulate.run_simulation, same seed) through the project's
+simulated market (quote_sim.simulate.run_simulation, same seed) through the project's
 own Redis Lua script (publisher.redis_sink.PUBLISH_SCRIPT: seq, latest hash, PUBLISH),
 called once per quote, so each quote is its own `[quote]` message on the channel. The
 calls of one 10 ms tick go out in one pipeline.
@@ -24,8 +24,8 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 
 from publisher.redis_sink import PUBLISH_SCRIPT, script_call, wire_body
-from publisher.simulate import market_from_settings, run_simulation
 from quote_core.quote import Quote
+from quote_sim.simulate import market_from_settings, run_simulation
 from service.settings import Settings
 
 TICK_S = 0.01

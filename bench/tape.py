@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
 
 from publisher.redis_sink import RedisSink
-from publisher.simulate import market_from_settings
+from quote_sim.simulate import market_from_settings
 from service.settings import Settings
 from tests.redis_server import RedisServer
 from tests.service_proc import ServiceProcess

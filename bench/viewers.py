@@ -58,7 +58,7 @@ from bench import native, report
 from bench.harness import StartFailed
 from bench.peers import NODE_DIR
 from bench.procs import Child, Sampler, cpu_plan, port_open, raise_nofile, tree_rss_kb
-from service.partitions import Layout
+from quote_bus.layout import Layout
 from tests.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent

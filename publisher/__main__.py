@@ -24,14 +24,16 @@ from typing import TextIO
 
 from redis.exceptions import RedisClusterException, RedisError
 
-from service import logs
-from service.settings import LOG_LEVELS, ConfigError, Settings
-from service.supervisor import EXIT_CONFIG
-from service.topology import shown
+from quote_bus.topology import shown
+from quote_runtime import logs
+from quote_runtime.exits import EXIT_CONFIG, EXIT_SETTINGS
+from quote_runtime.logs import LOG_LEVELS
+from quote_runtime.settings import ConfigError
+from quote_sim.simulate import market_from_settings, run_simulation
 
 from .redis_sink import RedisRefused, RedisSink, connect
 from .replay import replay
-from .simulate import market_from_settings, run_simulation
+from .settings import Settings
 
 log = logging.getLogger("publisher")
 
@@ -176,10 +178,10 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         settings = Settings.from_env(env)
     except ConfigError as exc:
         print(f"publisher: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_SETTINGS) from None
     if settings.redis_url is None:
         print(f"publisher: {NO_REDIS_URL}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(EXIT_SETTINGS)
     return args, settings
 
 
@@ -195,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines: Iterable[str] = _stdin_lines() if args.file == "-" else _open_lines(args.file)
     except OSError as exc:
         print(f"publisher: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return EXIT_SETTINGS
     # A plain handler that raises stops the replay wherever it is, the loop or a publish.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _raise_stopped)

@@ -1,6 +1,6 @@
 """Publishing quotes to Redis: one Lua script call per partition of a batch, each all or nothing.
 
-A batch is split by partition (service/partitions.py) and each part goes out as one
+A batch is split by partition (quote_bus/layout.py) and each part goes out as one
 script call on that partition's keys, so in a Redis Cluster every call touches one slot;
 parts above MAX_BATCH go out as several calls. For each quote the script takes the
 symbol's next `seq` from the partition's seq hash (HINCRBY, so two publishers never hand
@@ -25,11 +25,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, NoScriptError, RedisError, TimeoutError
 
+from quote_bus import topology
 from quote_bus.payload import decode_payload
+from quote_bus.refusal import is_refusal
+from quote_bus.settings import RedisSettings
 from quote_core.quote import Quote
-from service import topology
-from service.feeds.redis_edge import is_refusal
-from service.settings import Settings
+from quote_sim.sink import SinkRefused
 
 log = logging.getLogger("publisher.redis")
 
@@ -97,7 +98,7 @@ return seqs
 """
 
 
-class RedisRefused(Exception):
+class RedisRefused(SinkRefused):
     """Redis said no before this publisher ever published (a wrong password or user, a
     database that does not exist, a command or key its ACL does not allow): retrying
     cannot fix that, so the publisher stops, as the service does (exit 3), instead of
@@ -124,7 +125,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def script_call(settings: Settings, p: int, command: str,
+def script_call(settings: RedisSettings, p: int, command: str,
                 quotes: Sequence[tuple[str, int, bytes]]) -> tuple[list[str], list[bytes | str | int]]:
     """PUBLISH_SCRIPT's keys and arguments for partition `p`'s (symbol, seq floor, body)s."""
     layout = settings.layout
@@ -144,7 +145,7 @@ def wire_body(quote: Quote) -> bytes:
 
 
 class RedisSink:
-    def __init__(self, redis: topology.Client, settings: Settings) -> None:
+    def __init__(self, redis: topology.Client, settings: RedisSettings) -> None:
         self._redis = redis
         self._layout = settings.layout
         self._settings = settings
@@ -175,8 +176,8 @@ class RedisSink:
         return out
 
     def _raise_refused(self, exc: Exception) -> None:
-        """RedisRefused if retrying cannot fix `exc` (service/feeds/redis_edge.py decides
-        what a refusal is, for the service and the publisher alike). redis-py's cluster
+        """RedisRefused if retrying cannot fix `exc` (quote_bus/refusal.py decides what a
+        refusal is, for the service and the publisher alike). redis-py's cluster
         client raises its own exception with the refusal as the cause."""
         cause: BaseException | None = exc
         while cause is not None and not self._published:

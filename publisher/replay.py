@@ -17,9 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from quote_core.quote import Quote
+from quote_sim.sink import QuoteSink
 
 from .lines import LineError, parse_stream
-from .sink import QuoteSink
 
 log = logging.getLogger("publisher.replay")
 

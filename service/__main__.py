@@ -12,8 +12,11 @@ import sys
 from collections.abc import Mapping
 from dataclasses import replace
 
-from . import logs
-from .settings import ConfigError, Settings
+from quote_runtime import logs
+from quote_runtime.exits import EXIT_SETTINGS
+from quote_runtime.settings import ConfigError
+
+from .settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def load(argv: list[str] | None = None, env: Mapping[str, str] | None = None
          ) -> tuple[argparse.Namespace, Settings]:
     """The flags and every setting, checked before anything starts: a bad one ends the
-    process here with one line naming it, exit 2."""
+    process here with one line naming it, exit 2 (EXIT_SETTINGS)."""
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env(env)
@@ -46,7 +49,7 @@ def load(argv: list[str] | None = None, env: Mapping[str, str] | None = None
             settings.check()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_SETTINGS) from None
     return args, settings
 
 

@@ -18,6 +18,8 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from quote_runtime.node import NODE_ID
+
 from . import page, rest, security
 from .assets import Assets
 from .auth import Authenticator, Tier
@@ -27,7 +29,6 @@ from .feeds import Feed, make_feed
 from .hub import Hub
 from .limits import TokenBucket
 from .metrics import CONTENT_TYPE, Metrics
-from .node import NODE_ID
 from .protocol import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
 from .settings import Settings
 from .sse import SSE_PATH, EventStream, SseEndpoint
@@ -121,8 +122,9 @@ class QuoteService:
             self.metrics.tick(now)
 
     async def _run_feed(self) -> None:
+        from quote_runtime.exits import EXIT_CONFIG
+
         from .feeds.redis_edge import FeedMisconfigured
-        from .supervisor import EXIT_CONFIG
 
         try:
             await self.feed.run()

@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from starlette.requests import HTTPConnection
 
 from quote_core.quote import QuoteError, normalize_symbol
+from quote_runtime.settings import ConfigError
 
 from .protocol import ALL, Symbols
-from .settings import ConfigError, Settings
+from .settings import Settings
 
 Tier = Literal["realtime", "delayed"]
 TIERS: tuple[Tier, ...] = ("realtime", "delayed")

@@ -22,12 +22,12 @@ from collections.abc import Callable, Mapping
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from quote_core.quote import now_ms
+from quote_runtime.node import NODE_ID
 
 from . import protocol
 from .auth import Authenticator, AuthError, Grant, Tier, token_of
 from .hub import Hub
 from .limits import RateLimiter
-from .node import NODE_ID
 from .outbox import Outbox, Writer
 from .protocol import (
     BAD_REQUEST,

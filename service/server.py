@@ -19,11 +19,12 @@ from typing import Any
 
 import uvicorn
 
+from quote_runtime.exits import EXIT_CONFIG
+from quote_runtime.node import NODE_ID
+
 from .app import QuoteService, create_app
 from .forwarded import behind_proxies
-from .node import NODE_ID
 from .settings import Settings
-from .supervisor import EXIT_CONFIG
 from .uvicorn_private import stop_accepting
 
 log = logging.getLogger("service")

@@ -30,15 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from quote_runtime.exits import EXIT_CONFIG
+
 from .metrics import MULTIPROC_ENV
 from .settings import Settings
 
 log = logging.getLogger("service.supervisor")
-
-# Exit code of a worker that cannot start for a reason a restart will not fix (uvicorn
-# uses the same for a failed lifespan startup); the supervisor gives up on it. Defined
-# here, not in server.py, so the supervisor never imports uvicorn and the app.
-EXIT_CONFIG = 3
 
 
 class GiveUp(Exception):

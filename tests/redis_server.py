@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.partitions import Layout
+from quote_bus.layout import Layout
 
 # The default layout, as publisher and service use it unless REDIS_PREFIX/PARTITIONS say.
 LAYOUT = Layout()

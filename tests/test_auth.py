@@ -18,9 +18,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from websockets.exceptions import ConnectionClosed
 
+from quote_runtime.settings import ConfigError
 from service.auth import Authenticator, AuthError, Grant, bearer
 from service.protocol import ALL, Auth, ProtocolError, parse_command
-from service.settings import ConfigError, Settings
+from service.settings import Settings
 from tests.service_proc import ServiceProcess, http_fetch
 from tests.sseclient import open_sse
 from tests.test_asyncapi import check_frame

@@ -34,8 +34,8 @@ from websockets.asyncio.client import ClientConnection
 
 from bench.publisher import PerQuoteSink
 from publisher.redis_sink import PUBLISH_SCRIPT
+from quote_bus.layout import Layout
 from quote_core.quote import Quote
-from service.partitions import Layout
 from service.settings import Settings
 from tests.redis_server import RedisServer, free_port
 from tests.service_proc import end_process

@@ -24,9 +24,9 @@ import orjson
 import pytest
 import redis
 
+from quote_bus.layout import Layout
 from quote_client.client import Ack, Feed, QuoteClient
 from quote_core.quote import Quote
-from service.partitions import Layout
 from tests.redis_server import RedisServer, redis_server
 from tests.service_proc import ROOT, PublisherProcess, ServiceProcess
 from tests.test_faults import until

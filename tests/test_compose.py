@@ -25,9 +25,9 @@ import orjson
 import pytest
 import yaml
 
+from quote_bus.topology import cluster
 from service.app import create_app
 from service.settings import Settings
-from service.topology import cluster
 from tests import docker_engine
 from tests.docker_engine import ARTIFACTS, Engine
 from tests.redis_server import free_port

@@ -622,7 +622,7 @@ def test_stream_client_every_mode_across_a_service_restart(tmp_path: Path) -> No
     conflated stream's."""
     import redis  # the tape, read as the test of the Python client reads it
 
-    from service.partitions import Layout
+    from quote_bus.layout import Layout
     from tests.redis_server import redis_server
     from tests.service_proc import feed_stack
 

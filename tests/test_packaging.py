@@ -129,11 +129,13 @@ def test_the_wheels_carry_their_license_and_data(venv: Path, tmp_path: Path) -> 
         names = set(wheel.namelist())
         assert wheel.read("psx_quotes-0.1.0.dist-info/licenses/LICENSE").decode().startswith(MIT_HEAD)
         assert "License-Expression: MIT" in wheel.read("psx_quotes-0.1.0.dist-info/METADATA").decode()
-    assert "publisher/data/psx_ticker.txt" in names
+    assert "quote_sim/data/psx_ticker.txt" in names
     packages = {n.rsplit("/", 1)[0] for n in names if n.endswith("/__init__.py")}
-    assert packages == {"service", "service/feeds", "service/tape", "service/topology", "publisher"}
+    assert packages == {"service", "service/feeds", "service/tape", "publisher", "quote_bus",
+                        "quote_bus/topology", "quote_runtime", "quote_sim"}
     tops = {n.split("/")[0] for n in names if not n.startswith("psx_quotes-")}
-    assert tops == {"service", "publisher"}, "no tests, bench or clients in the server's wheel"
+    assert tops == {"service", "publisher", "quote_bus", "quote_runtime", "quote_sim"}, \
+        "no tests, bench or clients in the server's wheel"
     with zipfile.ZipFile(client) as wheel:
         names = set(wheel.namelist())
         assert wheel.read("psx_quote_client-0.1.0.dist-info/licenses/LICENSE").decode().startswith(MIT_HEAD)

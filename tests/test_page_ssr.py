@@ -32,7 +32,7 @@ from tests.service_proc import (
 )
 from tests.test_rest import get, get_json, wait_for
 
-SEED_FILE = ROOT / "publisher" / "data" / "psx_ticker.txt"
+SEED_FILE = ROOT / "quote_sim" / "data" / "psx_ticker.txt"
 SEED = [line.strip() for line in SEED_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
 SEED_BY_SYMBOL = {line.split()[0]: line for line in SEED}
 INDICES = sorted(s for s in SEED_BY_SYMBOL if s.startswith(("KSE", "BR")))

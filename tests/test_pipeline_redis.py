@@ -19,7 +19,7 @@ from tests.redis_server import LAYOUT, latest_in_redis, start_redis_server
 from tests.service_proc import ROOT, ServiceProcess, http_get, replay, run_service
 from tests.wsclient import ClientConnection, connect, recv, recv_type
 
-SEED = (ROOT / "publisher" / "data" / "psx_ticker.txt").read_text(encoding="utf-8").splitlines()
+SEED = (ROOT / "quote_sim" / "data" / "psx_ticker.txt").read_text(encoding="utf-8").splitlines()
 
 MIXED_FILE = "\n".join([
     "# the seed's text form",

@@ -15,14 +15,14 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from publisher.settings import Settings
 from quote_bus.payload import decode_payload
 from quote_core.quote import Quote
 from quote_core.text import format_line
-from service.settings import Settings
 from tests.redis_server import CHANNELS, latest_in_redis, redis_url  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
-SEED = ROOT / "publisher" / "data" / "psx_ticker.txt"
+SEED = ROOT / "quote_sim" / "data" / "psx_ticker.txt"
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from publisher.lines import LineError, parse_stream, parse_text
-from quote_client.quote import Quote
-from quote_client.ticker_text import format_line
+from quote_core.quote import Quote
+from quote_core.text import format_line
 
-SEED = Path(__file__).resolve().parents[1] / "publisher" / "data" / "psx_ticker.txt"
+SEED = Path(__file__).resolve().parents[1] / "quote_sim" / "data" / "psx_ticker.txt"
 
 
 def split(text: str) -> tuple[dict[int, Quote], dict[int, str]]:

@@ -9,14 +9,14 @@ from collections.abc import Sequence
 
 import pytest
 
-from publisher.market import Market
 from publisher.replay import ReplayResult, replay
-from publisher.seed import load_instruments, seed_text
-from publisher.simulate import market_from_settings, run_simulation
-from publisher.sink import QuoteSink
 from quote_core.quote import Quote
 from quote_core.text import format_line
-from service.settings import Settings
+from quote_sim.market import Market
+from quote_sim.seed import load_instruments, seed_text
+from quote_sim.settings import SimulationSettings
+from quote_sim.simulate import market_from_settings, run_simulation
+from quote_sim.sink import QuoteSink
 
 
 class MemorySink:
@@ -121,7 +121,7 @@ async def test_rate_must_be_positive() -> None:
 
 
 def test_market_from_settings_uses_the_sim_settings() -> None:
-    settings = Settings(sim_seed=9, sim_band_pct=2.0, sim_band_min=0.5)
+    settings = SimulationSettings(sim_seed=9, sim_band_pct=2.0, sim_band_min=0.5)
     m = market_from_settings(settings)
     assert len(m.symbols) == 34
     assert m.limits("OGDC") == (130.22, 135.52)  # 2% of 132.87 = 2.6574 -> 2.65 whole paisa

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from publisher.market import BR30_MEMBERS, INDEX_MEMBERS, KSE30_MEMBERS, Market, band_ticks
-from publisher.seed import Instrument, load_instruments, seed_text
 from quote_core.quote import Quote
 from quote_core.text import format_line
-from service.settings import Settings
+from quote_sim.market import BR30_MEMBERS, INDEX_MEMBERS, KSE30_MEMBERS, Market, band_ticks
+from quote_sim.seed import Instrument, load_instruments, seed_text
+from quote_sim.settings import SimulationSettings
 
 INDICES = {"BR100", "BR30", "KSE100", "KSE30"}
 SEED_LINES = seed_text().splitlines()
@@ -71,7 +71,7 @@ def test_thirty_minutes_at_the_demo_rate_keep_the_days_shape(seed: int) -> None:
     """The session moves, but a stock that opened more than 1% up (or down) stays on its
     side of the previous close, the indices stay within half a point of their opening
     change, and no step is larger than 0.05% of the price (or one tick)."""
-    quotes = round(Settings().sim_rate * 30 * 60)
+    quotes = round(SimulationSettings().sim_rate * 30 * 60)
     assert quotes == 36_000
     market = make_market(seed=seed)
     opening = {q.symbol: q for q in market.initial_quotes()}

@@ -14,15 +14,15 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError, ResponseError
 
-from publisher.market import Market
 from publisher.redis_sink import MAX_BATCH, RedisRefused, RedisSink, connect, wire_body
-from publisher.seed import load_instruments
-from publisher.simulate import run_simulation
-from publisher.sink import QuoteSink
+from publisher.settings import Settings
+from quote_bus.layout import Layout
 from quote_bus.payload import decode_payload
 from quote_core.quote import Quote
-from service.partitions import Layout
-from service.settings import Settings
+from quote_sim.market import Market
+from quote_sim.seed import load_instruments
+from quote_sim.simulate import run_simulation
+from quote_sim.sink import QuoteSink
 from tests.redis_server import redis_server, redis_url  # noqa: F401
 
 # One partition: a batch is one script call and one message, as the tests below count.

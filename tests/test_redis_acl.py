@@ -36,7 +36,7 @@ from redis.crc import key_slot
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 from redis.retry import Retry
 
-from service.supervisor import EXIT_CONFIG
+from quote_runtime.exits import EXIT_CONFIG
 from tests.redis_cluster import RedisCluster
 from tests.redis_server import LAYOUT, RedisServer
 from tests.service_proc import (
@@ -185,7 +185,7 @@ async def test_publisher_and_service_each_do_their_job_as_their_own_user(
 
         # `publisher replay` is the other publisher: the same user, the same script.
         result = await asyncio.to_thread(
-            replay_file, url(server.port, "publisher"), ROOT / "publisher" / "data" / "psx_ticker.txt")
+            replay_file, url(server.port, "publisher"), ROOT / "quote_sim" / "data" / "psx_ticker.txt")
         assert result.returncode == 0, result.stderr
         assert f"published {SYMBOLS}, rejected 0" in result.stderr
 
@@ -393,7 +393,7 @@ def test_the_publisher_stops_on_a_refusal_that_retrying_cannot_fix(server: Redis
 
 
 def test_a_replay_stops_on_a_refusal_too(server: RedisServer) -> None:
-    seed = (ROOT / "publisher" / "data" / "psx_ticker.txt").read_text(encoding="utf-8")
+    seed = (ROOT / "quote_sim" / "data" / "psx_ticker.txt").read_text(encoding="utf-8")
     result = publisher_run(refused_url(server.port, "publisher", "wrong", 0), "replay", "-",
                            stdin=seed)
     line = the_fatal_line(result, "invalid username-password pair", server.port)

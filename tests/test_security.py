@@ -19,9 +19,10 @@ import pytest
 import websockets
 from websockets.typing import Origin
 
+from quote_runtime.settings import ConfigError
 from service import security
 from service.limits import KeyedBuckets
-from service.settings import ConfigError, Settings
+from service.settings import Settings
 from tests.nginx_server import nginx
 from tests.redis_server import free_port
 from tests.service_proc import ROOT, ServiceProcess, http_fetch, run_service

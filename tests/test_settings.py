@@ -1,10 +1,12 @@
 """Every setting is checked at start: a bad value of any variable stops `python -m service`
-and `python -m publisher` with one line naming it and what it got, exit 2.
+and `python -m publisher`, each of the settings it reads, with one line naming it and
+what it got, exit 2.
 
-The table has a row for every field of Settings, so a variable added without a row fails
-`test_every_setting_has_a_row`, and one added without a check fails its row: its bad
-value is accepted. Each row goes through both entry functions in-process (the code
-`main` runs before anything starts); a representative set also as real processes.
+The table has a row for every field of either process's Settings, so a variable added
+without a row fails `test_every_setting_has_a_row`, and one added without a check fails
+its row: its bad value is accepted. Each row goes through the entry function of each
+process that reads it, in-process (the code `main` runs before anything starts); a
+representative set also as real processes.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import pytest
 
 import publisher.__main__ as publisher_cli
 import service.__main__ as service_cli
-from service.settings import Settings
+from publisher.settings import Settings as PublisherSettings
+from quote_runtime.settings import POSITIVE, ConfigError, SettingsGroup, setting
+from service.settings import Settings as ServiceSettings
 from tests.redis_server import free_port
 from tests.service_proc import ROOT
 
@@ -93,13 +97,24 @@ ROWS: dict[str, Row] = {
 SERVICE_PROCESS_ROWS = ["LOG_LEVEL", "LOG_FORMAT", "TOKEN_PUBLIC_KEY_FILE", "FORWARDED_ALLOW_IPS",
                         "REDIS_URL", "PROMETHEUS_MULTIPROC_DIR", "HOST", "TOKEN_SECRET", "SIM_SEED",
                         "TCP_SEND_BUFFER"]
-PUBLISHER_PROCESS_ROWS = ["LOG_LEVEL", "REDIS_URL", "TOKEN_PUBLIC_KEY_FILE", "SIM_RATE"]
+PUBLISHER_PROCESS_ROWS = ["LOG_LEVEL", "REDIS_URL", "PUBLISHER_HEARTBEAT_S", "SIM_RATE"]
 
-NAMES = sorted(f.name.upper() for f in fields(Settings))
+SERVICE_NAMES = sorted(f.name.upper() for f in fields(ServiceSettings))
+PUBLISHER_NAMES = sorted(f.name.upper() for f in fields(PublisherSettings))
+NAMES = sorted({*SERVICE_NAMES, *PUBLISHER_NAMES})
 
 
 def test_every_setting_has_a_row() -> None:
     assert sorted(ROWS) == NAMES
+
+
+def test_the_shared_groups_are_in_both() -> None:
+    """The Redis names, the simulated market and the logs: both processes read them."""
+    shared = {"REDIS_URL", "REDIS_PREFIX", "REDIS_PARTITIONS", "TAPE_RETENTION_S", "TAPE_MAX_LEN",
+              "REDIS_RETRY_MAX_S", "SIM_RATE", "SIM_BAND_PCT", "SIM_BAND_MIN", "SIM_SEED",
+              "LOG_LEVEL", "LOG_FORMAT"}
+    assert set(SERVICE_NAMES) & set(PUBLISHER_NAMES) == shared
+    assert set(PUBLISHER_NAMES) - shared == {"PUBLISHER_HEARTBEAT_S"}
 
 
 def environ_reads(path: Path) -> set[str]:
@@ -125,7 +140,8 @@ def environ_reads(path: Path) -> set[str]:
 
 def test_every_variable_read_elsewhere_is_a_setting() -> None:
     """A variable read straight from os.environ would escape the checks at start."""
-    read = {name: path for package in ("service", "publisher")
+    read = {name: path
+            for package in ("service", "publisher", "quote_bus", "quote_runtime", "quote_sim")
             for path in (ROOT / package).rglob("*.py") for name in environ_reads(path)}
     assert "PROMETHEUS_MULTIPROC_DIR" in read  # the scan sees a read through a constant
     assert {name: str(path) for name, path in read.items() if name not in NAMES} == {}
@@ -143,7 +159,7 @@ def the_line(err: str, name: str, row: Row) -> str:
     return line
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SERVICE_NAMES)
 def test_a_bad_value_stops_the_service_at_start(name: str, capsys: pytest.CaptureFixture[str]
                                                 ) -> None:
     row = ROWS[name]
@@ -155,7 +171,7 @@ def test_a_bad_value_stops_the_service_at_start(name: str, capsys: pytest.Captur
     assert the_line(err, name, row).startswith("configuration error: ")
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", PUBLISHER_NAMES)
 def test_a_bad_value_stops_the_publisher_at_start(name: str, capsys: pytest.CaptureFixture[str]
                                                   ) -> None:
     row = ROWS[name]
@@ -170,9 +186,45 @@ def test_a_bad_value_stops_the_publisher_at_start(name: str, capsys: pytest.Capt
 def test_the_defaults_pass_both_entries() -> None:
     """So each row fails for its own value, not for something every row shares."""
     _, settings = service_cli.load([], {})
-    assert settings == Settings()
-    _, settings = publisher_cli.load(["simulate"], {"REDIS_URL": SOME_REDIS})
-    assert settings == Settings(redis_url=SOME_REDIS)
+    assert settings == ServiceSettings()
+    _, published = publisher_cli.load(["simulate"], {"REDIS_URL": SOME_REDIS})
+    assert published == PublisherSettings(redis_url=SOME_REDIS)
+
+
+def test_a_process_leaves_the_others_settings_alone() -> None:
+    """What only the other process reads is not checked: its bad value is not this one's."""
+    for name in sorted(set(NAMES) - set(PUBLISHER_NAMES)):
+        publisher_cli.load(["simulate"], {"REDIS_URL": SOME_REDIS, **ROWS[name].env,
+                                          name: ROWS[name].bad})
+    for name in sorted(set(NAMES) - set(SERVICE_NAMES)):
+        service_cli.load([], {**ROWS[name].env, name: ROWS[name].bad})
+
+
+@dataclass(frozen=True)
+class Declared(SettingsGroup):
+    count: int | None = None
+    ratio: float = setting(1.0, POSITIVE)
+    label: str | None = None
+
+
+def test_a_value_is_converted_by_its_declared_type_not_its_name() -> None:
+    assert Declared.from_env({"COUNT": "7", "RATIO": "0.5", "LABEL": "7"}) == Declared(7, 0.5, "7")
+    assert Declared.from_env({"COUNT": "", "LABEL": ""}) == Declared()
+    with pytest.raises(ConfigError, match=r"^COUNT must be an integer, got '7.5'$"):
+        Declared.from_env({"COUNT": "7.5"})
+    with pytest.raises(ConfigError, match=r"^RATIO must be a number, got 'x'$"):
+        Declared.from_env({"RATIO": "x"})
+    with pytest.raises(ConfigError, match=r"^RATIO must be positive, got 0$"):
+        Declared.from_env({"RATIO": "0"})
+
+
+def test_a_type_without_a_conversion_is_a_mistake_found_at_once() -> None:
+    @dataclass(frozen=True)
+    class Flagged(SettingsGroup):
+        on: bool = False
+
+    with pytest.raises(TypeError, match="setting on"):
+        Flagged.from_env({})
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ from quote_core.quote import Quote, QuoteError
 from quote_core.text import format_line, parse_line
 from tests.service_proc import ROOT
 
-SEED = (ROOT / "publisher" / "data" / "psx_ticker.txt").read_text(encoding="utf-8").splitlines()
+SEED = (ROOT / "quote_sim" / "data" / "psx_ticker.txt").read_text(encoding="utf-8").splitlines()
 
 
 @pytest.mark.parametrize("line", SEED)

@@ -7,9 +7,10 @@ import pytest
 from redis.asyncio.sentinel import SentinelConnectionPool, SentinelManagedConnection
 from redis.exceptions import AuthenticationError
 
-from service import topology
-from service.settings import ConfigError, Settings
-from service.topology import cluster, sentinel
+from quote_bus import topology
+from quote_bus.settings import RedisSettings
+from quote_bus.topology import cluster, sentinel
+from quote_runtime.settings import ConfigError
 from tests.redis_server import redis_server
 
 
@@ -20,7 +21,7 @@ from tests.redis_server import redis_server
     "redis+cluster://10.0.0.1:7000,10.0.0.2:7000", "rediss+cluster://u:p@cfg.example:6379",
 ])
 def test_good_urls_pass(url: str) -> None:
-    Settings(redis_url=url).check()
+    RedisSettings(redis_url=url).check()
 
 
 @pytest.mark.parametrize(("url", "message"), [
@@ -36,7 +37,7 @@ def test_good_urls_pass(url: str) -> None:
 ])
 def test_bad_urls_are_refused_with_the_reason(url: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        Settings(redis_url=url).check()
+        RedisSettings(redis_url=url).check()
     assert message in str(caught.value) and str(caught.value).startswith("REDIS_URL ")
 
 

@@ -30,7 +30,7 @@ from quote_core.text import format_line, parse_line
 from tests.redis_server import latest_in_redis, start_redis_server
 from tests.service_proc import ROOT, ServiceProcess, http_get, replay_file
 
-SEED_FILE = ROOT / "publisher" / "data" / "psx_ticker.txt"
+SEED_FILE = ROOT / "quote_sim" / "data" / "psx_ticker.txt"
 SEED = [line.strip() for line in SEED_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
 SEED_BY_SYMBOL = {line.split()[0]: line for line in SEED}
 DOCS = ROOT / "docs"

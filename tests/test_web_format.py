@@ -33,7 +33,7 @@ from tests.browser import checked_page
 ROOT = Path(__file__).resolve().parent.parent
 WEB = ROOT / "web"
 JS_CLIENT = ROOT / "clients" / "js" / "src"
-SEED = ROOT / "publisher" / "data" / "psx_ticker.txt"
+SEED = ROOT / "quote_sim" / "data" / "psx_ticker.txt"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 TS = 1_719_216_000_000
 

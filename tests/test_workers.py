@@ -13,7 +13,8 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-from service.supervisor import EXIT_CONFIG, GiveUp, RestartPolicy
+from quote_runtime.exits import EXIT_CONFIG
+from service.supervisor import GiveUp, RestartPolicy
 from tests.redis_server import free_port, redis_server
 from tests.service_proc import ROOT, ServiceProcess
 from tests.test_faults import until
@@ -166,7 +167,7 @@ async def test_sigterm_closes_clients_with_1001_spread_over_drain_s() -> None:
 
 def test_a_stop_that_hangs_is_cut_short_by_the_watchdog() -> None:
     """Whatever hangs in a shutdown, the worker still exits, so none outlives its run."""
-    code = ("import time; from service import logs; from service.server import _watchdog; "
+    code = ("import time; from quote_runtime import logs; from service.server import _watchdog; "
             "logs.configure(); _watchdog(0.3); time.sleep(30)")
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,

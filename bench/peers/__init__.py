@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.partitions import Layout
+from quote_bus.layout import Layout
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 NODE_DIR = Path(__file__).resolve().parent / "node"

@@ -27,7 +27,7 @@ def make_feed(settings: Settings, hub: Hub) -> Feed:
         from .embedded import EmbeddedFeed
 
         return EmbeddedFeed(settings, hub)
-    from .. import topology
+    from quote_bus import topology
 
     if topology.sharded(settings.redis_url):
         from .redis_cluster import ClusterFeed

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from quote_core.quote import Quote, now_ms
+from quote_sim.simulate import market_from_settings, run_simulation
 
 from ..hub import Hub
 from ..settings import Settings
@@ -47,8 +48,6 @@ class EmbeddedFeed:
         self.hub = hub
 
     async def run(self) -> None:
-        from publisher.simulate import market_from_settings, run_simulation
-
         self.hub.set_feed("live")
         await run_simulation(MemoryBroker(self.hub), market_from_settings(self.settings),
                              self.settings.sim_rate)

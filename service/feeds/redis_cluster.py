@@ -21,10 +21,11 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from quote_bus.topology import addresses, cluster
+from quote_runtime.node import NODE_ID
+
 from ..hub import Hub
-from ..node import NODE_ID
 from ..settings import Settings
-from ..topology import addresses, cluster
 from .health import FeedHealth
 from .redis_edge import (
     FAILURES,

@@ -17,18 +17,10 @@ import time
 from collections.abc import Coroutine
 from typing import Any, Literal
 
-from redis.exceptions import (
-    AskError,
-    AuthenticationError,
-    AuthorizationError,
-    ClusterDownError,
-    ReadOnlyError,
-    RedisError,
-    ResponseError,
-    TryAgainError,
-)
+from redis.exceptions import RedisError
 
 from quote_bus.payload import decode_payload
+from quote_bus.refusal import is_refusal
 from quote_core.backoff import backoff
 from quote_core.quote import Quote
 
@@ -50,15 +42,6 @@ class FeedMisconfigured(Exception):
 
 # Whatever ends a session: the feed is stale and retries after a back-off.
 FAILURES = (RedisError, OSError, FeedLost)
-
-
-def is_refusal(exc: BaseException) -> bool:
-    """Redis said no in a way that means the URL is wrong (a password, user or database).
-    After a first success it is taken as passing (a password being rotated) and retried.
-    The replies of a topology on the move (a slot moved, a cluster electing, a primary
-    demoted to replica) are error replies too, but never refusals."""
-    return (isinstance(exc, (AuthenticationError, AuthorizationError, ResponseError))
-            and not isinstance(exc, (AskError, TryAgainError, ClusterDownError, ReadOnlyError)))
 
 
 async def first_failure(*coros: Coroutine[Any, Any, None]) -> None:

@@ -15,11 +15,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from quote_bus import topology
 from quote_core.quote import Quote
+from quote_runtime.node import NODE_ID
 
-from .. import topology
 from ..hub import Hub
-from ..node import NODE_ID
 from ..settings import Settings
 from .health import FeedHealth
 from .redis_edge import FAILURES, FeedLost, RedisEdge, close_quietly, first_failure

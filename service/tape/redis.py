@@ -8,10 +8,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from quote_bus import topology
+from quote_bus.layout import Layout
 from quote_bus.payload import decode_payload
 
-from .. import topology
-from ..partitions import Layout
 from ..settings import Settings
 from . import Entry, Priced, priced
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 
-from quote_client.ticker_text import parse_line
+from quote_core.text import parse_line
 
 SEED_RESOURCE = "data/psx_ticker.txt"
 
@@ -25,11 +25,11 @@ class Instrument:
 
 
 def seed_text() -> str:
-    return resources.files("publisher").joinpath(SEED_RESOURCE).read_text(encoding="utf-8")
+    return resources.files("quote_sim").joinpath(SEED_RESOURCE).read_text(encoding="utf-8")
 
 
 def parse_instruments(text: str) -> list[Instrument]:
-    """Raises quote_client.quote.QuoteError naming the line if the seed is damaged: a broken
+    """Raises quote_core.quote.QuoteError naming the line if the seed is damaged: a broken
     seed is a packaging bug, not something to skip quietly."""
     instruments: list[Instrument] = []
     for number, line in enumerate(text.splitlines(), start=1):

@@ -7,8 +7,9 @@ import zlib
 import pytest
 from redis.crc import key_slot
 
-from service.partitions import Layout
-from service.settings import ConfigError, Settings
+from quote_bus.layout import Layout
+from quote_bus.settings import RedisSettings
+from quote_runtime.settings import ConfigError
 
 
 def test_a_symbol_always_lands_in_the_same_partition() -> None:
@@ -52,4 +53,4 @@ def test_split_keeps_each_partitions_order() -> None:
 ])
 def test_bad_layout_settings_are_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        Settings.from_env(env)
+        RedisSettings.from_env(env)

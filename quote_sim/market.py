@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from quote_client.quote import Quote, now_ms
+from quote_core.quote import Quote, now_ms
 
 from .seed import Instrument
 

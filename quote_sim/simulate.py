@@ -4,7 +4,7 @@ Quotes go out in small batches every `tick_s`; the count per batch comes from th
 that really passed plus a fractional carry, so the long-run rate is exact even when the
 event loop wakes late. A failing sink (Redis down) is logged and retried with back-off;
 the loop itself never dies of it, except of a refusal that retrying cannot fix
-(RedisRefused: a wrong password, a command the ACL does not allow).
+(SinkRefused: a wrong password, a command the ACL does not allow).
 """
 
 from __future__ import annotations
@@ -14,23 +14,22 @@ import contextlib
 import logging
 import random
 
-from quote_client.backoff import backoff
-from service.settings import Settings
+from quote_core.backoff import backoff
 
 from .market import Market
-from .redis_sink import RedisRefused
 from .seed import load_instruments
-from .sink import QuoteSink
+from .settings import SimulationSettings
+from .sink import QuoteSink, SinkRefused
 
-log = logging.getLogger("publisher.simulate")
+log = logging.getLogger("quote_sim.simulate")
 
 TICK_S = 0.05
 # After a stall, catch up at most this much time's worth of quotes in one batch.
 MAX_CATCH_UP_S = 1.0
 
 
-def market_from_settings(settings: Settings, *, seed: int | None = None) -> Market:
-    """The seed's 34 instruments with the band and seed from Settings (SIM_*)."""
+def market_from_settings(settings: SimulationSettings, *, seed: int | None = None) -> Market:
+    """The seed's 34 instruments with the band and seed from the settings (SIM_*)."""
     seed = settings.sim_seed if seed is None else seed
     return Market(
         load_instruments(),
@@ -84,7 +83,7 @@ async def run_simulation(
             batch = market.next_quotes(count)
         try:
             await sink.publish(batch)
-        except RedisRefused:
+        except SinkRefused:
             raise  # retrying cannot fix it: the caller stops
         except Exception as exc:
             delay = backoff(failures, retry_max_s)
