@@ -1,0 +1,1 @@
+"""What the publisher and the service share through Redis: names, topology, payloads."""
