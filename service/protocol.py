@@ -267,7 +267,7 @@ def _dumps(frame: dict[str, Any]) -> str:
 def welcome(*, node: str, heartbeat_s: float, max_symbols: int, max_client_msgs_per_s: int,
             max_frame_bytes: int, every_queue_bytes: int, max_recovery: int,
             delay_s: float | None = None) -> str:
-    """`node` is the worker process's opaque id (service/node.py). `delay_s`: the
+    """`node` is the worker process's opaque id (quote_runtime/node.py). `delay_s`: the
     connection is in the delayed tier, that many seconds behind."""
     frame: dict[str, Any] = {
         "type": "welcome",

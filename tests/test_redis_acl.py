@@ -346,7 +346,7 @@ def test_the_default_user_is_off_and_healthcheck_may_only_ping(server: RedisServ
 
 
 # A refusal retrying cannot fix: the publisher stops on it as the service does (exit 3,
-# service/supervisor.py's EXIT_CONFIG), with one line naming REDIS_URL and the reason.
+# quote_runtime/exits.py's EXIT_CONFIG), with one line naming REDIS_URL and the reason.
 
 REFUSALS = {
     "a wrong password": ("publisher", "not-the-password", 0, "invalid username-password pair"),

@@ -64,7 +64,7 @@ def test_logs_never_show_credentials() -> None:
 
 
 async def test_sentinel_connections_ask_the_sentinels_on_every_reconnect() -> None:
-    """service/topology/sentinel.py overrides SentinelManagedConnection._connect, a private
+    """quote_bus/topology/sentinel.py overrides SentinelManagedConnection._connect, a private
     method, to ask for the primary on each reconnect (redis/redis-py#3874). If an upgrade
     renames what it relies on, this fails instead of failovers going quietly wrong."""
     assert callable(getattr(SentinelManagedConnection, "_connect", None))
