@@ -22,8 +22,8 @@ from typing import Any
 
 import redis as redis_sync
 
-from bench import report
-from bench.peers import BENCH_LAYOUT, PEERS, PYTHON_PEERS, ROOT, Peer
+from bench import report, revs
+from bench.peers import BENCH_LAYOUT, PEERS, PYTHON_PEERS, ROOT, Peer, resolve
 from bench.procs import (
     Child,
     PubSubTap,
@@ -37,6 +37,8 @@ from bench.procs import (
 from tests.redis_server import RedisServer, free_port
 
 PY = sys.executable
+# Where a run with a `service@REV` writes unless --out says otherwise.
+COMMITS_OUT = ROOT / "bench" / "results" / "tmp" / "commits"
 CHANNEL = BENCH_LAYOUT.channel(0)
 SEQ_KEY = BENCH_LAYOUT.seq(0)
 
@@ -120,7 +122,7 @@ def start_server(ctx: Context, peer: Peer, tag: str, timeout: float = 30.0) -> t
     # The harness itself runs on the load CPUs and a child inherits that: an unpinned
     # server is given every CPU explicitly (its workers inherit it from the supervisor).
     cpus = ctx.server_cpus if peer.pinned else ctx.all_cpus
-    child = Child(f"{peer.key}-{tag}", argv, env=env, cwd=ROOT, log_dir=ctx.logs, cpus=cpus)
+    child = Child(f"{peer.key}-{tag}", argv, env=env, cwd=peer.cwd, log_dir=ctx.logs, cpus=cpus)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not child.alive():
@@ -443,17 +445,17 @@ def versions() -> dict[str, str]:
 
 
 def source_state() -> str:
-    """The commit measured, and whether the service or publisher had uncommitted changes."""
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
+    """The commit measured, and whether the working tree had uncommitted changes."""
+    return revs.head()
 
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--", "service", "publisher")
-    return commit + (" + uncommitted changes in service/ or publisher/" if dirty else "")
+
+def peer_entries(peers: list[Peer], compared: bool) -> dict[str, dict[str, Any]]:
+    """data["peers"]: label and what runs, and for the service where it ran from
+    (revs.provenance)."""
+    return {p.key: {"label": p.label, "how": p.how,
+                    **(revs.provenance(p.tree, p.label, compared)
+                       if p.key.startswith("service") else {})}
+            for p in peers}
 
 
 def machine() -> dict[str, Any]:
@@ -486,7 +488,11 @@ def machine() -> dict[str, Any]:
 def run_benchmark(peer_keys: list[str], scenarios: list[Scenario], out_dir: Path, *,
                   quick: bool, pin: bool = True, profile: bool = True,
                   verbose: bool = True, deflate: bool = True) -> dict[str, Any]:
+    """`peer_keys`: keys of PEERS, or `service@REV` (bench/revs.py)."""
     nofile = raise_nofile()
+    peers = [resolve(k) for k in peer_keys]
+    compared = any(p.tree.sha for p in peers)
+    entries = peer_entries(peers, compared)
     out_dir.mkdir(parents=True, exist_ok=True)
     all_cpus = set(os.sched_getaffinity(0))
     server_cpus, other_cpus = cpu_plan(pin)
@@ -515,9 +521,9 @@ def run_benchmark(peer_keys: list[str], scenarios: list[Scenario], out_dir: Path
                           all_cpus=all_cpus if pin else None)
             ctx.say(f"redis on {redis_server.url}; server CPUs {server_cpus or 'any'}, "
                     f"load CPUs {other_cpus or 'any'}; open files {nofile}")
-            for key in peer_keys:
-                peer = PEERS[key]
-                reason = peer.unavailable()
+            for peer in peers:
+                key = peer.key
+                reason = peer.unavailable() or entries[key].get("imports", {}).get("error")
                 if reason:
                     failed[key] = reason
                     ctx.say(f"[{key}] cannot start: {reason}")
@@ -538,7 +544,8 @@ def run_benchmark(peer_keys: list[str], scenarios: list[Scenario], out_dir: Path
                         results[key][sc.key] = {"error": f"{type(exc).__name__}: {exc}"}
                     ctx.say(f"[{key}] {sc.key}: {report.one_line(results[key][sc.key])} "
                             f"({time.monotonic() - t0:.0f}s)")
-            if profile and not quick and "service" in results:
+            # A comparison of commits (service@REV) measures, it does not profile.
+            if profile and not quick and "service" in results and not compared:
                 ctx.say("[service] profiling a firehose with py-spy ...")
                 profile_result = profile_service(ctx, scenarios[0], out_dir)
                 ctx.say(f"[service] profile: {profile_result.get('error') or 'ok'}")
@@ -557,17 +564,18 @@ def run_benchmark(peer_keys: list[str], scenarios: list[Scenario], out_dir: Path
         "versions": versions(),
         "pinning": {"server": sorted(server_cpus) if server_cpus else "any",
                     "redis_publisher_client": sorted(other_cpus) if other_cpus else "any",
-                    "unpinned_servers": {k: sorted(all_cpus) if pin else "any"
-                                         for k in peer_keys if not PEERS[k].pinned}},
+                    "unpinned_servers": {p.key: sorted(all_cpus) if pin else "any"
+                                         for p in peers if not p.pinned}},
         "client_offers_deflate": deflate,
         "scenarios": [asdict(sc) for sc in scenarios],
-        "peers": {k: {"label": PEERS[k].label, "how": PEERS[k].how} for k in peer_keys},
+        "peers": entries,
         "results": results,
         "failed": failed,
         "profile": profile_result,
     }
     report.write_all(data, out_dir)
-    if not quick and out_dir.resolve() == (ROOT / "bench" / "results").resolve():
+    # The README's tables are the peers' run, not a comparison of commits.
+    if not quick and not compared and out_dir.resolve() == (ROOT / "bench" / "results").resolve():
         report.update_readme(data, ROOT / "bench" / "README.md")
     return data
 
@@ -577,7 +585,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="seconds, a few clients, Python peers only (what `make test` runs)")
-    parser.add_argument("--peers", help=f"comma-separated subset of {','.join(PEERS)}")
+    parser.add_argument("--peers", help=f"comma-separated subset of {','.join(PEERS)}; "
+                        "service@REV: the service as of git revision REV, beside the others")
     parser.add_argument("--scenarios", help="comma-separated subset of scenario keys")
     parser.add_argument("--out", type=Path, help="output directory (default bench/results, "
                         "or bench/results/tmp/quick with --quick)")
@@ -594,11 +603,16 @@ def main(argv: list[str] | None = None) -> int:
         peers = list(PEERS)
         scenarios = full_scenarios()
         out = args.out or ROOT / "bench" / "results"
+    if args.peers and "@" in args.peers and not args.out:
+        out = COMMITS_OUT  # not over the committed results of the peers' run
     if args.peers:
         peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-        unknown = [p for p in peers if p not in PEERS]
-        if unknown:
-            parser.error(f"unknown peers {unknown}; known: {list(PEERS)}")
+        for p in peers:
+            try:
+                resolve(p)
+            except (KeyError, revs.RevError) as exc:
+                parser.error(f"peer {p!r}: {exc}; known: {list(PEERS)}, and "
+                             "service@REV for a git revision REV (bench/README.md)")
     if args.scenarios:
         wanted = {s.strip() for s in args.scenarios.split(",")}
         scenarios = [s for s in scenarios if s.key in wanted]

@@ -255,6 +255,7 @@ def markdown(data: dict[str, Any]) -> str:
     t = targets(data)
     if t:
         lines += ["## The service against its targets", "", *t, ""]
+    lines += commits_section(data)
     if "firehose" in sc:
         s = sc["firehose"]
         lines += [f"## 1. Firehose: {s['clients']} clients on all symbols, publisher at "
@@ -374,6 +375,41 @@ def _unpinned_note(data: dict[str, Any]) -> list[str]:
 
 def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}×" if a and b else "–"
+
+
+def commits_section(data: dict[str, Any]) -> list[str]:
+    """`service@REV` beside the working tree's `service` (bench/revs.py): server CPU µs per
+    delivered frame in each stream scenario, and the working tree's over each commit's."""
+    sc = {s["key"]: s for s in data["scenarios"]}
+    old = [k for k in data["results"] if "@" in k]
+    if not old:
+        return []
+    keys = [*old, *(k for k in data["results"] if "@" not in k and k.startswith("service"))]
+    stream = [k for k in sc if not sc[k]["idle"]]
+    header = ["server", "imported from"] + [f"{k} µs/frame (frames/s, CPU)" for k in stream]
+    lines = ["## Commits side by side: server CPU µs per delivered frame", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key in keys:
+        row = [data["peers"][key]["label"],
+               f"`{(data['peers'][key].get('imports') or {}).get('service')}`"]
+        for k in stream:
+            r = _get(data, key, k)
+            row.append(f"{_n(r.get('server_us_per_frame'))} ({_n(r['frames_per_s'])}, "
+                       f"{_n(r['server_cpu_pct'], '%')})" if r else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    if "service" in data["results"]:
+        for key in old:
+            parts = []
+            for k in stream:
+                a, b = _get(data, "service", k), _get(data, key, k)
+                if a and b:
+                    parts.append(f"{k} {_ratio(a.get('server_us_per_frame'), b.get('server_us_per_frame'))}")
+            if parts:
+                lines.append(f"- working tree over `{key}` (µs/frame; 1.00× is the same cost, "
+                             "above 1 costlier): " + ", ".join(parts) + ".")
+        lines.append("")
+    return lines
 
 
 def workers_section(data: dict[str, Any]) -> list[str]:

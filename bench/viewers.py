@@ -28,6 +28,11 @@ measured exactly as the service is. A peer that cannot start (no node, its npm p
 missing, the native binary not loading) is reported as not run, with the reason; the
 other peers' rows are unaffected.
 
+`--peers service@9fcb21a,service` searches the service as of commit 9fcb21a (bench/revs.py:
+that commit's tree, exported once, with this venv) and the working tree's, rate by rate
+one after the other with the same publisher, generator and settings: the before and after
+of a change, in one run.
+
 The floor is bench/floor.c (built with `cc -O2`, as `make bench` does), run in the same
 run after each point: the same number of loopback connections, frames of the mean size
 the generator received, at the per-connection frame rate measured, the writer pinned to
@@ -54,8 +59,8 @@ from typing import Any
 
 import redis as redis_sync
 
-from bench import native, report
-from bench.harness import StartFailed
+from bench import native, report, revs
+from bench.harness import COMMITS_OUT, StartFailed
 from bench.peers import NODE_DIR
 from bench.procs import Child, Sampler, cpu_plan, port_open, raise_nofile, tree_rss_kb
 from quote_bus.layout import Layout
@@ -153,11 +158,14 @@ class Server:
     argv: tuple[str, ...]
     env: Callable[[str, int, int], dict[str, str]]  # (redis URL, port, viewers) -> environment
     unavailable: Callable[[], str | None] = lambda: None
+    # The source a Python service runs from (its cwd and PYTHONPATH): the working tree, or
+    # a commit's (`service@REV`); None for a server that is not this project's.
+    tree: revs.Tree | None = None
 
 
 SERVERS: dict[str, Server] = {s.key: s for s in [
     Server("service", "this service (python -m service, one process, uvloop)",
-           (PY, "-m", "service"), service_env),
+           (PY, "-m", "service"), service_env, tree=revs.WORKING),
     Server("uws", "uWebSockets.js (bench/peers/node/uws_viewers_peer.js: a board, per max_hz "
            "one topic and timer, app.publish)",
            ("node", str(NODE_DIR / "uws_viewers_peer.js")), uws_env, node_unavailable),
@@ -169,8 +177,9 @@ def start_server(peer: Server, redis_url: str, r: redis_sync.Redis, n: int, tag:
     """The server pinned to `cpus`, once it listens and holds its Redis subscription;
     StartFailed (with its log's tail) otherwise."""
     port = free_port()
-    child = Child(f"{peer.key}-{tag}", peer.argv, env=peer.env(redis_url, port, n),
-                  cwd=ROOT, log_dir=logs, cpus=cpus)
+    env = {**peer.env(redis_url, port, n), **(peer.tree.env() if peer.tree else {})}
+    child = Child(f"{peer.key}-{tag}", peer.argv, env=env,
+                  cwd=peer.tree.root if peer.tree else ROOT, log_dir=logs, cpus=cpus)
     channel = LAYOUT.channel(0)
     deadline = time.monotonic() + START_TIMEOUT_S
     while not (port_open(port) and r.pubsub_numsub(channel)[0][1] >= 1):
@@ -412,9 +421,10 @@ def floor_for(point: dict[str, Any], cpus: tuple[set[int] | None, set[int] | Non
 def search(peer: Server, redis_url: str, r: redis_sync.Redis, max_hz: float, plan: Plan,
            logs: Path, cpus: tuple[set[int] | None, set[int] | None], start: int, cap: int,
            budget_s: float, floor_s: float, max_points: int = 0,
-           say: Any = print) -> dict[str, Any]:
-    """Double N from `start` while points pass (up to `cap`), then bisect to within 10%;
-    stops when `budget_s` is spent, or after `max_points` points (0: no limit). The floor
+           say: Any = print, resolution: float = 0.1) -> dict[str, Any]:
+    """Double N from `start` while points pass (up to `cap`), then bisect until the first
+    failure is within `resolution` (a fraction of it, at least 100 viewers) of the last
+    pass; stops when `budget_s` is spent, or after `max_points` points (0: no limit). The floor
     is measured at the best passing point. A server that does not start ends the search:
     the reason is its `error`."""
     t0 = time.monotonic()
@@ -440,7 +450,7 @@ def search(peer: Server, redis_url: str, r: redis_sync.Redis, max_hz: float, pla
                 break
             n = min(cap, n * 2)
         else:
-            if hi - lo <= max(100, hi // 10):
+            if hi - lo <= max(100, int(hi * resolution)):
                 break
             n = (lo + hi) // 2 if lo else hi // 2
             if n < 10:
@@ -459,7 +469,8 @@ def not_run(peer: Server, max_hz: float, reason: str) -> dict[str, Any]:
 
 
 def service_first(keys: list[str]) -> list[str]:
-    return sorted(keys, key=lambda k: k != "service")
+    """The service (and the service as of other commits, in the order given) first."""
+    return sorted(keys, key=lambda k: revs.split(k)[0] != "service")
 
 
 def cell(text: str) -> str:
@@ -514,6 +525,7 @@ def markdown(data: dict[str, Any]) -> str:
             f"{b['server_cpu_pct']}% | {b['server_us_per_frame']} | "
             f"{b.get('floor_us_per_write', '–')} | {b.get('ratio_to_floor', '–')}× | "
             f"{b['generator_us_per_frame']} | {b['idle_kb_per_conn']} |")
+    lines += side_by_side(data, results)
     lines += ["", "Every point tried:", "",
               "| max_hz | peer | viewers | connected | served | frames/s | p99 ms | boards | "
               "server CPU | server µs/frame | generator µs/frame | load core busy | pass |",
@@ -531,12 +543,54 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def at_commit(rev: str) -> Server:
+    """The service as of git revision `rev` (bench/revs.py), keyed `service@<short sha>`."""
+    tree = revs.export(rev)
+    here = SERVERS["service"]
+    return Server(f"service@{tree.short}", f"{here.label} @ {tree.short}", here.argv, here.env,
+                  tree=tree)
+
+
+def side_by_side(data: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
+    """With `service@REV` in the run: per rate, the working tree's most viewers passing
+    over each commit's (1.00×: the same on the search's grid; the search's resolution is
+    the step between a pass and a failure it stops at)."""
+    best = {(res["max_hz"], res["peer"]): (res["best"] or {}).get("viewers") for res in results}
+    lines = []
+    for (hz, key), old in best.items():
+        new = best.get((hz, "service"))
+        if "@" in key and old and new:
+            lines.append(f"- max_hz {hz:g}: working tree {new:,} over `{key}` {old:,} viewers = "
+                         f"**{new / old:.2f}×**")
+    if lines:
+        res = data.get("search", {}).get("resolution")
+        lines = ["", f"Commits side by side (search resolution {res}):", "", *lines]
+    return lines
+
+
 def parse_peers(text: str) -> list[Server]:
     keys = [k.strip() for k in text.split(",") if k.strip()]
-    unknown = [k for k in keys if k not in SERVERS]
-    if unknown or not keys:
-        raise argparse.ArgumentTypeError(f"peers are {', '.join(SERVERS)}; got {text!r}")
-    return [SERVERS[k] for k in dict.fromkeys(keys)]
+    servers = []
+    for key in dict.fromkeys(keys):
+        base, rev = revs.split(key)
+        try:
+            servers.append(at_commit(rev) if base == "service" and rev else SERVERS[key])
+        except (KeyError, revs.RevError) as exc:
+            raise argparse.ArgumentTypeError(
+                f"peers are {', '.join(SERVERS)}, or service@REV for a git revision REV; "
+                f"got {key!r} ({exc})") from None
+    if not servers:
+        raise argparse.ArgumentTypeError(f"no peer in {text!r}")
+    return servers
+
+
+def peer_entry(peer: Server, compared: bool) -> dict[str, Any]:
+    """data["peers"][key]: label and argv, and for the service where it ran from
+    (revs.provenance)."""
+    entry: dict[str, Any] = {"label": peer.label, "argv": list(peer.argv)}
+    if peer.tree is not None:
+        entry.update(revs.provenance(peer.tree, peer.label, compared))
+    return entry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -546,11 +600,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default="50,10,4", help="max_hz values, comma-separated")
     parser.add_argument("--peers", type=parse_peers, default=[SERVERS["service"]],
                         help=f"servers searched, comma-separated, of {','.join(SERVERS)} "
-                             "(default service)")
+                             "(default service); service@REV: the service as of git revision REV")
     parser.add_argument("--start", type=int, default=1000, help="first N of each search")
     parser.add_argument("--cap", type=int, default=MAX_PORTS_N, help="largest N tried")
     parser.add_argument("--budget", type=float, default=600,
                         help="seconds of search per rate and peer")
+    parser.add_argument("--resolution", type=float, default=0.1,
+                        help="bisect until the first failure is within this fraction of the "
+                             "last pass (default 0.1)")
     parser.add_argument("--procs", type=int, default=2, help="generator processes")
     parser.add_argument("--generator", choices=("native", "picows"), default="native",
                         help="bench/viewers_load.c (default) or bench/fastclient.py")
@@ -571,6 +628,10 @@ def main(argv: list[str] | None = None) -> int:
                                    sink_cpu=min(o) if o else None)))
         return 0
     build_floor()
+    peers: list[Server] = args.peers
+    # A comparison of commits: the working tree's service is labelled with HEAD's sha, and
+    # the results do not go over the committed viewers.md.
+    compared = any(peer.tree is not None and peer.tree.sha for peer in peers)
     if args.quick:
         plan = Plan(warmup_s=0.5, measure_s=1.5, procs=2, boards=2, decode_every=5,
                     generator=args.generator)
@@ -578,11 +639,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         plan = Plan(warmup_s=3, measure_s=10, procs=args.procs, boards=4, decode_every=20,
                     generator=args.generator)
-        out = args.out or ROOT / "bench" / "results"
+        out = args.out or (COMMITS_OUT if compared else ROOT / "bench" / "results")
     rates = [float(x) for x in args.rates.split(",") if x.strip()]
-    peers: list[Server] = args.peers
-    # Why a peer is not run: missing here, or it did not start at its first point.
-    skipped = {peer.key: peer.unavailable() for peer in peers}
+    entries = {peer.key: peer_entry(peer, compared) for peer in peers}
+    # Why a peer is not run: missing here, its imports not its tree's, or it did not start
+    # at its first point.
+    skipped = {peer.key: peer.unavailable() or entries[peer.key].get("imports", {}).get("error")
+               for peer in peers}
     started = time.time()
     results = []
     logs = out / "logs" if args.quick else ROOT / "bench" / "results" / "tmp" / "logs"
@@ -609,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
                                      args.cap, float("inf"), 1.0, max_points=1)
                     else:
                         res = search(peer, redis_server.url, r, hz, plan, logs, cpus, args.start,
-                                     args.cap, args.budget, 5.0)
+                                     args.cap, args.budget, 5.0, resolution=args.resolution)
                     ran = any(x["points"] for x in results if x["peer"] == peer.key)
                     if res["error"] and not res["points"] and not ran:
                         skipped[peer.key] = res["error"]  # never started: not again
@@ -626,8 +689,9 @@ def main(argv: list[str] | None = None) -> int:
         "procs": plan.procs,
         "rate": plan.rate,
         "plan": plan.__dict__,
-        "peers": {peer.key: {"label": peer.label, "argv": list(peer.argv),
-                             "skipped": skipped[peer.key]} for peer in peers},
+        "search": {"start": args.start, "cap": args.cap, "budget_s": args.budget,
+                   "resolution": args.resolution},
+        "peers": {k: {**entry, "skipped": skipped[k]} for k, entry in entries.items()},
         "rates": results,
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from bench import revs
 from quote_bus.layout import Layout
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -40,6 +41,12 @@ class Peer:
     # False: more than one serving process, so no core can be given to it alone; it runs
     # on every CPU (the load side stays on its own), see harness.start_server.
     pinned: bool = True
+    # The source the service runs from: the working tree, or a commit (`service@REV`).
+    tree: revs.Tree = revs.WORKING
+
+    @property
+    def cwd(self) -> Path:
+        return self.tree.root
 
     def unavailable(self) -> str | None:
         """Why this peer cannot start here, or None."""
@@ -64,7 +71,7 @@ class Peer:
             # not throttled (the default is 1000/s; with WORKERS it is per worker).
             return [sys.executable, "-m", "service"], {
                 **env, "MAX_CONNECTS_PER_S": "100000", "MAX_CONNECTIONS": "20000",
-                "LOOP": "auto", "WORKERS": "1", **dict(self.env)}
+                "LOOP": "auto", "WORKERS": "1", **dict(self.env), **self.tree.env()}
         if self.key == "broadcaster":
             # uvicorn's defaults, only the address given.
             return [sys.executable, "-m", "uvicorn", "bench.peers.broadcaster_app:app",
@@ -108,3 +115,18 @@ PEERS: dict[str, Peer] = {p.key: p for p in [
 PYTHON_PEERS = ("service", "broadcaster", "websockets")
 # The service's own variants (LOOP, WORKERS): not peers, the same code configured otherwise.
 SERVICE_VARIANTS = ("service", "service-asyncio", "service-2w")
+
+
+def resolve(spec: str) -> Peer:
+    """A peer by key, or `VARIANT@REV`: that service variant (service, service-asyncio,
+    service-2w) as of git revision REV (bench/revs.py), keyed and labelled with its short
+    sha. KeyError for an unknown key, revs.RevError for a revision that does not resolve."""
+    base, rev = revs.split(spec)
+    if rev is None:
+        return PEERS[spec]
+    if base not in SERVICE_VARIANTS:
+        raise KeyError(f"only {', '.join(SERVICE_VARIANTS)} take @REV, not {base!r}")
+    tree = revs.export(rev)
+    peer = PEERS[base]
+    return replace(peer, key=f"{base}@{tree.short}", label=f"{peer.label} @ {tree.short}",
+                   how=f"{peer.how}; the tree of commit {tree.short} ({tree.root})", tree=tree)
