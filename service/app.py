@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -23,15 +22,14 @@ from quote_runtime.node import NODE_ID
 from . import page, rest, security
 from .assets import Assets
 from .auth import Authenticator, Tier
-from .connection import Connection
+from .connection import serve_websocket
 from .delayed import DelayedFeed
 from .feeds import Feed, make_feed
 from .hub import Hub
-from .limits import TokenBucket
 from .metrics import CONTENT_TYPE, Metrics
-from .protocol import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
+from .registry import Registry
 from .settings import Settings
-from .sse import SSE_PATH, EventStream, SseEndpoint
+from .sse import SSE_PATH, SseEndpoint
 from .tape import Tape, make_tape
 from .uvicorn_private import keep_server_send
 
@@ -66,7 +64,7 @@ def default_hz(settings: Settings) -> float | None:
 
 
 class QuoteService:
-    """What the routes share: the hub, the live connections, and the feed."""
+    """What the routes share: the hubs, the registry of live clients, and the feed."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -75,26 +73,21 @@ class QuoteService:
         self.hub = Hub(settings.max_symbols, default_hz=default_hz(settings), tape=self.tape,
                        max_recovery=settings.max_recovery,
                        every_queue_bytes=settings.every_queue_bytes)
-        # Websockets and SSE streams (service/sse.py): admitted, swept and drained alike.
         # The delayed tier (service/delayed.py): a hub of its own, fed from the tape.
         self.delayed_hub = Hub(settings.max_symbols, default_hz=default_hz(settings),
                                every_queue_bytes=settings.every_queue_bytes, delayed=True)
         self.delayed = DelayedFeed(settings, self.hub, self.delayed_hub, self.tape)
         self.hubs: dict[Tier, Hub] = {"realtime": self.hub, "delayed": self.delayed_hub}
-        self.connections: set[Connection | EventStream] = set()
+        # Websockets and SSE streams (service/registry.py): admitted, swept and drained alike.
+        self.registry = Registry(settings, self.hub.stats)
         # Tokens and entitlements (service/auth.py), shared by every route.
         self.auth = Authenticator(settings)
-        self._all_closed = asyncio.Event()
         self.feed: Feed = self._make_feed()
         self._feed_task: asyncio.Task[None] | None = None
-        self._sweeper: asyncio.Task[None] | None = None
         self._delayed_task: asyncio.Task[None] | None = None
         self.metrics = Metrics(self)
-        self.connect_rate = TokenBucket(settings.max_connects_per_s)
-        self._refusal_log = TokenBucket(1)
         # Origins and connections per address (service/security.py), websockets and SSE.
         self.gate = security.Gate(settings, self.hub.stats)
-        self.draining = False
         # Set when the feed cannot go on: the process exits with it (see server.py), so a
         # supervisor restarts the worker (1) or gives up on a configuration error.
         self.exit_code: int | None = None
@@ -105,21 +98,8 @@ class QuoteService:
 
     async def start(self) -> None:
         self._feed_task = asyncio.create_task(self._run_feed(), name="feed")
-        self._sweeper = asyncio.create_task(self._sweep(), name="sweeper")
+        self.registry.start(self.metrics.tick)
         self._delayed_task = asyncio.create_task(self.delayed.run(), name="delayed")
-
-    async def _sweep(self) -> None:
-        """One task walks every connection for heartbeats and stuck sends, instead of a
-        timer per connection per frame."""
-        settings = self.settings
-        interval = min(1.0, settings.heartbeat_s / 2, settings.send_timeout_s / 4)
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(interval)
-            now = loop.time()
-            for connection in list(self.connections):
-                connection.check(now)
-            self.metrics.tick(now)
 
     async def _run_feed(self) -> None:
         from quote_runtime.exits import EXIT_CONFIG
@@ -146,39 +126,9 @@ class QuoteService:
         if self.on_fatal is not None:
             self.on_fatal()
 
-    async def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down",
-                        timeout: float = 3.0) -> None:
-        """Close every client with `code` before the server drops the sockets."""
-        if not self.connections:
-            return
-        self._all_closed.clear()
-        for connection in list(self.connections):
-            connection.close(code, reason)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._all_closed.wait()
-
-    async def drain(self, seconds: float) -> None:
-        """Close every client with 1001, spread evenly over `seconds` in random order, so
-        they do not all come back to the other instances at the same instant."""
-        self.draining = True
-        clients = list(self.connections)
-        if clients:
-            log.info("draining: closing %d clients with 1001 over %.1fs", len(clients), seconds,
-                     extra={"event": "draining", "connections": len(clients), "drain_s": seconds})
-        random.shuffle(clients)
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        for i, connection in enumerate(clients):
-            due = start + seconds * i / len(clients)
-            if due - loop.time() > 0.01:
-                await asyncio.sleep(due - loop.time())
-            connection.close(CLOSE_GOING_AWAY, "server shutting down")
-        await self.close_all()
-
     async def stop(self) -> None:
-        await self.close_all()
-        for task in (self._feed_task, self._sweeper, self._delayed_task):
+        await self.registry.stop()
+        for task in (self._feed_task, self._delayed_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(BaseException):
@@ -187,48 +137,6 @@ class QuoteService:
         await self.delayed_hub.aclose()
         await self.feed.aclose()
         await self.tape.aclose()
-
-    def admit(self) -> str | None:
-        """Why a new connection must wait, or None. After a restart every client comes
-        back at once; turning the excess away with 1013 keeps that from becoming a storm
-        (clients retry with jittered back-off)."""
-        if len(self.connections) >= self.settings.max_connections:
-            return f"connection cap of {self.settings.max_connections} reached"
-        if not self.connect_rate.take(asyncio.get_running_loop().time()):
-            return f"over {self.settings.max_connects_per_s} new connections/s"
-        return None
-
-    def add_stream(self, stream: EventStream) -> None:
-        """An SSE stream (service/sse.py), counted, swept and drained as a websocket is."""
-        self.connections.add(stream)
-
-    def remove_stream(self, stream: EventStream) -> None:
-        self.connections.discard(stream)
-        if not self.connections:
-            self._all_closed.set()
-
-    async def websocket(self, websocket: WebSocket) -> None:
-        if self.draining:  # accepted just before the listener closed: go elsewhere
-            await websocket.accept()
-            await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
-            return
-        refusal = self.admit()
-        if refusal is not None:
-            self.hub.stats["connections_refused"] += 1
-            if self._refusal_log.take(asyncio.get_running_loop().time()):
-                client = websocket.client
-                log.warning("refusing a connection from %s: %s", client.host if client else "?", refusal)
-            await websocket.accept()
-            await websocket.close(CLOSE_TRY_AGAIN, "try again later")
-            return
-        connection = Connection(websocket, self.hubs, self.settings, self.auth)
-        self.connections.add(connection)
-        try:
-            await connection.serve()
-        finally:
-            self.connections.discard(connection)
-            if not self.connections:
-                self._all_closed.set()
 
 
 class QuoteApp(Starlette):
@@ -251,7 +159,8 @@ class QuoteApp(Starlette):
             if not admitted:
                 return
             try:
-                await service.websocket(WebSocket(scope, receive, send))
+                await serve_websocket(WebSocket(scope, receive, send), service.registry,
+                                      service.hubs, service.settings, service.auth)
             finally:
                 service.gate.leave(address)
             return
@@ -301,11 +210,11 @@ def create_app(settings: Settings | None = None, web_dir: Path = WEB_DIR,
     async def readyz(request: Request) -> Response:
         """Ready only while the feed is heard: in Redis mode that needs a probe's round
         trip through pub/sub and a publisher that is not silent, not just a PING."""
-        ready = service.hub.feed == "live" and not service.draining
+        ready = service.hub.feed == "live" and not service.registry.draining
         return JSONResponse(
-            {"node": NODE_ID, "feed": service.hub.feed, "draining": service.draining,
+            {"node": NODE_ID, "feed": service.hub.feed, "draining": service.registry.draining,
              "symbols": len(service.hub.board),
-             "connections": len(service.connections), **service.feed.report()},
+             "connections": len(service.registry.sessions), **service.feed.report()},
             status_code=200 if ready else 503,
         )
 

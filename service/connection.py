@@ -9,6 +9,10 @@ frame, which is most of a frame's cost otherwise (bench/viewers.py). Otherwise (
 is behind and the transport paused, a close is due, or the server is not uvicorn) a sender
 task sends it through ASGI under the send timeout, so one stalled peer holds nothing but
 its own task, and exits once the direct path is open again.
+
+What a websocket shares with an SSE stream (the token's expiry, heartbeats, the send
+timeout, the close, the outbox) is its `Session` (session.py); this module holds what only
+a websocket does: commands read off the socket, frames written to it, a close frame.
 """
 
 from __future__ import annotations
@@ -16,69 +20,80 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from quote_core.quote import now_ms
-from quote_runtime.node import NODE_ID
 
 from . import protocol
-from .auth import Authenticator, AuthError, Grant, Tier, token_of
+from .auth import Authenticator, AuthError, Tier, token_of
 from .hub import Hub
 from .limits import RateLimiter
-from .outbox import Outbox, Writer
+from .outbox import Writer
 from .protocol import (
     BAD_REQUEST,
     FRAME_TOO_LARGE,
     RATE_LIMITED,
-    TOKEN_EXPIRED,
     Auth,
     Ping,
     ProtocolError,
     Subscribe,
 )
+from .session import Session
 from .settings import Settings
 from .uvicorn_private import abort, direct_writes, server_send
-from .wire import Prepared, text_frame
+from .wire import text_of, wire_of
+
+if TYPE_CHECKING:
+    from .registry import Registry
 
 log = logging.getLogger("service.connection")
 
 
-class Connection:
-    # Slots, a bare future instead of Events, and a sender task only while one is needed:
-    # memory per connection is what decides how many idle clients a process holds.
-    __slots__ = ("_direct_open", "_sender", "_taken", "_waiter", "_writer", "auth", "closing",
-                 "expired_at", "grant", "hub", "hubs",
-                 "last_sent", "limiter", "outbox", "sending_since", "settings", "websocket")
+async def serve_websocket(websocket: WebSocket, registry: Registry, hubs: Mapping[Tier, Hub],
+                          settings: Settings, auth: Authenticator) -> None:
+    """`/ws`, past the origin and address checks (app.py's QuoteApp): admission, then the
+    connection until it ends."""
+    client = websocket.client
+    refusal = registry.admit(client.host if client else "?")
+    if refusal is not None:
+        await websocket.accept()
+        if registry.draining:  # accepted just before the listener closed: go elsewhere
+            await websocket.close(protocol.CLOSE_GOING_AWAY, "server shutting down")
+        else:
+            await websocket.close(protocol.CLOSE_TRY_AGAIN, "try again later")
+        return
+    connection = Connection(websocket, hubs, settings, auth)
+    registry.add(connection)
+    try:
+        await connection.serve()
+    finally:
+        registry.remove(connection)
+
+
+class Connection(Session):
+    """One websocket client: a Session read from and written to through its socket."""
+
+    __slots__ = ("_direct_open", "_writer", "auth", "hubs", "limiter", "websocket")
+
+    RENEW = 'send {"op": "auth", "token": ...} with a fresh one'
 
     def __init__(self, websocket: WebSocket, hubs: Mapping[Tier, Hub], settings: Settings,
                  auth: Authenticator) -> None:
-        self.websocket = websocket
+        grant = auth.anonymous
         # One hub per tier (service/delayed.py): the connection is in its grant's.
+        super().__init__(hubs[grant.tier if grant is not None else "realtime"], settings, grant)
+        self.websocket = websocket
         self.hubs = hubs
-        self.settings = settings
         self.auth = auth
-        # What the client may see (None: nothing yet, its token must come first), and
-        # since when (loop time) its token has been expired.
-        self.grant: Grant | None = auth.anonymous
-        self.hub = hubs[self.grant.tier if self.grant is not None else "realtime"]
-        self.expired_at: float | None = None
-        self.outbox = Outbox()
         self.limiter = RateLimiter(settings.max_client_msgs_per_s)
-        self.closing: tuple[int, str] | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._sender: asyncio.Task[None] | None = None
         # What the group's lane writes through (outbox.py): uvicorn's transport's own
         # methods, and whether it takes a write now (uvicorn_private.py). Looked up once.
         direct = direct_writes(server_send(websocket.scope))
         self._writer: Writer | None = None if direct is None else direct[0]
         self._direct_open: Callable[[], bool] = _never if direct is None else direct[1]
-        self.sending_since: float | None = None
-        self.last_sent = asyncio.get_running_loop().time()
-        # outbox.frames_taken when the sweeper last looked: it dates the last write.
-        self._taken = 0
 
     @property
     def peer(self) -> str:
@@ -103,32 +118,21 @@ class Connection:
                     write(shared.wire)
                 else:
                     for frame in outbox.take():
-                        write(frame.wire if isinstance(frame, Prepared)
-                              else text_frame(frame.encode()))
+                        write(wire_of(frame))
                 if not buffered():
                     outbox.enter_lane(self, writer)
                 return
             self._sender = asyncio.get_running_loop().create_task(self._send_loop())
             return
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._resume()
 
-    def overflow(self, reason: str) -> None:
-        self.close(protocol.CLOSE_SLOW_CONSUMER, "slow consumer")
-        log.warning("closing %s as a slow consumer: %s", self.peer, reason)
-
-    def close(self, code: int, reason: str) -> None:
-        """Ask the sender to close after what is already queued; the first reason wins."""
-        if self.closing is None:
-            self.closing = (code, reason)
-            self.outbox.leave_lane()
-            self.wake()
+    def _abandon(self, sender: asyncio.Task[None]) -> None:
+        """Its handler sends the close frame if the socket takes it soon, else aborts."""
+        sender.cancel()
 
     # Lifetime
 
     async def serve(self) -> None:
-        settings = self.settings
         await self.websocket.accept()
         token = token_of(self.websocket)
         if token is not None:
@@ -138,10 +142,8 @@ class Connection:
                 await self._refuse(str(exc))
                 return
             self.hub = self.hubs[self.grant.tier]
-        self.hub.add(self)
+        self.join()
         try:
-            self.outbox.put_control(welcome(settings, self.hub.delayed))
-            self.hub.greet(self)
             if self.grant is not None:
                 self._subscribe_from_query()
             self.wake()
@@ -215,7 +217,7 @@ class Connection:
                     await recovery
             except ProtocolError as exc:
                 self.hub.stats[f"error_{exc.code}"] += 1
-                self._reply(exc.frame())
+                self.reply(exc.frame())
 
     def _handle(self, command: protocol.Command) -> asyncio.Task[None] | None:
         if isinstance(command, Auth):
@@ -223,10 +225,10 @@ class Connection:
             return None
         grant = self.grant
         if grant is None:
-            self._deny('authentication required: send {"op": "auth", "token": ...} first')
+            self.deny('authentication required: send {"op": "auth", "token": ...} first')
             return None
         if isinstance(command, Ping):
-            self._reply(protocol.pong(command.id, now_ms()))
+            self.reply(protocol.pong(command.id, now_ms()))
         elif isinstance(command, Subscribe):
             return self.hub.subscribe(self, command.id, command.symbols, command.max_hz,
                                       mode=command.mode, since=command.since,
@@ -235,21 +237,18 @@ class Connection:
             self.hub.unsubscribe(self, command.id, command.symbols)
         return None
 
-    def _reply(self, frame: str) -> None:
-        self.hub.queue_frame(self, frame)
-
     def _authenticate(self, command: Auth) -> None:
         """A token as a message: the first one, or a fresh one before the last expires.
         One that does not pass closes the connection, as it would on the URL."""
         try:
             grant = self.auth.verify(command.token)
         except AuthError as exc:
-            self._deny(str(exc))
+            self.deny(str(exc))
             return
         # The first token (tokens always carry `exp`; ANONYMOUS's grant has none).
         first = self.grant is None or self.grant.exp is None
         if not first and self.grant is not None and grant.tier != self.grant.tier:
-            self._deny("a token may not change the tier of a connection: reconnect with it")
+            self.deny("a token may not change the tier of a connection: reconnect with it")
             return
         self.grant = grant
         self.expired_at = None
@@ -265,19 +264,13 @@ class Connection:
             self.hub.unsubscribe(self, None, held - grant.symbols)  # no longer covered
         held = self.hub.subscriptions(self)
         everything = held == protocol.ALL
-        self._reply(protocol.auth_ack(
+        self.reply(protocol.auth_ack(
             command.id, self.hub.board.keys() if everything else held, all=everything,
             tier=grant.tier, entitled=grant.symbols, sub=grant.sub,
             expires=None if grant.exp is None else int(grant.exp * 1000),
             delay_s=self.settings.delay_s if grant.tier == "delayed" else None))
         if self.grant is not None and (moved or (first and self.auth.anonymous is None)):
             self._subscribe_from_query()
-
-    def _deny(self, reason: str) -> None:
-        self.hub.stats["auth_refused"] += 1
-        log.warning("closing %s: %s", self.peer, reason,
-                    extra={"event": "client_closed", "code": protocol.CLOSE_POLICY})
-        self.close(protocol.CLOSE_POLICY, reason)
 
     async def _refuse(self, reason: str) -> None:
         """Close at once with 1008, before the hub knows the connection."""
@@ -289,9 +282,8 @@ class Connection:
 
     async def _send_loop(self) -> None:
         """Send through ASGI what could not be written at once, then the close if one is
-        due; ends when the direct path can take over. No timer per send or per wait: at a
-        hundred thousand frames a second those cost a third of the process (bench/), so
-        heartbeats and send timeouts are the sweeper's job (`check`)."""
+        due; ends when the direct path can take over. No timer per send or per wait:
+        heartbeats and send timeouts are the sweeper's job (Session.check)."""
         websocket = self.websocket
         outbox = self.outbox
         loop = asyncio.get_running_loop()
@@ -300,23 +292,20 @@ class Connection:
                 if not outbox and self.closing is None:
                     if self._direct_open():
                         return
-                    self._waiter = loop.create_future()
-                    try:
-                        await self._waiter
-                    finally:
-                        self._waiter = None
+                    await self._due()
                 frames = outbox.take()
                 if frames:
                     self.sending_since = loop.time()
                     for frame in frames:
-                        await websocket.send_text(
-                            frame.text if isinstance(frame, Prepared) else frame)
-                    self.sending_since = None
+                        await websocket.send_text(text_of(frame))
+                    self._sent(loop.time())
                 if self.closing is not None and not outbox:
                     await self._close_or_abort(*self.closing)
                     return
         except asyncio.CancelledError:
-            if self.closing is not None and self.closing[0] == protocol.CLOSE_SLOW_CONSUMER:
+            # Cancelled with a close due: a send stalled (Session._stalled); otherwise
+            # the connection is over.
+            if self.closing is not None:
                 await self._close_or_abort(*self.closing)
                 return
             raise
@@ -325,46 +314,6 @@ class Connection:
         finally:
             if self._sender is asyncio.current_task():
                 self._sender = None
-
-    def check(self, now: float) -> None:
-        """Called about every second by the service's sweeper: a heartbeat after
-        `heartbeat_s` of silence; a send stuck past `send_timeout_s` ends the client."""
-        if self.closing is not None:
-            return
-        settings = self.settings
-        self._check_token(now)
-        taken = self.outbox.frames_taken
-        if taken != self._taken:  # something was written since the last look
-            self._taken = taken
-            self.last_sent = now
-        since = self.sending_since
-        if since is not None:
-            if now - since > settings.send_timeout_s and self._sender is not None:
-                self.hub.stats["slow_consumer_closed"] += 1
-                log.warning("closing %s: a send took over %ss", self.peer, settings.send_timeout_s,
-                            extra={"event": "client_closed", "code": protocol.CLOSE_SLOW_CONSUMER})
-                self.closing = (protocol.CLOSE_SLOW_CONSUMER, "slow consumer")
-                self._sender.cancel()
-        elif now - self.last_sent >= settings.heartbeat_s and not self.outbox:
-            self.outbox.put_control(protocol.heartbeat(now_ms()))
-            self.last_sent = now
-            self.wake()
-
-    def _check_token(self, now: float) -> None:
-        """A token that expired: an error at once, the close after TOKEN_GRACE_S unless a
-        fresh one comes (auth). No token at all under ANONYMOUS=deny: closed as soon."""
-        grant = self.grant
-        if grant is not None and (grant.exp is None or time.time() < grant.exp):
-            return
-        grace = self.settings.token_grace_s
-        if self.expired_at is None:
-            self.expired_at = now
-            if grant is not None:
-                self._reply(protocol.error(TOKEN_EXPIRED, f"token expired: send "
-                                           f'{{"op": "auth", "token": ...}} with a fresh one '
-                                           f"within {grace:g}s"))
-        elif now - self.expired_at >= grace:
-            self._deny("token expired" if grant is not None else "no token came")
 
     async def _close_or_abort(self, code: int, reason: str) -> None:
         """Send the close frame if the socket takes it soon; a peer that stopped reading
@@ -378,22 +327,6 @@ class Connection:
             abort(server_send(self.websocket.scope))
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
-
-
-def welcome(settings: Settings, delayed: bool = False) -> str:
-    """The first frame of every websocket and SSE stream: this worker and its limits (and,
-    in the delayed tier, the delay)."""
-    return protocol.welcome(
-        delay_s=settings.delay_s if delayed else None,
-        node=NODE_ID,
-        heartbeat_s=settings.heartbeat_s,
-        max_symbols=settings.max_symbols,
-        max_client_msgs_per_s=settings.max_client_msgs_per_s,
-        max_frame_bytes=settings.max_frame_bytes,
-        every_queue_bytes=settings.every_queue_bytes,
-        max_recovery=settings.max_recovery,
-    )
-
 
 
 def _never() -> bool:

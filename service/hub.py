@@ -37,10 +37,10 @@ from .protocol import (
     Symbols,
     ack,
     error,
-    quotes_frame,
     status,
 )
 from .tape import SLACK, Tape, read_after
+from .wire import Frame
 
 log = logging.getLogger("service.hub")
 
@@ -416,11 +416,11 @@ class Hub:
         try:
             for symbol, quotes in found.items():
                 for quote in quotes:
-                    queue.put(self.text(quote), backlog=True)
+                    queue.put(symbol, quote.seq or 0, self.text(quote), backlog=True)
                 last[symbol] = quotes[-1].seq or 0 if quotes else since[symbol]
             for symbol, seq, text in held:
                 if seq > last.get(symbol, -1):
-                    queue.put(text, backlog=True)
+                    queue.put(symbol, seq, text, backlog=True)
                     last[symbol] = seq
         except OutboxFull as exc:
             self._set_every(sub, None)
@@ -488,7 +488,7 @@ class Hub:
         queue = sub.outbox.every
         assert queue is not None
         try:
-            queue.put(text)
+            queue.put(symbol, self.every_seq[symbol], text)
         except OutboxFull as exc:
             self._set_every(sub, None)
             self.recovering.pop(sub, None)
@@ -567,11 +567,11 @@ class Hub:
 
     def _snapshot(self, sub: Subscriber, symbols: Iterable[str]) -> None:
         board = self.board
-        held = [board[s][1] for s in sorted(symbols) if s in board]
+        held = {s: board[s] for s in sorted(symbols) if s in board}
         if held:
-            self.queue_frame(sub, quotes_frame("snapshot", held))
+            self.queue_frame(sub, Frame("snapshot", held))
 
-    def queue_frame(self, sub: Subscriber, frame: str) -> None:
+    def queue_frame(self, sub: Subscriber, frame: str | Frame) -> None:
         try:
             sub.outbox.put_control(frame)
         except OutboxFull as exc:
@@ -601,15 +601,15 @@ class Hub:
                 self.stats["quotes_stale_dropped"] += 1
                 continue
             text = self.text(quote)
-            board[symbol] = (seq, text)
+            board[symbol] = entry = (seq, text)
             sent += 1
             if every:
                 self._every(symbol, seq, text)
             for group in by_symbol.get(symbol, ()):
-                group.put(symbol, text)
+                group.put(symbol, entry)
                 touched.add(group)
             for group in everyone:
-                group.put(symbol, text)
+                group.put(symbol, entry)
         if sent:
             touched.update(everyone)
         for group in touched:

@@ -116,7 +116,7 @@ class Metrics:
         stats = Tally(service.hub.stats)
         for other in hubs[1:]:
             stats.update({k: v for k, v in other.stats.items() if k != "quotes_in"})
-        outboxes = [c.outbox for c in service.connections]
+        outboxes = [c.outbox for c in service.registry.sessions]
         values: dict[str, float] = {name: stats[key] for name, key in _STATS.items()}
         for reason, key in _REFUSED.items():
             values[f"refused:{reason}"] = stats[key]
@@ -133,7 +133,7 @@ class Metrics:
         service = self.service
         hub = service.hub
         gauges = self.gauges
-        gauges["connections"].set(len(service.connections))
+        gauges["connections"].set(len(service.registry.sessions))
         groups = [g for h in service.hubs.values() for g in h.groups.values()]
         gauges["subscriptions"].set(sum(len(g.members) * (1 if g.key == ALL else len(g.key))
                                         for g in groups))

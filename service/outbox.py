@@ -29,10 +29,10 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, cast
+from typing import Any
 
-from .protocol import ALL, Symbols, quotes_frame
-from .wire import Prepared
+from .protocol import ALL, Symbols
+from .wire import Frame, Prepared
 
 KEEP = 32
 
@@ -61,8 +61,9 @@ class Group:
         # Members that keep up -> their writer (see Outbox.enter_lane).
         self.lane: dict[Any, Writer] = {}
         self.sealed_quotes = 0  # quotes in all generations sealed so far
-        self.dirty: dict[str, str] = {}
-        self.generations: deque[tuple[dict[str, str], Prepared]] = deque(maxlen=KEEP)
+        # symbol -> the board's (seq, JSON) of its latest quote not sealed yet.
+        self.dirty: dict[str, tuple[int, str]] = {}
+        self.generations: deque[tuple[dict[str, tuple[int, str]], Prepared]] = deque(maxlen=KEEP)
         self.gen = 0
         self.conflated = 0
 
@@ -74,18 +75,20 @@ class Group:
         slots = math.ceil((earliest - self.offset) / self.interval - 1e-6)
         return self.offset + slots * self.interval
 
-    def put(self, symbol: str, quote_json: str) -> None:
+    def put(self, symbol: str, entry: tuple[int, str]) -> None:
+        """A quote as the board holds it: (seq, JSON), the same tuple, so nothing is built
+        per quote here."""
         dirty = self.dirty
         if symbol in dirty:
             self.conflated += 1
             del dirty[symbol]  # re-inserted: the frame lists symbols in the order they changed
-        dirty[symbol] = quote_json
+        dirty[symbol] = entry
 
     def seal(self) -> bool:
         """Close the batch as a generation; False if it held nothing."""
         if not self.dirty:
             return False
-        frame = Prepared(quotes_frame("quotes", self.dirty.values()))
+        frame = Prepared("quotes", self.dirty)
         self.generations.append((self.dirty, frame))
         self.sealed_quotes += len(self.dirty)
         self.dirty = {}
@@ -110,7 +113,7 @@ class Group:
             sub.outbox.leave_lane(seen=self.gen - 1)
 
     def since(self, pos: int, within: Iterable[str] | None = None
-              ) -> tuple[str | Prepared | None, int]:
+              ) -> tuple[Frame | None, int]:
         """The frame for a member that has seen generations up to `pos`, and how many
         quotes it holds. `within` limits it to those symbols (a member leaving), and then
         also gives what the group holds unsealed: the member will not see that seal."""
@@ -129,20 +132,20 @@ class Group:
             merged = {s: q for s, q in merged.items() if s in keep}
         if not merged:
             return None, 0
-        return quotes_frame("quotes", merged.values()), len(merged)
+        return Frame("quotes", merged), len(merged)
 
-    def _missed(self, behind: int) -> dict[str, str]:
+    def _missed(self, behind: int) -> dict[str, tuple[int, str]]:
         """The latest of each symbol in the last `behind` generations."""
         if behind <= len(self.generations):
             missed = list(self.generations)[-behind:]
-            merged: dict[str, str] = {}
+            merged: dict[str, tuple[int, str]] = {}
             for quotes, _ in missed:
                 merged.update(quotes)
             self.conflated += sum(len(quotes) for quotes, _ in missed) - len(merged)
             return merged
         # Too far behind to merge: the latest state of every symbol is what it needs.
         symbols = self.board.keys() if self.key == ALL else self.key
-        return {s: self.board[s][1] for s in symbols if s in self.board}
+        return {s: self.board[s] for s in symbols if s in self.board}
 
 
 def spread(phase: int) -> float:
@@ -178,12 +181,13 @@ class EveryQueue:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.quotes: list[str] = []
+        # (symbol, seq, JSON) in order: the frames built from them carry the seqs (wire.py).
+        self.quotes: list[tuple[str, int, str]] = []
         self.size = 0
         self.allowance = 0
 
-    def put(self, quote_json: str, *, backlog: bool = False) -> None:
-        self.quotes.append(quote_json)
+    def put(self, symbol: str, seq: int, quote_json: str, *, backlog: bool = False) -> None:
+        self.quotes.append((symbol, seq, quote_json))
         self.size += len(quote_json)
         if backlog:
             self.allowance += len(quote_json)
@@ -191,21 +195,22 @@ class EveryQueue:
             raise OutboxFull(f"{self.size} bytes of quotes unsent (EVERY_QUEUE_BYTES="
                              f"{self.limit})")
 
-    def take(self) -> list[str]:
+    def take(self) -> list[Frame]:
         quotes, self.quotes = self.quotes, []
         self.size = self.allowance = 0
-        return [quotes_frame("quotes", quotes[i : i + EVERY_FRAME_QUOTES])
+        return [Frame("quotes", quotes[i : i + EVERY_FRAME_QUOTES])
                 for i in range(0, len(quotes), EVERY_FRAME_QUOTES)]
 
 
 class Outbox:
-    """One client's unsent frames: control frames in order, then its group's generations."""
+    """One client's unsent frames: control frames in order (a snapshot among them), then
+    its group's generations or its every-mode quotes."""
 
     __slots__ = ("_frames", "_quotes", "control", "every", "group", "lane_quotes",
                  "max_control", "owner", "pos")
 
     def __init__(self, max_control: int = 64) -> None:
-        self.control: list[str] = []
+        self.control: list[str | Frame] = []
         self.max_control = max_control
         self.group: Group | None = None
         self.pos = 0
@@ -268,7 +273,7 @@ class Outbox:
         self.lane_quotes = None
         self.owner = None
 
-    def put_control(self, frame: str) -> None:
+    def put_control(self, frame: str | Frame) -> None:
         self.leave_lane()  # the group must not write past it
         if len(self.control) >= self.max_control:
             raise OutboxFull(f"{len(self.control)} control frames unsent")
@@ -282,7 +287,7 @@ class Outbox:
         if old is not None and keep:
             frame, count = old.since(self.pos, within=keep)
             if frame is not None:
-                self.put_control(frame if isinstance(frame, str) else frame.text)
+                self.put_control(frame)
                 self._quotes += count
         self.group = group
         self.pos = group.gen if group is not None else 0
@@ -300,10 +305,10 @@ class Outbox:
         self._quotes += len(quotes)
         return frame
 
-    def take(self) -> list[str | Prepared]:
+    def take(self) -> list[str | Frame]:
         """Everything due, in order: control frames first, then one frame of quotes."""
         self.leave_lane()
-        frames = cast(list[str | Prepared], self.control)
+        frames = self.control
         self.control = []
         group = self.group
         if group is not None and self.pos < group.gen:

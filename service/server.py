@@ -80,7 +80,7 @@ class QuoteServer(uvicorn.Server):
         stop_accepting(self)
         for sock in sockets or []:
             sock.close()
-        await service.drain(service.settings.drain_s)
+        await service.registry.drain(service.settings.drain_s)
         await super().shutdown(sockets)
         log.info("stopped", extra={"event": "stop", "pid": os.getpid()})
 

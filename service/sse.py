@@ -9,18 +9,18 @@ symbol. A browser's EventSource sends it back as `Last-Event-ID` when it reconne
 every mode that is a subscribe with `since` (the tape fills the gap), in conflated mode
 the stream just starts with a fresh snapshot.
 
-An `EventStream` is a hub `Subscriber` with an `Outbox`, as a websocket `Connection` is,
-and the service counts, sweeps (heartbeats, stuck sends) and drains it with them. Its
-writes go through ASGI: an SSE client is a rarity next to the websocket viewers, so it
-takes none of the websocket's direct-write shortcuts. The pure parts (the position, the
-event text, the query) are functions below, tested without sockets.
+An `EventStream` is a `Session` (session.py), as a websocket `Connection` is: the same
+token expiry, heartbeats, send timeout and close, and the registry counts, sweeps and
+drains it with them. Its writes go through ASGI: an SSE client is a rarity next to the
+websocket viewers, so it takes none of the websocket's direct-write shortcuts. The pure
+parts (the position, the event text, the query) are functions below, tested without
+sockets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,17 +31,16 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
-from quote_core.quote import QuoteError, normalize_symbol, now_ms
+from quote_core.quote import QuoteError, normalize_symbol
 
 from . import protocol, security, uvicorn_private
 from .auth import INVALID_TOKEN_CHALLENGE, UNAUTHORIZED, AuthError, Grant, token_of
-from .connection import welcome
 from .hub import Hub
-from .outbox import Outbox
 from .protocol import ALL, BAD_REQUEST, Mode, ProtocolError, Symbols
 from .security import OPEN_TO_ALL
+from .session import Session
 from .settings import Settings
-from .wire import Prepared
+from .wire import Frame
 
 if TYPE_CHECKING:
     from .app import QuoteService
@@ -68,7 +67,6 @@ PREFLIGHT_HEADERS = {
 }
 
 _TYPE_PREFIX = '{"type":"'
-_QUOTE_EVENTS = ("snapshot", "quotes")
 
 
 # The resume position
@@ -101,30 +99,25 @@ def decode_position(raw: str, what: str = "since") -> dict[str, int]:
     return position
 
 
-def advance(position: dict[str, int], frame: str) -> bool:
-    """Move `position` past the quotes of a `snapshot` or `quotes` frame; whether the
-    frame is one (and so its event carries an id)."""
-    if frame_type(frame) not in _QUOTE_EVENTS:
-        return False
-    for quote in orjson.loads(frame)["quotes"]:
-        symbol, seq = quote["symbol"], quote.get("seq")
-        if isinstance(seq, int) and seq > position.get(symbol, -1):
+def advance(position: dict[str, int], frame: Frame) -> None:
+    """Move `position` past the quotes of a `snapshot` or `quotes` frame, whose seqs the
+    frame carries (wire.py): never back (a snapshot may be older than a recovery)."""
+    for symbol, seq in frame.seqs():
+        if seq > position.get(symbol, -1):
             position[symbol] = seq
-    return True
 
 
 # Events
 
 
 def frame_type(frame: str) -> str:
-    """A server frame's `type`, read off its start (every frame is built `{"type":"...`,
-    see protocol.py); parsed only when it is not."""
+    """The `type` of a frame without quotes, read off its start: protocol.py builds every
+    frame `{"type":"...` ("message", the SSE default, for anything else)."""
     if frame.startswith(_TYPE_PREFIX):
         end = frame.find('"', len(_TYPE_PREFIX))
         if end > 0:
             return frame[len(_TYPE_PREFIX):end]
-    kind = orjson.loads(frame).get("type")
-    return kind if isinstance(kind, str) else "message"
+    return "message"
 
 
 def format_event(kind: str, data: str, id: str | None = None) -> str:
@@ -209,98 +202,43 @@ def error_response(exc: ProtocolError, status: int = 400) -> Response:
 # The stream
 
 
-class EventStream:
-    """One SSE client: a hub Subscriber whose outbox a writer task turns into events."""
+class EventStream(Session):
+    """One SSE client: a Session whose outbox a writer task turns into events."""
 
-    __slots__ = ("_recovery", "_server_send", "_waiter", "_writer", "closing", "expired_at",
-                 "grant", "hub", "last_sent", "outbox", "peer", "position", "request",
-                 "sending_since", "settings")
+    __slots__ = ("_peer", "_recovery", "_server_send", "position", "request")
 
     def __init__(self, hub: Hub, settings: Settings, request: StreamRequest,
                  peer: str = "?", grant: Grant | None = None) -> None:
-        self.hub = hub
         # What its token allows (service/auth.py); it cannot send a fresh one, so when it
         # expires the stream ends after TOKEN_GRACE_S and the client comes back with one.
-        self.grant = grant or Grant()
-        self.expired_at: float | None = None
-        self.settings = settings
+        super().__init__(hub, settings, grant or Grant())
         self.request = request
-        self.peer = peer
-        self.outbox = Outbox()
-        self.closing: tuple[int, str] | None = None
+        self._peer = peer
         # symbol -> the last seq written on this stream: each quote event's id. A resumed
         # stream starts where the client was, so a symbol quiet since then keeps its place.
         self.position: dict[str, int] = dict(request.since or {})
-        self.sending_since: float | None = None
-        self.last_sent = asyncio.get_running_loop().time()
-        self._waiter: asyncio.Future[None] | None = None
-        self._writer: asyncio.Task[None] | None = None
         # The server's own send (uvicorn_private.py), for the abort of a stalled peer.
         self._server_send: Any = None
         self._recovery: asyncio.Task[None] | None = None
 
-    # Subscriber
+    @property
+    def peer(self) -> str:
+        return self._peer
+
+    @property
+    def who(self) -> str:
+        return f"the event stream of {self._peer}"
+
+    # Session
 
     def wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._resume()
 
-    def overflow(self, reason: str) -> None:
-        if self.closing is None:  # counted by the hub, as a websocket's is
-            log.warning("closing the event stream of %s as a slow consumer: %s", self.peer,
-                        reason, extra={"event": "client_closed",
-                                       "code": protocol.CLOSE_SLOW_CONSUMER})
-        self.close(protocol.CLOSE_SLOW_CONSUMER, "slow consumer")
-
-    # What the service does with every client (sweeper, draining)
-
-    def close(self, code: int, reason: str) -> None:
-        """End the stream after what is already due, with a `close` event; the first
-        reason wins."""
-        if self.closing is None:
-            self.closing = (code, reason)
-            self.wake()
-
-    def check(self, now: float) -> None:
-        """Called about every second by the service's sweeper: a heartbeat after
-        `heartbeat_s` of silence; a write stuck past `send_timeout_s` ends the stream
-        (the peer stopped reading: its buffers must not grow, nor its task live on)."""
-        settings = self.settings
-        exp = self.grant.exp
-        if exp is not None and self.closing is None and time.time() >= exp:
-            if self.expired_at is None:
-                self.expired_at = now
-                self.outbox.put_control(protocol.error(
-                    protocol.TOKEN_EXPIRED, f"token expired: reconnect with a fresh one within "
-                    f"{settings.token_grace_s:g}s"))
-                self.wake()
-            elif now - self.expired_at >= settings.token_grace_s:
-                self.close(protocol.CLOSE_POLICY, "token expired")
-        since = self.sending_since
-        if since is not None:
-            if now - since > settings.send_timeout_s:
-                self._stalled()
-        elif (self.closing is None and not self.outbox
-              and now - self.last_sent >= settings.heartbeat_s):
-            self.outbox.put_control(protocol.heartbeat(now_ms()))
-            self.last_sent = now
-            self.wake()
-
-    def _stalled(self) -> None:
-        writer = self._writer
-        if writer is None or writer.done():
-            return
-        self.hub.stats["slow_consumer_closed"] += 1
-        log.warning("ending the event stream of %s: a write took over %ss", self.peer,
-                    self.settings.send_timeout_s,
-                    extra={"event": "client_closed", "code": protocol.CLOSE_SLOW_CONSUMER})
-        self.closing = self.closing or (protocol.CLOSE_SLOW_CONSUMER, "slow consumer")
-        self.sending_since = None
-        # Drop the connection rather than leave its buffers to a peer that never reads
-        # (ASGI has no abort: uvicorn's transport, behind the server's own send).
+    def _abandon(self, sender: asyncio.Task[None]) -> None:
+        """Drop the connection rather than leave its buffers to a peer that never reads
+        (ASGI has no abort: uvicorn's transport, behind the server's own send)."""
         uvicorn_private.abort(self._server_send)
-        writer.cancel()
+        sender.cancel()
 
     # Lifetime
 
@@ -309,13 +247,11 @@ class EventStream:
         if stale, then the subscription's ack and snapshot (or, with `since`, its
         recovery, which the hub queues once the tape is read). Raises ProtocolError
         (nothing subscribed, the stream not joined) when the hub refuses it."""
-        settings = self.settings
         request = self.request
         hub = self.hub
-        hub.add(self)
+        assert self.grant is not None
         try:
-            self.outbox.put_control(welcome(settings, hub.delayed))
-            hub.greet(self)
+            self.join()
             self._recovery = hub.subscribe(self, None, request.symbols, request.max_hz,
                                            mode=request.mode, since=request.since,
                                            entitled=self.grant.symbols)
@@ -339,7 +275,7 @@ class EventStream:
         loop = asyncio.get_running_loop()
         try:
             await send({"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS})
-            writer = self._writer = loop.create_task(self._write(send))
+            writer = self._sender = loop.create_task(self._write(send))
             listener = loop.create_task(_until_disconnect(receive))
             try:
                 await asyncio.wait((writer, listener), return_when=asyncio.FIRST_COMPLETED)
@@ -361,11 +297,7 @@ class EventStream:
         start = retry_line()
         while True:
             if not outbox and self.closing is None:
-                self._waiter = loop.create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
+                await self._due()
                 continue
             chunk = start + self.events(outbox.take())
             start = ""
@@ -377,23 +309,20 @@ class EventStream:
                 self.sending_since = loop.time()
                 await send({"type": "http.response.body", "body": chunk.encode(),
                             "more_body": not last})
-                self.sending_since = None
-                self.last_sent = loop.time()
+                self._sent(loop.time())
             if last:
                 return
 
-    def events(self, frames: Iterable[str | Prepared]) -> str:
+    def events(self, frames: Iterable[str | Frame]) -> str:
         """The events of these frames, the quote events with the position after each."""
         out = []
         position = self.position
         for frame in frames:
-            text = frame.text if isinstance(frame, Prepared) else frame
-            kind = frame_type(text)
-            if kind in _QUOTE_EVENTS:
-                advance(position, text)
-                out.append(format_event(kind, text, encode_position(position)))
+            if isinstance(frame, str):
+                out.append(format_event(frame_type(frame), frame))
             else:
-                out.append(format_event(kind, text))
+                advance(position, frame)
+                out.append(format_event(frame.kind, frame.text, encode_position(position)))
         return "".join(out)
 
 
@@ -452,16 +381,15 @@ class SseEndpoint:
                      scope: Scope, receive: Receive, send: Send) -> None:
         """Admission (MAX_CONNECTIONS, MAX_CONNECTS_PER_S, draining), then the stream."""
         settings = service.settings
-        refusal = "the server is shutting down" if service.draining else service.admit()
+        registry = service.registry
+        client = scope.get("client")
+        refusal = registry.admit(client[0] if client else "?")
         if refusal is not None:
-            if not service.draining:
-                service.hub.stats["connections_refused"] += 1
             await JSONResponse({"error": "try_again_later", "message": refusal},
                                status_code=503,
                                headers={**OPEN_TO_ALL, "Retry-After": str(RETRY_AFTER_S)}
                                )(scope, receive, send)
             return
-        client = scope.get("client")
         stream = EventStream(service.hubs[grant.tier], settings, request,
                              f"{client[0]}:{client[1]}" if client else "?", grant)
         try:
@@ -470,9 +398,9 @@ class SseEndpoint:
             service.hub.stats[f"error_{exc.code}"] += 1
             await error_response(exc)(scope, receive, send)
             return
-        service.add_stream(stream)
+        registry.add(stream)
         try:
             await stream.run(receive, send, uvicorn_private.server_send(scope))
         finally:
-            service.remove_stream(stream)
+            registry.remove(stream)
 

@@ -12,6 +12,7 @@ from service import hub as hub_module
 from service.hub import Hub
 from service.outbox import KEEP, Group, Outbox, spread
 from service.protocol import ALL, ProtocolError
+from service.wire import wire_of
 
 
 class Recorder:
@@ -419,7 +420,7 @@ class LaneMember(Recorder):
     def wake(self) -> None:  # as Connection.wake does when the transport takes it all
         super().wake()
         for frame in self.outbox.take():
-            self.wire.append(frame.wire if not isinstance(frame, str) else frame.encode())
+            self.wire.append(wire_of(frame))
         if not self.buffered:
             self.outbox.enter_lane(self, self.writer)
 

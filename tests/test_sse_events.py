@@ -33,6 +33,7 @@ from service.sse import (
     parse_request,
 )
 from service.tape.memory import MemoryTape
+from service.wire import Frame
 
 from .test_every import Market
 from .test_hub import q
@@ -63,17 +64,28 @@ def test_anything_else_is_a_bad_request(raw: str) -> None:
     assert exc.value.code == "bad_request" and "Last-Event-ID" in exc.value.message
 
 
+def entry(symbol: str, seq: int) -> tuple[str, int, str]:
+    return symbol, seq, q(symbol, 1, seq).to_json().decode()
+
+
 def test_advance_keeps_the_highest_seq_of_each_symbol() -> None:
     position = {"OGDC": 10, "HBL": 3}
-    frame = protocol.quotes_frame("quotes", [
-        q("OGDC", 1, 11).to_json().decode(), q("OGDC", 1, 12).to_json().decode(),
-        q("PPL", 1, 4).to_json().decode()])
-    assert advance(position, frame) is True
+    advance(position, Frame("quotes", [entry("OGDC", 11), entry("OGDC", 12), entry("PPL", 4)]))
     assert position == {"OGDC": 12, "HBL": 3, "PPL": 4}
     # A snapshot may carry an older state than a recovery reached: the position never falls.
-    assert advance(position, protocol.quotes_frame("snapshot", [q("OGDC", 1, 5).to_json().decode()]))
+    _, seq, text = entry("OGDC", 5)
+    advance(position, Frame("snapshot", {"OGDC": (seq, text)}))
     assert position["OGDC"] == 12
-    assert advance(position, protocol.heartbeat(1)) is False
+
+
+def test_a_frame_of_quotes_carries_the_seqs_its_text_holds() -> None:
+    """What SSE reads off the frame instead of parsing its text back (wire.py)."""
+    every = Frame("quotes", [entry("OGDC", 11), entry("PPL", 4), entry("OGDC", 12)])
+    latest = Frame("snapshot", {"PPL": entry("PPL", 4)[1:], "OGDC": entry("OGDC", 12)[1:]})
+    for frame in (every, latest):
+        parsed = orjson.loads(frame.text)
+        assert parsed["type"] == frame.kind
+        assert list(frame.seqs()) == [(x["symbol"], x["seq"]) for x in parsed["quotes"]]
 
 
 # Events
@@ -83,12 +95,11 @@ def test_advance_keeps_the_highest_seq_of_each_symbol() -> None:
     (protocol.welcome(node="n", heartbeat_s=15, max_symbols=1, max_client_msgs_per_s=1,
                       max_frame_bytes=1, every_queue_bytes=1, max_recovery=1), "welcome"),
     (protocol.ack(None, "subscribe", ["OGDC"], [], all=False), "ack"),
-    (protocol.quotes_frame("snapshot", []), "snapshot"),
-    (protocol.quotes_frame("quotes", []), "quotes"),
     (protocol.status("stale", 1), "status"),
     (protocol.heartbeat(1), "heartbeat"),
     (protocol.error("bad_request", "no"), "error"),
-    ('{"ts": 1, "type": "odd"}', "odd"),  # not built here: parsed
+    (protocol.pong(1, 1), "pong"),
+    ('{"ts": 1, "type": "odd"}', "message"),  # not built by protocol.py: not parsed either
 ])
 def test_the_frame_type_is_read_off_the_frame(frame: str, kind: str) -> None:
     assert frame_type(frame) == kind

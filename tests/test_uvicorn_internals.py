@@ -78,8 +78,8 @@ def wait_for(check: Callable[[], object], message: str, timeout: float = 5) -> N
 
 
 def only_client(service: QuoteService, kind: type[T]) -> T:
-    wait_for(lambda: len(service.connections) == 1, "the server does not hold the client")
-    (client,) = service.connections
+    wait_for(lambda: len(service.registry.sessions) == 1, "the server does not hold the client")
+    (client,) = service.registry.sessions
     assert isinstance(client, kind)
     return client
 
@@ -154,7 +154,7 @@ def test_a_stalled_sse_peer_can_be_aborted(running: Running) -> None:
                 pass
         except ConnectionResetError:
             pass  # the abort's RST: what a stalled peer gets
-        wait_for(lambda: not running.service.connections, "the stream outlived its transport")
+        wait_for(lambda: not running.service.registry.sessions, "the stream outlived its transport")
 
 
 def test_the_listeners_stop_accepting(running: Running) -> None:
