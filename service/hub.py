@@ -6,11 +6,8 @@ whatever is pending into one frame per write. Nothing in the conflated path awai
 subscription changes and fan-out never interleave: a subscriber's snapshot always comes
 before any update it has not seen.
 
-Every-mode subscribers (`"mode": "every"`) get each quote, in seq order per symbol. What
-pub/sub did not bring (an outage, a reconnect that jumped the board) is read from the tape
-(service/tape) before anything newer of that symbol is passed on, and a subscribe with
-`since` is answered from the tape while the live quotes that arrive meanwhile wait for it:
-the only two places here that await, each in a task of its own.
+Every-mode subscribers (`"mode": "every"`) get each quote, in seq order per symbol, from
+the sequencer (service/sequencer.py), which the hub passes every quote while any listen.
 """
 
 from __future__ import annotations
@@ -20,11 +17,11 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from quote_core.quote import Quote, now_ms
 
-from .outbox import EveryQueue, Group, Outbox, OutboxFull
+from .outbox import Group, OutboxFull
 from .protocol import (
     ALL,
     BAD_REQUEST,
@@ -39,20 +36,11 @@ from .protocol import (
     error,
     status,
 )
-from .tape import SLACK, Tape, read_after
+from .sequencer import Sequencer, Subscriber
+from .tape import Tape
 from .wire import Frame
 
 log = logging.getLogger("service.hub")
-
-
-class Subscriber(Protocol):
-    outbox: Outbox
-
-    def wake(self) -> None:
-        """Something is due in the outbox: send it (at once, when the socket takes it)."""
-
-    def overflow(self, reason: str) -> None:
-        """The subscriber is not reading: close it as a slow consumer."""
 
 
 # A group's key: the subscription, the rate (None: the default, FANOUT_INTERVAL_MS), and
@@ -64,11 +52,6 @@ GroupKey = tuple[Symbols, float | None, int]
 # therefore grows phases: past PHASE_MEMBERS members in each, a new phase of the same
 # subscription and rate seals at its own offset within the interval (bench/viewers.py).
 PHASE_MEMBERS = 1000
-
-# The most quotes one gap fill reads from a symbol's tape (a long outage at a high rate):
-# beyond it the every-mode stream jumps, as it would past the tape's own length.
-FILL_MAX = 100_000
-
 
 def _loop_time() -> float:
     return asyncio.get_running_loop().time()
@@ -114,27 +97,10 @@ class Hub:
         self.stats: Counter[str] = Counter()
         # Called with each batch and the seconds its fan-out took (metrics), if set.
         self.observer: Callable[[Sequence[Quote], float], None] | None = None
-        # Every mode. The tape recovers and fills; the subscribers' symbols, by symbol.
-        self.tape = tape
-        self.max_recovery = max_recovery
-        self.every_queue_bytes = every_queue_bytes
-        self.every_subs: dict[Subscriber, Symbols] = {}
-        self.every_by_symbol: dict[str, set[Subscriber]] = {}
-        self.every_all: set[Subscriber] = set()
-        # The last seq passed down the every path per symbol (kept while anyone listens).
-        self.every_seq: dict[str, int] = {}
-        # Symbols being filled from the tape: the live (seq, JSON) that wait meanwhile,
-        # and the seq the fill must reach.
-        self.holding: dict[str, list[tuple[int, str]]] = {}
-        self.fill_to: dict[str, int] = {}
-        # Subscribers reading their `since` from the tape: what arrived for them meanwhile.
-        self.recovering: dict[Subscriber, list[tuple[str, int, str]]] = {}
-        self._every_due: set[Subscriber] = set()
+        # Every mode (service/sequencer.py): recovery and fills from the tape.
+        self.every = Sequencer(self, tape, max_recovery, every_queue_bytes)
         # A subscribe's symbols its token does not cover: (its id, them), until its ack.
         self.refused: dict[Subscriber, tuple[Id, list[str]]] = {}
-        # Set while the feed is live: a `since` that came before waits for it.
-        self._live = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def text(self, quote: Quote) -> str:
         """A quote's JSON as this hub sends it (with `"delayed": true` in the delayed tier)."""
@@ -149,8 +115,7 @@ class Hub:
     def remove(self, sub: Subscriber) -> None:
         if sub not in self.members:
             return
-        self._set_every(sub, None)
-        self.recovering.pop(sub, None)
+        self.every.leave(sub)
         self.refused.pop(sub, None)
         self._move(sub, None, keep=())
         del self.members[sub]
@@ -158,8 +123,11 @@ class Hub:
         self.stats["retired_frames_sent"] += sub.outbox.frames_taken
         self.stats["retired_quotes_sent"] += sub.outbox.quotes_taken
 
+    def has(self, sub: Subscriber) -> bool:
+        return sub in self.members
+
     def subscriptions(self, sub: Subscriber) -> Symbols:
-        every = self.every_subs.get(sub)
+        every = self.every.subs.get(sub)
         if every is not None:
             return every
         group = self.members.get(sub)
@@ -167,7 +135,7 @@ class Hub:
 
     def mode(self, sub: Subscriber) -> Mode | None:
         """The mode of the client's subscriptions; None while it holds none."""
-        if sub in self.every_subs:
+        if sub in self.every.subs:
             return "every"
         return None if self.members.get(sub) is None else "conflated"
 
@@ -256,21 +224,21 @@ class Hub:
                     symbols = symbols & entitled
             if since:
                 since = {s: seq for s, seq in since.items() if s in entitled}
-        held = self.mode(sub)
-        if held is not None and held != mode:
-            raise ProtocolError(BAD_REQUEST, f"this connection's subscriptions are {held}: "
+        current = self.mode(sub)
+        if current is not None and current != mode:
+            raise ProtocolError(BAD_REQUEST, f"this connection's subscriptions are {current}: "
                                 f'unsubscribe "*" first, or open another connection', id)
         mine = self.subscriptions(sub)
         added, after = self._added(mine, symbols, id)
         if mode == "every":
-            return self._subscribe_every(sub, id, symbols, added, after, since or {})
+            return self.every.subscribe(sub, id, symbols, added, after, since or {})
         if max_hz is not None:
             self.set_rate(sub, max_hz)
         # A new rate alone moves the client to the group of its symbols at that rate.
         self._move(sub, after, keep=self.board.keys() if mine == ALL else mine)
         self._ack(sub, id, "subscribe", self._unknown(symbols))
         if added:
-            self._snapshot(sub, added)
+            self.snapshot(sub, added)
         return None
 
     def _added(self, mine: Symbols, symbols: Symbols, id: Id) -> tuple[Iterable[str], Symbols]:
@@ -302,20 +270,20 @@ class Hub:
 
     def unsubscribe(self, sub: Subscriber, id: Id, symbols: Symbols) -> None:
         mine = self.subscriptions(sub)
-        if sub in self.every_subs:
+        if sub in self.every.subs:
             if symbols == ALL:
-                self._set_every(sub, None)
+                self.every.set_symbols(sub, None)
             else:
-                held = frozenset(self.board) if mine == ALL else mine
-                self._set_every(sub, held - symbols)
+                current = frozenset(self.board) if mine == ALL else mine
+                self.every.set_symbols(sub, current - symbols)
             self._ack(sub, id, "unsubscribe", (), mode="every")
             return
         if symbols == ALL:
             self._move(sub, None, keep=())
         else:
             # Leaving some symbols of "*" turns it into the list of the others.
-            held = frozenset(self.board) if mine == ALL else mine
-            rest = held - symbols
+            current = frozenset(self.board) if mine == ALL else mine
+            rest = current - symbols
             self._move(sub, rest, keep=rest)
         self._ack(sub, id, "unsubscribe", ())
 
@@ -334,238 +302,15 @@ class Hub:
                                         + ", ".join(refused[1][:20])
                                         + (" ..." if len(refused[1]) > 20 else ""), refused[0]))
 
-    # Every mode
-
-    def _subscribe_every(self, sub: Subscriber, id: Id, symbols: Symbols,
-                         added: Iterable[str], after: Symbols, since: Mapping[str, int]
-                         ) -> asyncio.Task[None] | None:
-        if not self.every_subs:  # the first listener: the every path starts at the board
-            self.every_seq = {s: seq for s, (seq, _) in self.board.items()}
-        self._set_every(sub, after)
-        if sub.outbox.every is None:
-            sub.outbox.every = EveryQueue(self.every_queue_bytes)
-        fresh = [s for s in added if s not in since]
-        if not since:
-            self._ack(sub, id, "subscribe", self._unknown(symbols), "every")
-            self._snapshot(sub, fresh)
-            return None
-        if self.feed != "live" and self.tape is not None:
-            # The board may not be loaded yet (a service just started, or Redis is
-            # away): where each symbol stands is not known, so the answer waits for it,
-            # and whatever arrives meanwhile waits for the answer.
-            self.recovering[sub] = []
-            return self._spawn(self._since_when_live(sub, id, symbols, fresh, since))
-        gaps = self._gaps(since)
-        if gaps == {}:
-            self._ack(sub, id, "subscribe", self._unknown(symbols), "every", ())
-            self._snapshot(sub, fresh)
-            return None
-        if gaps is None:
-            self._ack(sub, id, "subscribe", self._unknown(symbols), "every", list(since))
-            self._snapshot(sub, [*fresh, *since])
-            return None
-        self.recovering[sub] = []
-        return self._spawn(self._recover(sub, id, symbols, fresh, since, gaps))
-
-    def _gaps(self, since: Mapping[str, int]) -> dict[str, int] | None:
-        """symbol -> the seq the every path stands at, for the symbols of `since` behind
-        it: what the tape must give (the live quotes after it are held for the client
-        meanwhile). None: more than MAX_RECOVERY together, or no tape to read."""
-        upto = {s: self.every_seq.get(s, self.board.get(s, (0, ""))[0]) for s in since}
-        gaps = {s: upto[s] for s in since if upto[s] > since[s]}
-        if gaps and (self.tape is None
-                     or sum(upto[s] - since[s] for s in gaps) > self.max_recovery):
-            return None
-        return gaps
-
-    async def _since_when_live(self, sub: Subscriber, id: Id, symbols: Symbols,
-                               fresh: list[str], since: Mapping[str, int]) -> None:
-        while self.feed != "live":
-            await self._live.wait()
-        if sub in self.recovering:
-            await self._recover(sub, id, symbols, fresh, since, self._gaps(since))
-
-    async def _recover(self, sub: Subscriber, id: Id, symbols: Symbols, fresh: list[str],
-                       since: Mapping[str, int], gaps: dict[str, int] | None) -> None:
-        """Answer a `since`: the tape's quotes after it, then what arrived meanwhile
-        (gaps None: none recovered, a snapshot instead)."""
-        started = time.perf_counter()
-        tape = self.tape
-        reads: list[Any] = []
-        if gaps and tape is not None:
-            reads = await asyncio.gather(*(read_after(tape, s, since[s], upto)
-                                           for s, upto in gaps.items()), return_exceptions=True)
-        held = self.recovering.pop(sub, None)
-        if held is None or sub not in self.members:
-            return  # gone meanwhile
-        unrecovered = list(since) if gaps is None else []
-        found: dict[str, list[Quote]] = {}
-        for symbol, read in zip(gaps or (), reads, strict=True):
-            if isinstance(read, BaseException):
-                log.warning("could not read the tape of %s to recover a client: %s", symbol, read)
-            if isinstance(read, list):
-                found[symbol] = read
-            else:
-                unrecovered.append(symbol)
+    def ack_every(self, sub: Subscriber, id: Id, symbols: Symbols,
+                  unrecovered: Iterable[str] | None) -> None:
+        """The ack of an every-mode subscribe (sequencer.py)."""
         self._ack(sub, id, "subscribe", self._unknown(symbols), "every", unrecovered)
-        self._snapshot(sub, [*fresh, *unrecovered])
-        last = {s: self.board[s][0] for s in [*fresh, *unrecovered] if s in self.board}
-        last.update((s, seq) for s, seq in since.items() if s not in found and s not in last)
-        queue = sub.outbox.every
-        assert queue is not None
-        try:
-            for symbol, quotes in found.items():
-                for quote in quotes:
-                    queue.put(symbol, quote.seq or 0, self.text(quote), backlog=True)
-                last[symbol] = quotes[-1].seq or 0 if quotes else since[symbol]
-            for symbol, seq, text in held:
-                if seq > last.get(symbol, -1):
-                    queue.put(symbol, seq, text, backlog=True)
-                    last[symbol] = seq
-        except OutboxFull as exc:
-            self._set_every(sub, None)
-            sub.overflow(str(exc))
-            return
-        count = sum(len(q) for q in found.values())
-        self.stats["every_recovered_quotes"] += count
-        if found or unrecovered:
-            log.info("recovered %d quotes of %d symbols for a client in %.1f ms%s", count,
-                     len(found), (time.perf_counter() - started) * 1000,
-                     f"; not {', '.join(unrecovered)}: older than the tape or over "
-                     f"MAX_RECOVERY" if unrecovered else "")
-        sub.wake()
-
-    def _set_every(self, sub: Subscriber, symbols: Symbols | None) -> None:
-        """The client's every-mode symbols from now on (None or empty: none)."""
-        old = self.every_subs.pop(sub, None)
-        if old == ALL:
-            self.every_all.discard(sub)
-        elif old is not None:
-            for symbol in old:
-                subs = self.every_by_symbol.get(symbol)
-                if subs is not None:
-                    subs.discard(sub)
-                    if not subs:
-                        del self.every_by_symbol[symbol]
-        if symbols:
-            self.every_subs[sub] = symbols
-            if symbols == ALL:
-                self.every_all.add(sub)
-            else:
-                for symbol in symbols:
-                    self.every_by_symbol.setdefault(symbol, set()).add(sub)
-        if not self.every_subs:
-            self.every_seq.clear()
-
-    def _every(self, symbol: str, seq: int, text: str) -> None:
-        """A quote down the every path: passed on if it follows the last, held behind a
-        fill from the tape if some are missing before it."""
-        holding = self.holding.get(symbol)
-        if holding is not None:
-            holding.append((seq, text))
-            return
-        last = self.every_seq.get(symbol)
-        if last is not None and seq > last + 1 and self._listened(symbol):
-            self._gap(symbol, seq - 1)
-            self.holding[symbol].append((seq, text))
-            return
-        self.every_seq[symbol] = seq
-        self._every_deliver(symbol, text)
-
-    def _listened(self, symbol: str) -> bool:
-        return bool(self.every_all) or symbol in self.every_by_symbol
-
-    def _every_deliver(self, symbol: str, text: str) -> None:
-        for group in (self.every_by_symbol.get(symbol, ()), self.every_all):
-            for sub in list(group) if group else ():  # one that overflows leaves it
-                self._every_put(sub, symbol, text)
-
-    def _every_put(self, sub: Subscriber, symbol: str, text: str) -> None:
-        held = self.recovering.get(sub)
-        if held is not None:  # every_seq is this quote's: set before it is passed on
-            held.append((symbol, self.every_seq[symbol], text))
-            return
-        queue = sub.outbox.every
-        assert queue is not None
-        try:
-            queue.put(symbol, self.every_seq[symbol], text)
-        except OutboxFull as exc:
-            self._set_every(sub, None)
-            self.recovering.pop(sub, None)
-            self.stats["slow_consumer_closed"] += 1
-            sub.overflow(str(exc))
-            return
-        self._every_due.add(sub)
-
-    def _wake_every(self) -> None:
-        due, self._every_due = self._every_due, set()
-        for sub in due:
-            sub.wake()
-
-    def _gap(self, symbol: str, upto: int) -> None:
-        """Quotes of `symbol` up to seq `upto` must come from the tape first."""
-        self.fill_to[symbol] = max(self.fill_to.get(symbol, 0), upto)
-        if symbol not in self.holding:  # no fill runs for it yet
-            self.holding[symbol] = []
-            self._spawn(self._fill(symbol))
-
-    async def _fill(self, symbol: str) -> None:
-        """Pass on the tape's quotes up to fill_to, then the held ones, until caught up.
-        Where the tape lacks some (Redis lost them), the stream goes on past the hole."""
-        try:
-            while True:
-                last = self.every_seq.get(symbol, 0)
-                upto = self.fill_to.get(symbol, 0)
-                if upto > last and self.tape is not None:
-                    try:
-                        entries = await self.tape.back(symbol, "+",
-                                                       min(upto - last, FILL_MAX) + SLACK)
-                    except Exception as exc:  # Redis down again: what it lacks is lost
-                        log.warning("could not fill %s from the tape: %s", symbol, exc)
-                        entries = []
-                    last = self.every_seq.get(symbol, 0)
-                    quotes = sorted((e.quote for e in entries if last < (e.quote.seq or 0) <= upto),
-                                    key=lambda q: q.seq or 0)
-                    if not quotes or quotes[0].seq != last + 1 or len(quotes) != upto - last:
-                        log.warning("the tape lacks quotes of %s between seq %d and %d: every-mode "
-                                    "clients see a jump there", symbol, last + 1, upto)
-                    for quote in quotes:
-                        self.every_seq[symbol] = quote.seq or 0
-                        self._every_deliver(symbol, self.text(quote))
-                    self.every_seq[symbol] = max(last, upto)
-                    self.stats["every_filled_quotes"] += len(quotes)
-                held = self.holding.get(symbol, [])
-                done = 0
-                for seq, text in held:
-                    current = self.every_seq.get(symbol, 0)
-                    if seq > current + 1 and self.fill_to.get(symbol, 0) < seq - 1:
-                        self.fill_to[symbol] = seq - 1  # another hole: fill it first
-                        break
-                    done += 1
-                    if seq > current:
-                        self.every_seq[symbol] = seq
-                        self._every_deliver(symbol, text)
-                del held[:done]
-                self._wake_every()
-                if not held and self.fill_to.get(symbol, 0) <= self.every_seq.get(symbol, 0):
-                    return
-        finally:
-            self.holding.pop(symbol, None)
-            self.fill_to.pop(symbol, None)
-            self._wake_every()
-
-    def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     async def aclose(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.every.aclose()
 
-    def _snapshot(self, sub: Subscriber, symbols: Iterable[str]) -> None:
+    def snapshot(self, sub: Subscriber, symbols: Iterable[str]) -> None:
         board = self.board
         held = {s: board[s] for s in sorted(symbols) if s in board}
         if held:
@@ -592,19 +337,19 @@ class Hub:
         everyone = self.everyone
         touched: set[Group] = set()
         sent = 0
-        every = bool(self.every_subs)
+        sequencer = self.every if self.every else None
         for quote in quotes:
             symbol = quote.symbol
             seq = quote.seq or 0
-            held = board.get(symbol)
-            if held is not None and seq <= held[0]:
+            latest = board.get(symbol)
+            if latest is not None and seq <= latest[0]:
                 self.stats["quotes_stale_dropped"] += 1
                 continue
             text = self.text(quote)
             board[symbol] = entry = (seq, text)
             sent += 1
-            if every:
-                self._every(symbol, seq, text)
+            if sequencer is not None:
+                sequencer.put(symbol, seq, text)
             for group in by_symbol.get(symbol, ()):
                 group.put(symbol, entry)
                 touched.add(group)
@@ -617,8 +362,8 @@ class Hub:
                 self._seal_when_due(group)
             elif group.seal():
                 self._deliver(group)
-        if every:
-            self._wake_every()
+        if sequencer is not None:
+            sequencer.wake_due()
         self.stats["quotes_in"] += sent
         if self.observer is not None:
             self.observer(quotes, time.perf_counter() - started)
@@ -665,36 +410,28 @@ class Hub:
         fresh = dict(self.board)
         for quote in quotes:
             seq = quote.seq or 0
-            held = fresh.get(quote.symbol)
-            if held is None or seq > held[0]:
+            latest = fresh.get(quote.symbol)
+            if latest is None or seq > latest[0]:
                 fresh[quote.symbol] = (seq, self.text(quote))
         # In place: groups hold this board for members that fell too far behind.
         self.board.clear()
         self.board.update(fresh)
-        if self.every_subs:  # what pub/sub missed comes from the tape, for every mode
-            for symbol, (seq, _) in fresh.items():
-                last = self.every_seq.get(symbol)
-                if last is None or not self._listened(symbol):
-                    self.every_seq[symbol] = max(seq, last or 0)
-                elif seq > last:
-                    self._gap(symbol, seq)
+        if self.every:  # what pub/sub missed comes from the tape, for every mode
+            self.every.loaded(fresh)
 
     def set_feed(self, feed: Feed) -> None:
         """Tell every client; on recovery each also gets a fresh snapshot of its symbols."""
         if feed == self.feed:
             return
         self.feed = feed
-        if feed == "live":
-            self._live.set()
-        else:
-            self._live.clear()
+        self.every.set_live(feed == "live")
         log.log(logging.WARNING if feed == "stale" else logging.INFO, "feed %s", feed)
         frame = status(feed, now_ms())
         for sub in list(self.members):
             self.queue_frame(sub, frame)
-            if feed == "live" and sub not in self.every_subs:  # every mode: filled instead
+            if feed == "live" and sub not in self.every.subs:  # every mode: filled instead
                 mine = self.subscriptions(sub)
-                self._snapshot(sub, self.board.keys() if mine == ALL else mine)
+                self.snapshot(sub, self.board.keys() if mine == ALL else mine)
 
     def greet(self, sub: Subscriber) -> None:
         """A new client learns at once if the feed is down, instead of at the next change."""

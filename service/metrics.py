@@ -141,7 +141,7 @@ class Metrics:
         gauges["symbols"].set(len(hub.board))
         gauges["feed_live"].set(1 if hub.feed == "live" else 0)
         gauges["workers"].set(1)
-        gauges["every_subscribers"].set(sum(len(h.every_subs) for h in service.hubs.values()))
+        gauges["every_subscribers"].set(sum(len(h.every.subs) for h in service.hubs.values()))
         pushed = self._pushed
         for name, value in self._counter_values().items():
             delta = value - pushed.get(name, 0)

@@ -193,7 +193,7 @@ async def test_a_client_that_does_not_read_is_closed_past_every_queue_bytes() ->
     for _ in range(30):
         market.publish("OGDC")
     assert sub.overflowed is not None and "EVERY_QUEUE_BYTES" in sub.overflowed
-    assert sub not in hub.every_subs  # nothing more is queued for it
+    assert sub not in hub.every.subs  # nothing more is queued for it
 
 
 async def test_modes_do_not_mix_on_one_connection() -> None:
@@ -208,14 +208,14 @@ async def test_modes_do_not_mix_on_one_connection() -> None:
     with pytest.raises(ProtocolError):
         hub.subscribe(sub, 5, frozenset({"OGDC"}))
     hub.unsubscribe(sub, 6, frozenset({"PPL"}))
-    assert sub not in hub.every_subs
+    assert sub not in hub.every.subs
     hub.remove(sub)
 
 
 async def until_idle(hub: Hub) -> None:
     async with asyncio.timeout(5):
-        while hub._tasks:
-            await asyncio.gather(*hub._tasks)
+        while hub.every._tasks:
+            await asyncio.gather(*hub.every._tasks)
 
 
 async def test_a_since_before_the_board_is_loaded_waits_for_it() -> None:

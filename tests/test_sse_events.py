@@ -296,7 +296,7 @@ async def test_a_slow_consumer_gets_what_was_queued_then_a_close_event_and_the_e
     for _ in range(100):
         market.publish("OGDC")
     assert stream.closing == (4008, "slow consumer")
-    assert stream not in hub.every_subs  # nothing more piles up for it
+    assert stream not in hub.every.subs  # nothing more piles up for it
     client.open.set()
     await ended(task)
     assert client.ended

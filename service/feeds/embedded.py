@@ -22,7 +22,7 @@ class MemoryBroker:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        self.tape = hub.tape if isinstance(hub.tape, MemoryTape) else None
+        self.tape = hub.every.tape if isinstance(hub.every.tape, MemoryTape) else None
         self.seq: dict[str, int] = {}
         # Nothing persists across a restart here, so seq starts from the clock: a client
         # that held seq N from the previous run still sees every new quote as newer (a
