@@ -53,7 +53,8 @@ def setting(default: T, *checks: Check) -> T:
 @dataclass(frozen=True)
 class SettingsGroup:
     """The base of every group: `from_env` and the checks of single fields. A group with
-    checks across its fields overrides `check` and calls `super().check()` first."""
+    checks across its fields overrides `check` and calls `super().check()` first. Frozen,
+    without slots: a process's settings inherit from several groups, which slots forbid."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
