@@ -29,8 +29,8 @@ from quote_runtime.settings import ConfigError
 from .protocol import ALL, Symbols
 from .settings import Settings
 
-Tier = Literal["realtime", "delayed"]
-TIERS: tuple[Tier, ...] = ("realtime", "delayed")
+TierName = Literal["realtime", "delayed"]
+TIERS: tuple[TierName, ...] = ("realtime", "delayed")
 ALGORITHMS = ("HS256", "RS256", "ES256")
 
 
@@ -43,7 +43,7 @@ class Grant:
     """What one client may see, from its token (or ANONYMOUS)."""
 
     symbols: Symbols = ALL
-    tier: Tier = "realtime"
+    tier: TierName = "realtime"
     sub: str | None = None
     # Seconds since the epoch when the token expires; None without a token.
     exp: float | None = None

@@ -28,8 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from quote_core.quote import now_ms
 
 from . import protocol
-from .auth import Authenticator, AuthError, Tier, token_of
-from .hub import Hub
+from .auth import Authenticator, AuthError, TierName, token_of
 from .limits import RateLimiter
 from .outbox import Writer
 from .protocol import (
@@ -43,6 +42,7 @@ from .protocol import (
 )
 from .session import Session
 from .settings import Settings
+from .tiers import Tier
 from .uvicorn_private import abort, direct_writes, server_send
 from .wire import text_of, wire_of
 
@@ -52,9 +52,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("service.connection")
 
 
-async def serve_websocket(websocket: WebSocket, registry: Registry, hubs: Mapping[Tier, Hub],
-                          settings: Settings, auth: Authenticator) -> None:
-    """`/ws`, past the origin and address checks (app.py's QuoteApp): admission, then the
+async def serve_websocket(websocket: WebSocket, registry: Registry,
+                          tiers: Mapping[TierName, Tier], settings: Settings,
+                          auth: Authenticator) -> None:
+    """`/ws`, past the origin and address checks (app.py's WebApp): admission, then the
     connection until it ends."""
     client = websocket.client
     refusal = registry.admit(client.host if client else "?")
@@ -65,7 +66,7 @@ async def serve_websocket(websocket: WebSocket, registry: Registry, hubs: Mappin
         else:
             await websocket.close(protocol.CLOSE_TRY_AGAIN, "try again later")
         return
-    connection = Connection(websocket, hubs, settings, auth)
+    connection = Connection(websocket, tiers, settings, auth)
     registry.add(connection)
     try:
         await connection.serve()
@@ -76,17 +77,17 @@ async def serve_websocket(websocket: WebSocket, registry: Registry, hubs: Mappin
 class Connection(Session):
     """One websocket client: a Session read from and written to through its socket."""
 
-    __slots__ = ("_direct_open", "_writer", "auth", "hubs", "limiter", "websocket")
+    __slots__ = ("_direct_open", "_writer", "auth", "limiter", "tiers", "websocket")
 
     RENEW = 'send {"op": "auth", "token": ...} with a fresh one'
 
-    def __init__(self, websocket: WebSocket, hubs: Mapping[Tier, Hub], settings: Settings,
+    def __init__(self, websocket: WebSocket, tiers: Mapping[TierName, Tier], settings: Settings,
                  auth: Authenticator) -> None:
         grant = auth.anonymous
-        # One hub per tier (service/delayed.py): the connection is in its grant's.
-        super().__init__(hubs[grant.tier if grant is not None else "realtime"], settings, grant)
+        # The connection is in its grant's tier (service/tiers.py).
+        super().__init__(tiers[grant.tier if grant is not None else "realtime"], settings, grant)
         self.websocket = websocket
-        self.hubs = hubs
+        self.tiers = tiers
         self.auth = auth
         self.limiter = RateLimiter(settings.max_client_msgs_per_s)
         # What the group's lane writes through (outbox.py): uvicorn's transport's own
@@ -141,7 +142,8 @@ class Connection(Session):
             except AuthError as exc:  # before anything is sent: no quote leaks
                 await self._refuse(str(exc))
                 return
-            self.hub = self.hubs[self.grant.tier]
+            self.tier = self.tiers[self.grant.tier]
+            self.hub = self.tier.hub
         self.join()
         try:
             if self.grant is not None:
@@ -252,12 +254,13 @@ class Connection(Session):
             return
         self.grant = grant
         self.expired_at = None
-        moved = first and self.hubs[grant.tier] is not self.hub
+        moved = first and self.tiers[grant.tier] is not self.tier
         if moved:
             # The first token moves the connection to its tier's hub; what it held as
             # an anonymous client is dropped there and the URL's subscription redone.
             self.hub.remove(self)
-            self.hub = self.hubs[grant.tier]
+            self.tier = self.tiers[grant.tier]
+            self.hub = self.tier.hub
             self.hub.add(self)
         held = self.hub.subscriptions(self)
         if held != protocol.ALL and grant.symbols != protocol.ALL and held - grant.symbols:
@@ -268,7 +271,7 @@ class Connection(Session):
             command.id, self.hub.board.keys() if everything else held, all=everything,
             tier=grant.tier, entitled=grant.symbols, sub=grant.sub,
             expires=None if grant.exp is None else int(grant.exp * 1000),
-            delay_s=self.settings.delay_s if grant.tier == "delayed" else None))
+            delay_s=self.tier.delay_s))
         if self.grant is not None and (moved or (first and self.auth.anonymous is None)):
             self._subscribe_from_query()
 

@@ -17,6 +17,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from quote_core.quote import Quote, now_ms
@@ -27,7 +28,7 @@ from .protocol import (
     BAD_REQUEST,
     FORBIDDEN,
     TOO_MANY_SYMBOLS,
-    FeedState as Feed,
+    FeedState,
     Id,
     Mode,
     ProtocolError,
@@ -61,6 +62,19 @@ def _loop_call_later(delay: float, callback: Callable[[], None]) -> Any:
     return asyncio.get_running_loop().call_later(delay, callback)
 
 
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """What the metrics report of a hub, counted where the hub keeps it."""
+
+    frames_sent: int
+    quotes_sent: int
+    quotes_conflated: int
+    groups: int
+    # Subscribed (client, symbol) pairs; "*" counts once per client.
+    subscriptions: int
+    every_subscribers: int
+
+
 def unknown(board: Mapping[str, object], symbols: Symbols) -> list[str]:
     """The requested symbols the board holds no quote for, sorted (none for "*"): the ack's
     `unknown`, and /quotes' (rest.py)."""
@@ -72,10 +86,11 @@ class Hub:
                  clock: Callable[[], float] = _loop_time,
                  call_later: Callable[[float, Callable[[], None]], Any] = _loop_call_later,
                  tape: Tape | None = None, max_recovery: int = 10_000,
-                 every_queue_bytes: int = 1 << 20, delayed: bool = False) -> None:
+                 every_queue_bytes: int = 1 << 20, mark: str = "") -> None:
         self.max_symbols = max_symbols
-        # The delayed tier's hub (service/delayed.py): every quote it sends says so.
-        self.delayed = delayed
+        # What every quote this hub sends carries besides its fields (its tier's mark,
+        # service/tiers.py: `"delayed": true`), as JSON members after a comma.
+        self.mark = mark
         # The rate of a client that asks for none: the fan-out's own (1000 /
         # FANOUT_INTERVAL_MS), or None when that has no cap. A client asking at least this
         # much is in the default groups; one asking less gets groups of its own rate.
@@ -93,7 +108,7 @@ class Hub:
         # The groups of "*" (one per rate in use).
         self.everyone: list[Group] = []
         self.members: dict[Subscriber, Group | None] = {}
-        self.feed: Feed = "stale"
+        self.feed: FeedState = "stale"
         self.stats: Counter[str] = Counter()
         # Called with each batch and the seconds its fan-out took (metrics), if set.
         self.observer: Callable[[Sequence[Quote], float], None] | None = None
@@ -103,9 +118,9 @@ class Hub:
         self.refused: dict[Subscriber, tuple[Id, list[str]]] = {}
 
     def text(self, quote: Quote) -> str:
-        """A quote's JSON as this hub sends it (with `"delayed": true` in the delayed tier)."""
+        """A quote's JSON as this hub sends it, with its tier's mark."""
         text = quote.to_json().decode()
-        return text[:-1] + ',"delayed":true}' if self.delayed else text
+        return text[:-1] + self.mark + "}" if self.mark else text
 
     # Subscribers
 
@@ -122,6 +137,18 @@ class Hub:
         self.rates.pop(sub, None)
         self.stats["retired_frames_sent"] += sub.outbox.frames_taken
         self.stats["retired_quotes_sent"] += sub.outbox.quotes_taken
+
+    def figures(self) -> Figures:
+        stats = self.stats
+        groups = self.groups.values()
+        outboxes = [sub.outbox for sub in self.members]
+        return Figures(
+            frames_sent=stats["retired_frames_sent"] + sum(o.frames_taken for o in outboxes),
+            quotes_sent=stats["retired_quotes_sent"] + sum(o.quotes_taken for o in outboxes),
+            quotes_conflated=stats["retired_quotes_conflated"] + sum(g.conflated for g in groups),
+            groups=len(groups),
+            subscriptions=sum(len(g.members) * (1 if g.key == ALL else len(g.key)) for g in groups),
+            every_subscribers=len(self.every.subs))
 
     def has(self, sub: Subscriber) -> bool:
         return sub in self.members
@@ -419,7 +446,7 @@ class Hub:
         if self.every:  # what pub/sub missed comes from the tape, for every mode
             self.every.loaded(fresh)
 
-    def set_feed(self, feed: Feed) -> None:
+    def set_feed(self, feed: FeedState) -> None:
         """Tell every client; on recovery each also gets a fresh snapshot of its symbols."""
         if feed == self.feed:
             return

@@ -22,10 +22,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from quote_core.quote import Quote, now_ms
 
-from .protocol import ALL
+from .hub import Figures
 
 if TYPE_CHECKING:
-    from .app import QuoteService
+    from .engine import Engine
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -68,7 +68,7 @@ _STATS = {"quotes_received": "quotes_in", "quotes_stale_dropped": "quotes_stale_
 
 
 class Metrics:
-    def __init__(self, service: QuoteService) -> None:
+    def __init__(self, service: Engine) -> None:
         self.service = service
         self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         self.registry = registry = CollectorRegistry(auto_describe=True)
@@ -109,21 +109,18 @@ class Metrics:
         for quote in quotes:
             self.feed_lag.observe(max(0, now - quote.ts) / 1000)
 
-    def _counter_values(self) -> dict[str, float]:
-        service = self.service
-        hubs = list(service.hubs.values())
-        # What clients were sent counts in both tiers; what came from the feed, once.
-        stats = Tally(service.hub.stats)
-        for other in hubs[1:]:
-            stats.update({k: v for k, v in other.stats.items() if k != "quotes_in"})
-        outboxes = [c.outbox for c in service.registry.sessions]
+    def _counter_values(self, figures: list[Figures]) -> dict[str, float]:
+        # What clients were sent counts in every tier; what came from the feed, once.
+        stats: Tally[str] = Tally()
+        for tier in self.service.tiers.values():
+            stats.update({k: v for k, v in tier.hub.stats.items()
+                          if tier.from_feed or k != "quotes_in"})
         values: dict[str, float] = {name: stats[key] for name, key in _STATS.items()}
         for reason, key in _REFUSED.items():
             values[f"refused:{reason}"] = stats[key]
-        values["frames_sent"] = stats["retired_frames_sent"] + sum(o.frames_taken for o in outboxes)
-        values["quotes_sent"] = stats["retired_quotes_sent"] + sum(o.quotes_taken for o in outboxes)
-        values["quotes_conflated"] = (stats["retired_quotes_conflated"]
-                                      + sum(g.conflated for h in hubs for g in h.groups.values()))
+        values["frames_sent"] = sum(f.frames_sent for f in figures)
+        values["quotes_sent"] = sum(f.quotes_sent for f in figures)
+        values["quotes_conflated"] = sum(f.quotes_conflated for f in figures)
         for key, value in stats.items():
             if key.startswith("error_"):
                 values[key] = value
@@ -133,17 +130,16 @@ class Metrics:
         service = self.service
         hub = service.hub
         gauges = self.gauges
+        figures = [tier.hub.figures() for tier in service.tiers.values()]
         gauges["connections"].set(len(service.registry.sessions))
-        groups = [g for h in service.hubs.values() for g in h.groups.values()]
-        gauges["subscriptions"].set(sum(len(g.members) * (1 if g.key == ALL else len(g.key))
-                                        for g in groups))
-        gauges["groups"].set(len(groups))
+        gauges["subscriptions"].set(sum(f.subscriptions for f in figures))
+        gauges["groups"].set(sum(f.groups for f in figures))
         gauges["symbols"].set(len(hub.board))
         gauges["feed_live"].set(1 if hub.feed == "live" else 0)
         gauges["workers"].set(1)
-        gauges["every_subscribers"].set(sum(len(h.every.subs) for h in service.hubs.values()))
+        gauges["every_subscribers"].set(sum(f.every_subscribers for f in figures))
         pushed = self._pushed
-        for name, value in self._counter_values().items():
+        for name, value in self._counter_values(figures).items():
             delta = value - pushed.get(name, 0)
             if delta <= 0:
                 continue

@@ -17,7 +17,7 @@
   no cap): past it a websocket is accepted and closed with 1008 "too many connections from
   this address", an SSE stream gets HTTP 429. The address is the real client's behind a
   trusted proxy: uvicorn's ProxyHeadersMiddleware (service/forwarded.py) sets the scope's
-  `client` before the app sees it, the websocket that QuoteApp serves ahead of Starlette's
+  `client` before the app sees it, the websocket that WebApp serves ahead of Starlette's
   middleware included.
 - **Headers** (`SecurityHeaders`, on HTTP responses only): `X-Content-Type-Options: nosniff`
   and `Referrer-Policy` on every one; a Content-Security-Policy on every one that has none of

@@ -22,7 +22,8 @@ import uvicorn
 from quote_runtime.exits import EXIT_CONFIG
 from quote_runtime.node import NODE_ID
 
-from .app import QuoteService, create_app
+from .app import create_app
+from .engine import Engine
 from .forwarded import behind_proxies
 from .settings import Settings
 from .uvicorn_private import stop_accepting
@@ -30,22 +31,22 @@ from .uvicorn_private import stop_accepting
 log = logging.getLogger("service")
 
 
-class QuoteServer(uvicorn.Server):
+class Worker(uvicorn.Server):
     """uvicorn closes open websockets with 1012 at once on shutdown; the protocol promises
     1001, and a rolling restart wants the clients sent away gradually. So on shutdown this
     stops accepting first, then drains, then lets uvicorn finish."""
 
-    def __init__(self, config: uvicorn.Config, service: QuoteService,
+    def __init__(self, config: uvicorn.Config, engine: Engine,
                  lifeline: socket.socket | None = None) -> None:
         super().__init__(config)
-        self.service = service
+        self.engine = engine
         self.lifeline = lifeline
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if not self.started:
             return
-        self.service.on_fatal = self._fatal
+        self.engine.on_fatal = self._fatal
         if self.lifeline is not None:
             # Tell the supervisor we serve; its end closing means it died: stop too.
             self.lifeline.setblocking(False)
@@ -73,14 +74,14 @@ class QuoteServer(uvicorn.Server):
             self.should_exit = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        service = self.service
-        _watchdog(service.settings.drain_s + (self.config.timeout_graceful_shutdown or 5) + 10)
+        engine = self.engine
+        _watchdog(engine.settings.drain_s + (self.config.timeout_graceful_shutdown or 5) + 10)
         # Stop accepting: with SO_REUSEPORT the kernel sends new connections to the
         # other workers; without, a load balancer sees a refusal and tries elsewhere.
         stop_accepting(self)
         for sock in sockets or []:
             sock.close()
-        await service.registry.drain(service.settings.drain_s)
+        await engine.registry.drain(engine.settings.drain_s)
         await super().shutdown(sockets)
         log.info("stopped", extra={"event": "stop", "pid": os.getpid()})
 
@@ -151,9 +152,9 @@ def uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
 def serve(settings: Settings, lifeline: socket.socket | None = None) -> int:
     """Serve until told to stop; the process's exit code."""
     app = create_app(settings)
-    service: QuoteService = app.state.service
+    engine: Engine = app.state.engine
     config = uvicorn_config(settings, app)
-    server = QuoteServer(config, service, lifeline)
+    server = Worker(config, engine, lifeline)
     try:
         sock = listening_socket(settings.host, settings.port, int(settings.send_timeout_s * 2000),
                                 settings.tcp_send_buffer, reuse_port=lifeline is not None)
@@ -166,8 +167,8 @@ def serve(settings: Settings, lifeline: socket.socket | None = None) -> int:
     log.info("serving on http://%s:%d (feed: %s, loop: %s, node %s)", settings.host, settings.port,
              feed, loop, NODE_ID, extra={"event": "start", "pid": os.getpid(), "feed": feed, "loop": loop})
     server.run(sockets=[sock])
-    if service.exit_code is not None:
-        return service.exit_code
+    if engine.exit_code is not None:
+        return engine.exit_code
     return 0 if server.started else EXIT_CONFIG
 
 

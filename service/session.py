@@ -26,9 +26,9 @@ from quote_runtime.node import NODE_ID
 
 from . import protocol
 from .auth import Grant
-from .hub import Hub
 from .outbox import Outbox
 from .settings import Settings
+from .tiers import Tier
 from .wire import Frame
 
 log = logging.getLogger("service.session")
@@ -41,14 +41,16 @@ class Session:
     # Slots, a bare future instead of Events, and a sender task only while one is needed:
     # memory per client is what decides how many idle clients a process holds.
     __slots__ = ("_sender", "_taken", "_waiter", "closing", "expired_at", "grant", "hub",
-                 "last_sent", "outbox", "sending_since", "settings")
+                 "last_sent", "outbox", "sending_since", "settings", "tier")
 
     # How the `token_expired` error tells the client to renew its token.
     RENEW = "reconnect with a fresh one"
 
-    def __init__(self, hub: Hub, settings: Settings, grant: Grant | None,
+    def __init__(self, tier: Tier, settings: Settings, grant: Grant | None,
                  now: float | None = None) -> None:
-        self.hub = hub
+        # The grant's tier (service/tiers.py), and its hub, which the client is served from.
+        self.tier = tier
+        self.hub = tier.hub
         self.settings = settings
         # What the client may see (None: nothing yet, its token must come first), and
         # since when (loop time) its token has been expired.
@@ -156,7 +158,7 @@ class Session:
         """Join the hub and queue what every client starts with: welcome, then the feed's
         state if it is stale. The caller leaves the hub (`hub.remove`) however it ends."""
         self.hub.add(self)
-        self.outbox.put_control(welcome(self.settings, self.hub.delayed))
+        self.outbox.put_control(welcome(self.settings, self.tier.delay_s))
         self.hub.greet(self)
 
     def reply(self, frame: str | Frame) -> None:
@@ -191,11 +193,11 @@ class Session:
         self._taken = self.outbox.frames_taken
 
 
-def welcome(settings: Settings, delayed: bool = False) -> str:
+def welcome(settings: Settings, delay_s: float | None = None) -> str:
     """The first frame of every websocket and SSE stream: this worker and its limits (and,
     in the delayed tier, the delay)."""
     return protocol.welcome(
-        delay_s=settings.delay_s if delayed else None,
+        delay_s=delay_s,
         node=NODE_ID,
         heartbeat_s=settings.heartbeat_s,
         max_symbols=settings.max_symbols,

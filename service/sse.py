@@ -23,7 +23,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from starlette.datastructures import Headers, QueryParams
@@ -35,15 +35,13 @@ from quote_core.quote import QuoteError, normalize_symbol
 
 from . import protocol, security, uvicorn_private
 from .auth import INVALID_TOKEN_CHALLENGE, UNAUTHORIZED, AuthError, Grant, token_of
-from .hub import Hub
+from .engine import Engine, engine_of
 from .protocol import ALL, BAD_REQUEST, Mode, ProtocolError, Symbols
 from .security import OPEN_TO_ALL
 from .session import Session
 from .settings import Settings
+from .tiers import Tier
 from .wire import Frame
-
-if TYPE_CHECKING:
-    from .app import QuoteService
 
 log = logging.getLogger("service.sse")
 
@@ -207,11 +205,11 @@ class EventStream(Session):
 
     __slots__ = ("_peer", "_recovery", "_server_send", "position", "request")
 
-    def __init__(self, hub: Hub, settings: Settings, request: StreamRequest,
+    def __init__(self, tier: Tier, settings: Settings, request: StreamRequest,
                  peer: str = "?", grant: Grant | None = None) -> None:
         # What its token allows (service/auth.py); it cannot send a fresh one, so when it
         # expires the stream ends after TOKEN_GRACE_S and the client comes back with one.
-        super().__init__(hub, settings, grant or Grant())
+        super().__init__(tier, settings, grant or Grant())
         self.request = request
         self._peer = peer
         # symbol -> the last seq written on this stream: each quote event's id. A resumed
@@ -337,19 +335,19 @@ class SseEndpoint:
     """The ASGI app of `GET /sse` (a Route in app.py)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        service: QuoteService = scope["app"].state.service
+        engine = engine_of(HTTPConnection(scope))
         method = scope.get("method", "GET")
-        if not service.gate.origin_allowed(scope):  # ALLOWED_ORIGINS (service/security.py)
+        if not engine.gate.origin_allowed(scope):  # ALLOWED_ORIGINS (service/security.py)
             await security.forbidden_origin_response()(scope, receive, send)
             return
         if method == "OPTIONS":
             await Response(status_code=204, headers=PREFLIGHT_HEADERS)(scope, receive, send)
             return
-        settings = service.settings
+        settings = engine.settings
         try:
-            grant = service.auth.grant_for(token_of(HTTPConnection(scope)))
+            grant = engine.auth.grant_for(token_of(HTTPConnection(scope)))
         except AuthError as exc:
-            service.hub.stats["auth_refused"] += 1
+            engine.hub.stats["auth_refused"] += 1
             await JSONResponse({"error": UNAUTHORIZED, "message": str(exc)}, status_code=401,
                                headers={**OPEN_TO_ALL, **INVALID_TOKEN_CHALLENGE}
                                )(scope, receive, send)
@@ -358,7 +356,7 @@ class SseEndpoint:
             request = parse_request(QueryParams(scope.get("query_string", b"")),
                                     Headers(scope=scope), settings.max_symbols)
         except ProtocolError as exc:
-            service.hub.stats[f"error_{exc.code}"] += 1
+            engine.hub.stats[f"error_{exc.code}"] += 1
             await error_response(exc)(scope, receive, send)
             return
         if method == "HEAD":
@@ -368,20 +366,20 @@ class SseEndpoint:
         # The address's connect rate, and its share (MAX_CONNECTIONS_PER_IP), held while
         # the stream is served.
         address = security.client_address(scope)
-        refusal = service.gate.enter(address)
+        refusal = engine.gate.enter(address)
         if refusal is not None:
             await security.refusal_response(refusal)(scope, receive, send)
             return
         try:
-            await self._serve(service, request, grant, scope, receive, send)
+            await self._serve(engine, request, grant, scope, receive, send)
         finally:
-            service.gate.leave(address)
+            engine.gate.leave(address)
 
-    async def _serve(self, service: QuoteService, request: StreamRequest, grant: Grant,
+    async def _serve(self, engine: Engine, request: StreamRequest, grant: Grant,
                      scope: Scope, receive: Receive, send: Send) -> None:
         """Admission (MAX_CONNECTIONS, MAX_CONNECTS_PER_S, draining), then the stream."""
-        settings = service.settings
-        registry = service.registry
+        settings = engine.settings
+        registry = engine.registry
         client = scope.get("client")
         refusal = registry.admit(client[0] if client else "?")
         if refusal is not None:
@@ -390,12 +388,12 @@ class SseEndpoint:
                                headers={**OPEN_TO_ALL, "Retry-After": str(RETRY_AFTER_S)}
                                )(scope, receive, send)
             return
-        stream = EventStream(service.hubs[grant.tier], settings, request,
+        stream = EventStream(engine.tiers[grant.tier], settings, request,
                              f"{client[0]}:{client[1]}" if client else "?", grant)
         try:
             stream.open()
         except ProtocolError as exc:
-            service.hub.stats[f"error_{exc.code}"] += 1
+            engine.hub.stats[f"error_{exc.code}"] += 1
             await error_response(exc)(scope, receive, send)
             return
         registry.add(stream)

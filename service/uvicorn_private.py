@@ -6,7 +6,7 @@ written once to each caught-up transport instead of being framed per client thro
 `send`: bench/viewers.py) and an abort (a peer that stopped reading must be dropped, not
 left holding its buffers; ASGI can only close politely, which such a peer never takes).
 Both reach uvicorn's protocol objects behind the server's own `send` callable, which
-QuoteApp (app.py) keeps in the scope before any middleware wraps it. Stopping the
+WebApp (app.py) keeps in the scope before any middleware wraps it. Stopping the
 listeners first on shutdown (server.py) reads `uvicorn.Server.servers`.
 
 None of this is uvicorn's public API. With another server, or an upgrade that changed a
@@ -23,7 +23,7 @@ from typing import Any, Protocol, cast
 
 from .outbox import Writer
 
-# Scope key under which QuoteApp leaves the server's own `send`, for websockets and HTTP.
+# Scope key under which WebApp leaves the server's own `send`, for websockets and HTTP.
 SERVER_SEND = "quotes.server_send"
 
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from quote_core.quote import Quote
 from service.history import MIN_POINTS, Point, Series, bucket_edges, parse_id, reduce
-from service.rest import HistoryCache, TapeUnavailable
+from service.history_cache import HistoryCache, TapeUnavailable
 from service.tape import Entry
 from service.tape.memory import MemoryTape
 

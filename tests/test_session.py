@@ -15,6 +15,7 @@ from service.auth import Grant
 from service.hub import Hub
 from service.session import Session
 from service.settings import Settings
+from service.tiers import Tier
 
 SETTINGS = Settings(heartbeat_s=5, send_timeout_s=2, token_grace_s=3)
 T0 = 1000.0  # the loop time the session starts at
@@ -27,7 +28,7 @@ class Probe(Session):
     __slots__ = ("abandoned", "wakes")
 
     def __init__(self, grant: Grant | None = NO_TOKEN) -> None:
-        super().__init__(Hub(max_symbols=10), SETTINGS, grant, now=T0)
+        super().__init__(Tier(Hub(max_symbols=10)), SETTINGS, grant, now=T0)
         self.wakes = 0
         self.abandoned: list[asyncio.Task[None]] = []
 

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import protocol, uvicorn_private
-from service.app import QuoteApp
+from service.app import WebApp
 from service.forwarded import behind_proxies
 from service.hub import Hub
 from service.protocol import ALL, ProtocolError
@@ -33,6 +33,7 @@ from service.sse import (
     parse_request,
 )
 from service.tape.memory import MemoryTape
+from service.tiers import Tier
 from service.wire import Frame
 
 from .test_every import Market
@@ -222,7 +223,7 @@ SETTINGS = Settings(heartbeat_s=5, send_timeout_s=2, every_queue_bytes=4000, max
 
 async def started(hub: Hub, req: StreamRequest, settings: Settings = SETTINGS
                   ) -> tuple[EventStream, Client, asyncio.Task[None]]:
-    stream = EventStream(hub, settings, req)
+    stream = EventStream(Tier(hub), settings, req)
     stream.open()
     client = Client()
     task = asyncio.get_running_loop().create_task(stream.run(client.receive, client.send))  # type: ignore[arg-type]
@@ -341,7 +342,7 @@ async def test_the_sweeper_sends_heartbeats_and_ends_a_stuck_write() -> None:
 
 
 async def test_the_transport_is_found_through_the_services_middleware_stack() -> None:
-    """As app.py and server.py wrap the route: uvicorn's proxy-header layers, QuoteApp, then
+    """As app.py and server.py wrap the route: uvicorn's proxy-header layers, WebApp, then
     Starlette's error and exception middleware and ours, each with a send of its own. The
     route still finds the server's own send in the scope, and the transport behind it."""
     found = []
@@ -368,7 +369,7 @@ async def test_the_transport_is_found_through_the_services_middleware_stack() ->
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    app = behind_proxies(QuoteApp(routes=[Route("/x", Probe())],
+    app = behind_proxies(WebApp(routes=[Route("/x", Probe())],
                                   middleware=[Middleware(SecurityHeaders)]), "127.0.0.1")
     cycle = Cycle()
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",

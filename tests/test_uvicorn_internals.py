@@ -22,8 +22,9 @@ from websockets.exceptions import ConnectionClosedError
 from websockets.sync.client import connect
 
 from service import uvicorn_private
-from service.app import QuoteService, create_app
+from service.app import create_app
 from service.connection import Connection
+from service.engine import Engine
 from service.server import listening_socket, uvicorn_config
 from service.settings import Settings
 from service.sse import EventStream
@@ -34,7 +35,7 @@ T = TypeVar("T")
 
 @dataclass
 class Running:
-    service: QuoteService
+    engine: Engine
     server: uvicorn.Server
     port: int
     loop_name: str
@@ -64,7 +65,7 @@ def running(request: pytest.FixtureRequest) -> Iterator[Running]:
     thread.start()
     wait_for(lambda: server.started, "the server did not start")
     try:
-        yield Running(app.state.service, server, settings.port, request.param)
+        yield Running(app.state.engine, server, settings.port, request.param)
     finally:
         server.should_exit = True
         thread.join(10)
@@ -77,9 +78,9 @@ def wait_for(check: Callable[[], object], message: str, timeout: float = 5) -> N
         time.sleep(0.02)
 
 
-def only_client(service: QuoteService, kind: type[T]) -> T:
-    wait_for(lambda: len(service.registry.sessions) == 1, "the server does not hold the client")
-    (client,) = service.registry.sessions
+def only_client(engine: Engine, kind: type[T]) -> T:
+    wait_for(lambda: len(engine.registry.sessions) == 1, "the server does not hold the client")
+    (client,) = engine.registry.sessions
     assert isinstance(client, kind)
     return client
 
@@ -91,7 +92,7 @@ def assert_loops_transport(transport: Any, loop_name: str) -> None:
 def test_shared_frames_reach_uvicorns_transport(running: Running) -> None:
     with connect(f"ws://127.0.0.1:{running.port}/ws?symbols=*", compression=None) as ws:
         ws.recv(timeout=5)
-        connection = only_client(running.service, Connection)
+        connection = only_client(running.engine, Connection)
         send = uvicorn_private.server_send(connection.websocket.scope)
         raw = uvicorn_private.raw_protocol(send)
         assert raw is not None, "uvicorn's websocket protocol changed: shared frames take the slow path"
@@ -124,7 +125,7 @@ def test_shared_frames_reach_uvicorns_transport(running: Running) -> None:
 def test_a_stalled_websocket_peer_can_be_aborted(running: Running) -> None:
     with connect(f"ws://127.0.0.1:{running.port}/ws?symbols=OGDC", compression=None) as ws:
         ws.recv(timeout=5)
-        connection = only_client(running.service, Connection)
+        connection = only_client(running.engine, Connection)
         send = uvicorn_private.server_send(connection.websocket.scope)
         assert running.call(lambda: uvicorn_private.abort(send)), "no transport to abort"
         with pytest.raises(ConnectionClosedError):  # dropped: no close frame, no timeout
@@ -142,7 +143,7 @@ def test_a_stalled_sse_peer_can_be_aborted(running: Running) -> None:
             chunk = client.recv(65536)
             assert chunk, "the stream ended before its welcome"
             received += chunk
-        stream = only_client(running.service, EventStream)
+        stream = only_client(running.engine, EventStream)
         send = stream._server_send
         assert send is not None, "sse.py did not get the server's own send"
         transport = uvicorn_private.transport_of(send)
@@ -154,7 +155,7 @@ def test_a_stalled_sse_peer_can_be_aborted(running: Running) -> None:
                 pass
         except ConnectionResetError:
             pass  # the abort's RST: what a stalled peer gets
-        wait_for(lambda: not running.service.registry.sessions, "the stream outlived its transport")
+        wait_for(lambda: not running.engine.registry.sessions, "the stream outlived its transport")
 
 
 def test_the_listeners_stop_accepting(running: Running) -> None:

@@ -1,4 +1,4 @@
-"""Where quotes come from, one module per source behind one interface (`Feed`).
+"""Where quotes come from, one module per source behind one interface (`QuoteSource`).
 
 embedded.py: the simulated market in this process (no Redis); redis_pubsub.py: one Redis
 server or a Sentinel primary; redis_cluster.py: a Redis Cluster, by sharded pub/sub.
@@ -14,7 +14,7 @@ from ..hub import Hub
 from ..settings import Settings
 
 
-class Feed(Protocol):
+class QuoteSource(Protocol):
     async def run(self) -> None: ...
 
     def report(self) -> dict[str, Any]: ...
@@ -22,7 +22,7 @@ class Feed(Protocol):
     async def aclose(self) -> None: ...
 
 
-def make_feed(settings: Settings, hub: Hub) -> Feed:
+def make_feed(settings: Settings, hub: Hub) -> QuoteSource:
     if not settings.redis_url:
         from .embedded import EmbeddedFeed
 
