@@ -3,11 +3,11 @@ partition, each partition proved alive by its own probe.
 
 Classic pub/sub in a cluster sends every message to every node; SSUBSCRIBE keeps a
 partition's messages on its slot's shard, so adding primaries adds capacity. The slot map
-comes from CLUSTER SHARDS; each node session SSUBSCRIBEs its partitions' channels and
-probe channels, reads their boards from that node, and probes them. A session ends when
+comes from CLUSTER SHARDS; each node subscription SSUBSCRIBEs its partitions' channels and
+probe channels, reads their boards from that node, and probes them. A subscription ends when
 its node fails (its partitions go stale), when a probe does not come back (a frozen
 node), or when the node unsubscribes a channel itself, which Redis does when the slot
-moves away (resharding, failover): the map is read again and sessions follow it.
+moves away (resharding, failover): the map is read again and subscriptions follow it.
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ class SlotMoved(Exception):
 
 
 @dataclass(eq=False)
-class Session:
+class NodeSubscription:
+    """The sharded subscription to one primary: the partitions it serves, and its task."""
+
     address: Address
     partitions: frozenset[int]
     task: asyncio.Task[None] | None = field(default=None)
@@ -68,7 +70,7 @@ class ClusterFeed(RedisEdge):
         self.slots = [cluster.slot_of(self.layout.channel(p)) for p in range(n)]
         self.channel_of = {self.layout.channel(p).encode(): p for p in range(n)}
         self.probe_of = {self.layout.probe(p, NODE_ID).encode(): p for p in range(n)}
-        self.sessions: dict[Address, Session] = {}
+        self.subscriptions: dict[Address, NodeSubscription] = {}
         self.known: list[Address] = []
         self.wake = asyncio.Event()
         self.failed = False
@@ -103,10 +105,10 @@ class ClusterFeed(RedisEdge):
                 except TimeoutError:
                     pass
         finally:
-            await self._end(list(self.sessions.values()))
+            await self._end(list(self.subscriptions.values()))
 
     async def _follow(self, owners: dict[int, Address]) -> None:
-        """Have one session per node, each serving exactly the partitions it owns now."""
+        """Have one subscription per node, each serving exactly the partitions it owns now."""
         wanted: dict[Address, set[int]] = {}
         for p, slot in enumerate(self.slots):
             owner = owners.get(slot)
@@ -122,47 +124,47 @@ class ClusterFeed(RedisEdge):
             # Mid-failover: ask again after a back-off rather than at the next recheck.
             self._lost(unowned, "no node serves their slots")
             self.failed = True
-        stale = [s for a, s in self.sessions.items() if wanted.get(a) != set(s.partitions)]
+        stale = [s for a, s in self.subscriptions.items() if wanted.get(a) != set(s.partitions)]
         await self._end(stale)
         for address, partitions in wanted.items():
-            if address not in self.sessions:
-                session = Session(address, frozenset(partitions))
-                self.sessions[address] = session
-                session.task = asyncio.create_task(self._serve(session),
+            if address not in self.subscriptions:
+                subscription = NodeSubscription(address, frozenset(partitions))
+                self.subscriptions[address] = subscription
+                subscription.task = asyncio.create_task(self._serve(subscription),
                                                    name=f"feed {address[0]}:{address[1]}")
 
-    async def _end(self, sessions: list[Session]) -> None:
-        for session in sessions:
-            if session.task is not None:
-                session.task.cancel()
-        await asyncio.gather(*(s.task for s in sessions if s.task is not None),
+    async def _end(self, subscriptions: list[NodeSubscription]) -> None:
+        for subscription in subscriptions:
+            if subscription.task is not None:
+                subscription.task.cancel()
+        await asyncio.gather(*(s.task for s in subscriptions if s.task is not None),
                              return_exceptions=True)
 
-    async def _serve(self, session: Session) -> None:
+    async def _serve(self, subscription: NodeSubscription) -> None:
         try:
-            await self._session(session)
+            await self._subscription(subscription)
         except SlotMoved:
             pass  # planned: the map is read again at once, nothing is reported down
         except FAILURES as exc:
             self.fatal = self.fatal or self.misconfigured(exc)
-            self._failed(session, exc)
+            self._failed(subscription, exc)
         finally:
-            if self.sessions.get(session.address) is session:
-                del self.sessions[session.address]
+            if self.subscriptions.get(subscription.address) is subscription:
+                del self.subscriptions[subscription.address]
             self.wake.set()
 
-    def _failed(self, session: Session, exc: Exception) -> None:
-        host, port = session.address
+    def _failed(self, subscription: NodeSubscription, exc: Exception) -> None:
+        host, port = subscription.address
         reason = f"{host}:{port}: {exc or type(exc).__name__}"
-        log.debug("cluster node session ended: %s (partitions %s)", reason,
-                  sorted(session.partitions))
-        self._lost(session.partitions, reason)
+        log.debug("cluster node subscription ended: %s (partitions %s)", reason,
+                  sorted(subscription.partitions))
+        self._lost(subscription.partitions, reason)
         self.failed = True
         # Ask the others for the slot map first: a frozen node would hold each ask for
         # the whole timeout.
-        if session.address in self.known:
-            self.known.remove(session.address)
-            self.known.append(session.address)
+        if subscription.address in self.known:
+            self.known.remove(subscription.address)
+            self.known.append(subscription.address)
 
     def _lost(self, partitions: Any, reason: str) -> None:
         self.note_lost(reason)
@@ -170,9 +172,9 @@ class ClusterFeed(RedisEdge):
             self.health[p].lost()
         self.refresh()
 
-    async def _session(self, session: Session) -> None:
-        host, port = session.address
-        parts = sorted(session.partitions)
+    async def _subscription(self, subscription: NodeSubscription) -> None:
+        host, port = subscription.address
+        parts = sorted(subscription.partitions)
         client = aioredis.Redis(
             host=host, port=port, socket_connect_timeout=2,
             socket_timeout=self.settings.probe_timeout_s, retry=Retry(NoBackoff(), 0),
@@ -201,7 +203,7 @@ class ClusterFeed(RedisEdge):
                 self.health[p].connected_at(now)
             if all(h.connected for h in self.health):
                 self.note_regained(f"{self.layout.partitions} partitions on "
-                                   f"{len(self.sessions)} cluster nodes (sharded pub/sub)")
+                                   f"{len(self.subscriptions)} cluster nodes (sharded pub/sub)")
             self.refresh()
             await first_failure(self._listen(pubsub), self._watch(client, parts))
         finally:
@@ -274,8 +276,8 @@ class ClusterFeed(RedisEdge):
             "last_heard_s_ago": max(heard) if heard else None,
             "publisher": "silent" if any(r["publisher"] == "silent" for r in reports) else "heard",
             "partitions_stale": self.stale_partitions(now),
-            "nodes": {f"{a[0]}:{a[1]}": sorted(s.partitions) for a, s in self.sessions.items()},
+            "nodes": {f"{a[0]}:{a[1]}": sorted(s.partitions) for a, s in self.subscriptions.items()},
         }
 
     async def aclose(self) -> None:
-        await self._end(list(self.sessions.values()))
+        await self._end(list(self.subscriptions.values()))
