@@ -205,3 +205,17 @@ def test_the_raw_websocket_example_runs(service: ServiceProcess, tmp_path: Path)
         assert symbol in ("OGDC", "KSE100") and float(price) > 0, line
         float(change)
     assert {line.split()[0] for line in got[:2]} == {"OGDC", "KSE100"}, "the snapshot first"
+
+
+def test_the_layout_names_every_module_of_every_package() -> None:
+    """docs/layout.md follows the code: a module added or moved is placed there too."""
+    layout = (ROOT / "docs" / "layout.md").read_text(encoding="utf-8")
+    packages = ["service", "publisher", "quote_bus", "quote_runtime", "quote_sim",
+                "core/quote_core", "clients/python/quote_client"]
+    modules = [path for package in packages for path in (ROOT / package).rglob("*.py")
+               if path.name not in ("__init__.py", "__main__.py")]
+    assert len(modules) > 60
+    missing = [str(p.relative_to(ROOT)) for p in modules if f"`{p.name}`" not in layout]
+    assert not missing, f"docs/layout.md does not place {missing}"
+    for package in ("quote_core", "quote_runtime", "quote_bus", "quote_sim", "quote_client"):
+        assert package in layout
