@@ -10,7 +10,7 @@ Runs, one after another on this machine with the same settings for both:
    times, the order of the two alternating from round to round: the server CPU µs per
    delivered frame of each, its median over the rounds, and the spread;
 2. the viewers-per-core search (`python -m bench.viewers --peers OLD,NEW --rates ...`),
-   rate by rate, the two one after the other.
+   rate by rate, the two searches taking turns point by point.
 
 OLD is `service@REV` (bench/revs.py: the commit's tree, exported once, run with this venv);
 NEW is the working tree's `service` unless --new names another `service@REV`. The publisher,
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -99,7 +100,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"# `{new['key']}` against `{old['key']}`",
         "",
         f"Run {result['started']}, {result['wall_s']} s in all ({result['mode']} mode); "
-        f"working tree: HEAD {result['head']}. Viewers: "
+        f"working tree: HEAD {result['head']}; load average before/after "
+        f"{result['loadavg_before']} / {result['loadavg_after']} (2 cores). Viewers: "
         + ("one point of 100 viewers per rate and version" if result["mode"] == "quick" else
            f"search from N={result['start']}, {result['budget_s']:g} s per rate and version, "
            f"resolution {result['resolution']}")
@@ -163,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     out = args.out or ROOT / "bench" / "results" / ("tmp/compare-quick" if args.quick else "compare")
     started = time.time()
+    load_before = os.getloadavg()
     log: list[dict[str, Any]] = []
     runs = RUNS / ("quick" if args.quick else "full")
     fire = firehose(old, new, max(1, args.rounds), args.quick, runs, log)
@@ -186,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
         "wall_s": round(time.time() - started),
         "head": revs.head(),
+        # Other work on the machine moves the figures: the 1/5/15-min load around the run.
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "tolerance": args.tolerance,
         "start": args.start, "budget_s": args.budget, "resolution": args.resolution,
         "rounds": max(1, args.rounds),

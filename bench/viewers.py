@@ -30,8 +30,9 @@ other peers' rows are unaffected.
 
 `--peers service@9fcb21a,service` searches the service as of commit 9fcb21a (bench/revs.py:
 that commit's tree, exported once, with this venv) and the working tree's, rate by rate
-one after the other with the same publisher, generator and settings: the before and after
-of a change, in one run.
+with the same publisher, generator and settings, the two searches taking turns point by
+point (so both meet the machine's changing load alike): the before and after of a change,
+in one run.
 
 The floor is bench/floor.c (built with `cc -O2`, as `make bench` does), run in the same
 run after each point: the same number of loopback connections, frames of the mean size
@@ -52,7 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -418,28 +419,32 @@ def floor_for(point: dict[str, Any], cpus: tuple[set[int] | None, set[int] | Non
 
 # ---- the search -----------------------------------------------------------------------------
 
-def search(peer: Server, redis_url: str, r: redis_sync.Redis, max_hz: float, plan: Plan,
-           logs: Path, cpus: tuple[set[int] | None, set[int] | None], start: int, cap: int,
-           budget_s: float, floor_s: float, max_points: int = 0,
-           say: Any = print, resolution: float = 0.1) -> dict[str, Any]:
+def search_steps(peer: Server, redis_url: str, r: redis_sync.Redis, max_hz: float, plan: Plan,
+                 logs: Path, cpus: tuple[set[int] | None, set[int] | None], start: int,
+                 cap: int, budget_s: float, floor_s: float, max_points: int = 0,
+                 say: Any = print,
+                 resolution: float = 0.1) -> Generator[None, None, dict[str, Any]]:
     """Double N from `start` while points pass (up to `cap`), then bisect until the first
     failure is within `resolution` (a fraction of it, at least 100 viewers) of the last
-    pass; stops when `budget_s` is spent, or after `max_points` points (0: no limit). The floor
-    is measured at the best passing point. A server that does not start ends the search:
-    the reason is its `error`."""
-    t0 = time.monotonic()
+    pass; stops when `budget_s` of its own points is spent, or after `max_points` points (0:
+    no limit). The floor is measured at the best passing point. A server that does not
+    start ends the search: the reason is its `error`. Yields after each point (so that
+    searches can take turns, `in_turn`) and returns the result."""
+    spent = 0.0
     points: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     error: str | None = None
     lo, hi = 0, 0  # last pass, first failure
     n = start
-    while time.monotonic() - t0 < budget_s and not (max_points and len(points) >= max_points):
+    while spent < budget_s and not (max_points and len(points) >= max_points):
+        t0 = time.monotonic()
         try:
             p = run_point(peer, redis_url, r, n, max_hz, plan, logs, cpus, say)
         except StartFailed as exc:
             error = str(exc)
             say(f"  {peer.key} N={n} max_hz={max_hz:g}: did not start: {error}")
             break
+        spent += time.monotonic() - t0
         points.append(p)
         if p["pass"]:
             lo, best = n, p
@@ -455,11 +460,26 @@ def search(peer: Server, redis_url: str, r: redis_sync.Redis, max_hz: float, pla
             n = (lo + hi) // 2 if lo else hi // 2
             if n < 10:
                 break
+        yield
     if best is not None:
         floor_for(best, cpus, floor_s)
     return {"peer": peer.key, "max_hz": max_hz, "best": best, "points": points,
-            "searched_s": round(time.monotonic() - t0), "capped": hi == 0 and lo >= cap,
-            "error": error}
+            "searched_s": round(spent), "capped": hi == 0 and lo >= cap, "error": error}
+
+
+def in_turn(searches: list[Generator[None, None, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Searches run a point each in turn until all are done (their results in order): two
+    versions of the service compared meet the machine's changing load alike."""
+    results: dict[int, dict[str, Any]] = {}
+    while len(results) < len(searches):
+        for i, steps in enumerate(searches):
+            if i in results:
+                continue
+            try:
+                next(steps)
+            except StopIteration as done:
+                results[i] = done.value
+    return [results[i] for i in range(len(searches))]
 
 
 def not_run(peer: Server, max_hz: float, reason: str) -> dict[str, Any]:
@@ -660,19 +680,25 @@ def main(argv: list[str] | None = None) -> int:
                 os.sched_setaffinity(0, cpus[1])
             r = redis_sync.Redis.from_url(redis_server.url)
             for hz in rates:
+                runnable = []
                 for peer in peers:
                     reason = skipped[peer.key]
                     if reason is not None:
                         print(f"max_hz {hz:g}, {peer.key}: not run: {reason}", flush=True)
                         results.append(not_run(peer, hz, reason))
-                        continue
-                    print(f"max_hz {hz:g}, {peer.key}:", flush=True)
-                    if args.quick:
-                        res = search(peer, redis_server.url, r, hz, plan, logs, cpus, 100,
-                                     args.cap, float("inf"), 1.0, max_points=1)
                     else:
-                        res = search(peer, redis_server.url, r, hz, plan, logs, cpus, args.start,
-                                     args.cap, args.budget, 5.0, resolution=args.resolution)
+                        runnable.append(peer)
+                searches = [
+                    search_steps(peer, redis_server.url, r, hz, plan, logs, cpus, 100, args.cap,
+                                 float("inf"), 1.0, max_points=1) if args.quick else
+                    search_steps(peer, redis_server.url, r, hz, plan, logs, cpus, args.start,
+                                 args.cap, args.budget, 5.0, resolution=args.resolution)
+                    for peer in runnable]
+                # Commits compared take turns point by point; otherwise one after the other.
+                print(f"max_hz {hz:g}, {', '.join(p.key for p in runnable)}"
+                      + (" (a point each in turn)" if compared else "") + ":", flush=True)
+                done = in_turn(searches) if compared else [in_turn([s])[0] for s in searches]
+                for peer, res in zip(runnable, done, strict=True):
                     ran = any(x["points"] for x in results if x["peer"] == peer.key)
                     if res["error"] and not res["points"] and not ran:
                         skipped[peer.key] = res["error"]  # never started: not again

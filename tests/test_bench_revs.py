@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench import revs
 from bench.peers import resolve
-from bench.viewers import parse_peers
+from bench.viewers import in_turn, parse_peers
 from tests.service_proc import run_module
 
 pytestmark = pytest.mark.timeout(120)
@@ -64,6 +66,19 @@ def test_peer_specs(worktrees: Path) -> None:
         resolve("service@no-such-revision")
     with pytest.raises(KeyError):
         resolve("uws@HEAD")
+
+
+def test_searches_take_turns() -> None:
+    order: list[str] = []
+
+    def steps(name: str, n: int) -> Generator[None, None, dict[str, Any]]:
+        for i in range(n):
+            order.append(f"{name}{i}")
+            yield
+        return {"peer": name}
+
+    assert in_turn([steps("a", 3), steps("b", 1)]) == [{"peer": "a"}, {"peer": "b"}]
+    assert order == ["a0", "b0", "a1", "a2"]
 
 
 def test_quick_firehose_side_by_side(tmp_path: Path) -> None:
