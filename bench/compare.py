@@ -93,6 +93,22 @@ def figure(name: str, a: float | None, b: float | None, tolerance: float,
             "lower_is_better": lower_is_better}
 
 
+def paired(view: dict[str, Any], old: str, new: str) -> list[dict[str, Any]]:
+    """Per rate: the service's CPU µs per frame at each N both versions ran, new over old,
+    and the median of those ratios: the cost per frame, without the search's pass/fail
+    near the limit (which moves the viewers figure a whole step of the grid)."""
+    out = []
+    for hz in dict.fromkeys(r["max_hz"] for r in view["rates"]):
+        us = {r["peer"]: {p["viewers"]: p["server_us_per_frame"] for p in r["points"]}
+              for r in view["rates"] if r["max_hz"] == hz}
+        common = sorted(set(us.get(old, {})) & set(us.get(new, {})))
+        ratios = {n: round(us[new][n] / us[old][n], 3) for n in common
+                  if us[old][n] and us[new][n]}
+        out.append({"max_hz": hz, "ratios": ratios,
+                    "median": round(statistics.median(ratios.values()), 3) if ratios else None})
+    return out
+
+
 def markdown(result: dict[str, Any]) -> str:
     old, new = result["old"], result["new"]
     tol = result["tolerance"]
@@ -119,6 +135,11 @@ def markdown(result: dict[str, Any]) -> str:
         ratio = f"{f['ratio']:.3f}×" if f["ratio"] else "–"
         lines.append(f"| {f['figure']} | {f['old'] if f['old'] is not None else '–'} | "
                      f"{f['new'] if f['new'] is not None else '–'} | {ratio} | {ok} |")
+    lines += ["", "Server CPU µs per frame at the same number of viewers, new / old (the points "
+              "both searches ran):", ""]
+    lines += [f"- max_hz {x['max_hz']:g}: median **{x['median']}×** over "
+              + ", ".join(f"{n:,}: {v}×" for n, v in x["ratios"].items())
+              for x in result["same_n"]]
     rounds = result["firehose_rounds"]
     lines += ["", "Firehose server CPU µs per delivered frame, each round: "
               + "; ".join(f"{i + 1}: {r[old['key']]} / {r[new['key']]}"
@@ -199,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         "new": {"key": new, "spec": args.new, **view["peers"][new]},
         "figures": figures,
         "firehose_rounds": fire["rounds"],
+        "same_n": paired(view, old, new),
         "viewer_points": [{"max_hz": hz, "points": {
             r["peer"]: [(p["viewers"], p["pass"]) for p in r["points"]]
             for r in view["rates"] if r["max_hz"] == hz}} for hz in rates],
