@@ -42,6 +42,7 @@ from typing import Any
 import orjson
 from websockets.asyncio.client import connect
 
+from bench.output import write_results
 from bench.viewers import ws_frame_bytes
 from quote_core.quote import derived_change
 from tests.service_proc import ServiceProcess
@@ -382,11 +383,7 @@ def main() -> None:
         print(json.dumps({"rate": rate, "max_hz": max_hz,
                           **{k: v["bytes_per_s"] for k, v in figures["rows"].items()}}),
               flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bytes.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = report(result)
-    (out / "bytes.md").write_text(text)
-    print(text)
+    write_results(out, "bytes", result, report(result))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import revs
+from bench.output import write_results
 
 ROOT = revs.ROOT
 PY = sys.executable
@@ -226,11 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in view["rates"] if r["max_hz"] == hz}} for hz in rates],
         "commands": log,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "compare.md").write_text(markdown(result))
-    print(markdown(result))
-    print(f"wrote {out}/compare.md, compare.json")
+    write_results(out, "compare", result, markdown(result))
     return 0
 
 

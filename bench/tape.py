@@ -28,6 +28,7 @@ import orjson
 import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
 
+from bench.output import write_results
 from publisher.redis_sink import RedisSink
 from quote_sim.simulate import market_from_settings
 from service.settings import Settings
@@ -186,10 +187,7 @@ async def main(quotes: int, missed: int, runs: int, out: Path = RESULTS) -> None
 
 
 def write(out: Path, result: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tape.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "tape.md").write_text(report(result))
-    print(report(result))
+    write_results(out, "tape", result, report(result))
 
 
 if __name__ == "__main__":

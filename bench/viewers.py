@@ -62,6 +62,7 @@ import redis as redis_sync
 
 from bench import native, report, revs
 from bench.harness import COMMITS_OUT, StartFailed
+from bench.output import write_results
 from bench.peers import NODE_DIR
 from bench.procs import Child, Sampler, cpu_plan, port_open, raise_nofile, tree_rss_kb
 from quote_bus.layout import Layout
@@ -720,11 +721,7 @@ def main(argv: list[str] | None = None) -> int:
         "peers": {k: {**entry, "skipped": skipped[k]} for k, entry in entries.items()},
         "rates": results,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "viewers.json").write_text(json.dumps(data, indent=1))
-    (out / "viewers.md").write_text(markdown(data))
-    print(markdown(data))
-    print(f"wrote {out}/viewers.md, viewers.json")
+    write_results(out, "viewers", data, markdown(data))
     return 0
 
 

@@ -142,8 +142,7 @@ class Connection(Session):
             except AuthError as exc:  # before anything is sent: no quote leaks
                 await self._refuse(str(exc))
                 return
-            self.tier = self.tiers[self.grant.tier]
-            self.hub = self.tier.hub
+            self.use(self.tiers[self.grant.tier])
         self.join()
         try:
             if self.grant is not None:
@@ -259,16 +258,15 @@ class Connection(Session):
             # The first token moves the connection to its tier's hub; what it held as
             # an anonymous client is dropped there and the URL's subscription redone.
             self.hub.remove(self)
-            self.tier = self.tiers[grant.tier]
-            self.hub = self.tier.hub
+            self.use(self.tiers[grant.tier])
             self.hub.add(self)
-        held = self.hub.subscriptions(self)
-        if held != protocol.ALL and grant.symbols != protocol.ALL and held - grant.symbols:
-            self.hub.unsubscribe(self, None, held - grant.symbols)  # no longer covered
-        held = self.hub.subscriptions(self)
-        everything = held == protocol.ALL
+        mine = self.hub.subscriptions(self)
+        if mine != protocol.ALL and grant.symbols != protocol.ALL and mine - grant.symbols:
+            self.hub.unsubscribe(self, None, mine - grant.symbols)  # no longer covered
+        mine = self.hub.subscriptions(self)
+        everything = mine == protocol.ALL
         self.reply(protocol.auth_ack(
-            command.id, self.hub.board.keys() if everything else held, all=everything,
+            command.id, self.hub.board.keys() if everything else mine, all=everything,
             tier=grant.tier, entitled=grant.symbols, sub=grant.sub,
             expires=None if grant.exp is None else int(grant.exp * 1000),
             delay_s=self.tier.delay_s))

@@ -339,9 +339,9 @@ class Hub:
 
     def snapshot(self, sub: Subscriber, symbols: Iterable[str]) -> None:
         board = self.board
-        held = {s: board[s] for s in sorted(symbols) if s in board}
-        if held:
-            self.queue_frame(sub, Frame("snapshot", held))
+        entries = {s: board[s] for s in sorted(symbols) if s in board}
+        if entries:
+            self.queue_frame(sub, Frame("snapshot", entries))
 
     def queue_frame(self, sub: Subscriber, frame: str | Frame) -> None:
         try:

@@ -48,9 +48,7 @@ class Session:
 
     def __init__(self, tier: Tier, settings: Settings, grant: Grant | None,
                  now: float | None = None) -> None:
-        # The grant's tier (service/tiers.py), and its hub, which the client is served from.
-        self.tier = tier
-        self.hub = tier.hub
+        self.use(tier)
         self.settings = settings
         # What the client may see (None: nothing yet, its token must come first), and
         # since when (loop time) its token has been expired.
@@ -153,6 +151,12 @@ class Session:
         raise NotImplementedError
 
     # For the transports
+
+    def use(self, tier: Tier) -> None:
+        """Serve the client from this tier (service/tiers.py) and its hub, kept beside it
+        because the fan-out reaches the hub on every frame."""
+        self.tier = tier
+        self.hub = tier.hub
 
     def join(self) -> None:
         """Join the hub and queue what every client starts with: welcome, then the feed's
