@@ -1,5 +1,7 @@
 """docs/asyncapi.yaml against the code: its shape, its references, its examples, and real
-frames of every server type from running services validated against its schemas.
+frames of every server type from running services validated against its schemas, in
+protocol 1 and in the compact encoding (`?encoding=compact`), whose quote frames are also
+decoded as docs/PROTOCOL.md says and compared with what a protocol-1 client receives.
 
 The validation is strict where the document is lenient: the document lets clients ignore
 unknown fields (additional properties allowed), but here every field a real frame carries
@@ -22,7 +24,7 @@ from jsonschema import Draft7Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT7
 
-from quote_core.quote import Quote
+from quote_core.quote import Quote, derived_change
 from service import protocol
 from tests.redis_server import start_redis_server
 from tests.service_proc import ROOT, ServiceProcess, http_get, replay, run_service, wait_publisher_silent
@@ -31,6 +33,8 @@ from tests.wsclient import ClientConnection, connect, recv
 DOC_PATH = ROOT / "docs" / "asyncapi.yaml"
 DOC: dict[str, Any] = yaml.safe_load(DOC_PATH.read_text(encoding="utf-8"))
 SERVER_TYPES = {"welcome", "ack", "snapshot", "quotes", "pong", "status", "heartbeat", "error"}
+COMPACT = "compactQuotes"  # the compact encoding's quotes frame: an array, without `type`
+SERVER_MESSAGES = SERVER_TYPES | {COMPACT}
 CLIENT_OPS = {"subscribe", "unsubscribe", "ping", "auth"}
 BASE = "urn:psx-quotes:asyncapi"
 
@@ -60,9 +64,17 @@ LENIENT = _validators(copy.deepcopy(DOC))
 STRICT = _validators(_strict(DOC))
 
 
-def check_frame(frame: dict[str, Any]) -> None:
+def message_of(frame: dict[str, Any] | list[Any]) -> str:
+    """The document's message for a frame: an array is the compact quotes frame, an object
+    is named by its `type` (or `op`)."""
+    if isinstance(frame, list):
+        return COMPACT
+    return frame.get("type") or frame.get("op")
+
+
+def check_frame(frame: dict[str, Any] | list[Any]) -> None:
     """Validate a real frame against the message its `type` (or `op`) names."""
-    name = frame.get("type") or frame.get("op")
+    name = message_of(frame)
     assert name in LENIENT, f"no message in the document for {frame}"
     for validators in (LENIENT, STRICT):
         errors = sorted(validators[name].iter_errors(frame), key=lambda e: list(e.path))
@@ -103,8 +115,10 @@ def test_document_is_asyncapi_3_shaped() -> None:
     assert channel["address"] == "/ws"
     assert channel["bindings"]["ws"]["query"]["properties"]["symbols"]["type"] == "string"
     assert channel["bindings"]["ws"]["query"]["properties"]["max_hz"]["type"] == "string"
-    assert set(channel["messages"]) == SERVER_TYPES | CLIENT_OPS
-    assert set(DOC["components"]["messages"]) == SERVER_TYPES | CLIENT_OPS
+    assert channel["bindings"]["ws"]["query"]["properties"]["encoding"]["enum"] == [
+        "json", "compact"]
+    assert set(channel["messages"]) == SERVER_MESSAGES | CLIENT_OPS
+    assert set(DOC["components"]["messages"]) == SERVER_MESSAGES | CLIENT_OPS
     for name, operation in DOC["operations"].items():
         assert operation["action"] in ("send", "receive"), name
         assert operation["channel"] == {"$ref": "#/channels/quotes"}, name
@@ -129,7 +143,7 @@ def test_operations_cover_every_frame_in_the_right_direction() -> None:
         (received if operation["action"] == "receive" else sent).update(names)
         sent.update(m["$ref"].rsplit("/", 1)[1] for m in operation.get("reply", {}).get("messages", []))
     assert received == CLIENT_OPS
-    assert sent == SERVER_TYPES
+    assert sent == SERVER_MESSAGES
 
 
 def test_codes_match_the_protocol_module() -> None:
@@ -149,38 +163,137 @@ def test_examples_in_the_document_validate() -> None:
     for name, message in DOC["components"]["messages"].items():
         assert message.get("examples"), f"message {name} has no example"
         for example in message["examples"]:
-            check_frame(example["payload"])
-            for quote in example["payload"].get("quotes", ()):
-                Quote.from_dict(quote, require_seq=True)  # the code agrees with the example
+            payload = example["payload"]
+            check_frame(payload)
+            quotes = payload[1:] if isinstance(payload, list) else payload.get("quotes", ())
+            for quote in quotes:
+                if isinstance(quote, dict):
+                    Quote.from_dict(quote, require_seq=True)  # the code agrees with the example
             count += 1
-    assert count >= 11
+    assert count >= 14
 
 
 def test_examples_in_protocol_md_validate() -> None:
     """The prose contract's JSON lines are messages of this document too."""
-    text = (ROOT / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
     checked = set()
+    for frame in _protocol_md_frames():
+        check_frame(frame)
+        checked.add(message_of(frame))
+    assert checked >= CLIENT_OPS | {"welcome", "ack", "pong", "status", "heartbeat", "error",
+                                    "snapshot", "quotes", COMPACT}
+
+
+def _protocol_md_frames() -> list[dict[str, Any] | list[Any]]:
+    """The JSON lines of docs/PROTOCOL.md that are frames: objects with `op` or `type`, and
+    compact quotes frames (arrays that start with an integer)."""
+    text = (ROOT / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
+    frames: list[dict[str, Any] | list[Any]] = []
     for line in text.splitlines():
         line = line.strip()
-        if not line.startswith('{"op"') and not line.startswith('{"type"'):
+        if not line.startswith(('{"op"', '{"type"')) and not re.match(r"\[\d", line):
             continue
         try:
             frame = orjson.loads(line)
         except orjson.JSONDecodeError:
             continue  # `[QUOTE, ...]` placeholders
-        check_frame(frame)
-        checked.add(frame.get("type") or frame.get("op"))
-    assert checked >= CLIENT_OPS | {"welcome", "ack", "pong", "status", "heartbeat", "error"}
+        if isinstance(frame, list) and not (frame and type(frame[0]) is int):
+            continue
+        frames.append(frame)
+    return frames
+
+
+class CompactDecoder:
+    """A client of the compact encoding, as docs/PROTOCOL.md describes it: it learns indexes
+    from quote objects carrying `i`, applies delta entries to what it holds, and yields the
+    quotes a protocol-1 client would have received (without `i`)."""
+
+    def __init__(self) -> None:
+        self.symbols: dict[int, str] = {}
+        self.held: dict[str, dict[str, Any]] = {}
+        self.deltas = 0
+        self.full = 0
+
+    def _learn(self, quote: dict[str, Any]) -> dict[str, Any]:
+        assert isinstance(quote.get("i"), int), f"a compact session's quote without i: {quote}"
+        known = self.symbols.setdefault(quote["i"], quote["symbol"])
+        assert known == quote["symbol"], f"index {quote['i']} was {known}, now {quote}"
+        plain = {k: v for k, v in quote.items() if k != "i"}
+        self.held[quote["symbol"]] = plain
+        return plain
+
+    def frame(self, frame: dict[str, Any] | list[Any]) -> list[dict[str, Any]]:
+        """The protocol-1 quotes this frame stands for ([] for frames without quotes)."""
+        if isinstance(frame, dict):
+            if frame.get("type") not in ("snapshot", "quotes"):
+                return []
+            return [self._learn(quote) for quote in frame["quotes"]]
+        assert type(frame[0]) is int and len(frame) >= 2, frame
+        t = frame[0]
+        out = []
+        for entry in frame[1:]:
+            if isinstance(entry, dict):
+                quote = self._learn(entry)
+                self.full += 1
+            else:
+                i, price, dseq, dts, *rest = entry
+                assert i in self.symbols, f"a delta for index {i}, never announced: {frame}"
+                held = self.held[self.symbols[i]]
+                change, change_pct = derived_change(price, held["prev_close"])
+                quote = {**held, "price": price, "seq": held["seq"] + dseq, "ts": t + dts,
+                         "change": change, "change_pct": change_pct}
+                for name, value in (rest[0] if rest else {}).items():
+                    if value is None:
+                        quote.pop(name, None)
+                    else:
+                        quote[name] = value
+                self.held[quote["symbol"]] = quote
+                self.deltas += 1
+            t = quote["ts"]
+            out.append(quote)
+        return out
+
+
+def test_the_compact_example_of_protocol_md_decodes_to_its_protocol_1_frame() -> None:
+    """The snapshot with `i`, the compact frame after it and the protocol-1 frame it stands
+    for, as docs/PROTOCOL.md shows them, agree: the example is the rule applied."""
+    frames = _protocol_md_frames()
+    (compact,) = [f for f in frames if isinstance(f, list)]
+    at = frames.index(compact)
+    snapshot = next(f for f in reversed(frames[:at]) if isinstance(f, dict)
+                    and f.get("type") == "snapshot" and all("i" in q for q in f["quotes"]))
+    protocol_1 = frames[at + 1]
+    assert isinstance(protocol_1, dict) and protocol_1["type"] == "quotes"
+    decoder = CompactDecoder()
+    decoder.frame(snapshot)
+    decoded = decoder.frame(compact)
+    assert decoded == protocol_1["quotes"]
+    assert decoder.deltas and decoder.full
+    for quote in decoded:
+        assert Quote.from_dict(quote, require_seq=True).to_dict() == quote
+    yaml_example = DOC["components"]["messages"][COMPACT]["examples"][0]["payload"]
+    assert yaml_example == compact, "the document's example is PROTOCOL.md's"
 
 
 def test_a_frame_that_breaks_the_schema_is_caught() -> None:
     """The checker itself: a wrong kind, a missing seq, an unknown field all fail."""
     good = DOC["components"]["messages"]["snapshot"]["examples"][0]["payload"]
-    for broken in ({"kind": "bond"}, {"seq": None}, {"colour": "green"}, {"price": 0}):
+    for broken in ({"kind": "bond"}, {"seq": None}, {"colour": "green"}, {"price": 0},
+                   {"i": -1}, {"i": "0"}):
         frame = copy.deepcopy(good)
         frame["quotes"][0].update(broken)
         if broken == {"seq": None}:
             del frame["quotes"][0]["seq"]
+        with pytest.raises(AssertionError):
+            check_frame(frame)
+    compact = DOC["components"]["messages"][COMPACT]["examples"][0]["payload"]
+    check_frame(compact)
+    full = {k: v for k, v in compact[2].items() if k != "i"}
+    for frame in ([], [compact[0]], ["1624435200400", *compact[1:]], [compact[0], full],
+                  [compact[0], [0, 137.8, 0, 5]], [compact[0], [0, 137.8, 1]],
+                  [compact[0], [0, 137.8, 1, 5.5]], [compact[0], [-1, 137.8, 1, 5]],
+                  [compact[0], [0, 137.8, 1, 5, {}]], [compact[0], [0, 137.8, 1, 5, {"colour": 1}]],
+                  [compact[0], [0, 137.8, 1, 5, {"state": "asleep"}]],
+                  [compact[0], [0, 137.8, 1, 5, {"volume": 1}, 0]]):
         with pytest.raises(AssertionError):
             check_frame(frame)
 
@@ -201,18 +314,19 @@ class Recorder:
         self.by_type: dict[str, list[dict[str, Any]]] = {}
         self.errors: set[str] = set()
 
-    def note(self, frame: dict[str, Any]) -> dict[str, Any]:
+    def note(self, frame: Any) -> Any:
         check_frame(frame)
-        self.by_type.setdefault(frame["type"], []).append(frame)
-        if frame["type"] == "error":
+        name = message_of(frame)
+        self.by_type.setdefault(name, []).append(frame)
+        if name == "error":
             self.errors.add(frame["code"])
         return frame
 
-    async def until(self, ws: ClientConnection, kind: str, timeout: float = 5.0) -> dict[str, Any]:
+    async def until(self, ws: ClientConnection, kind: str, timeout: float = 5.0) -> Any:
         async with asyncio.timeout(timeout):
             while True:
                 frame = self.note(await recv(ws, timeout))
-                if frame["type"] == kind:
+                if message_of(frame) == kind:
                     return frame
 
 
@@ -279,6 +393,10 @@ async def test_every_frame_of_the_embedded_service_matches(service: ServiceProce
         assert (await seen.until(ws, "ack"))["max_hz"] == 0.5
         await seen.until(ws, "snapshot")
     assert set(seen.by_type) == SERVER_TYPES - {"status"}
+    # A client that does not ask for an encoding gets protocol 1: no `encoding`, no `i`.
+    assert all("encoding" not in f for f in seen.by_type["welcome"])
+    assert not [q for kind in ("snapshot", "quotes") for f in seen.by_type[kind]
+                for q in f["quotes"] if "i" in q]
 
 
 def _replay(redis_url: str, text: str, path: Path) -> None:
