@@ -165,7 +165,7 @@ def test_every_export_is_declared() -> None:
 
 def declared_names(dts: Path) -> set[str]:
     text = dts.read_text(encoding="utf-8")
-    names = set(re.findall(r"^export declare (?:function|const) (\w+)", text, re.MULTILINE))
+    names = set(re.findall(r"^export declare (?:function|const|class) (\w+)", text, re.MULTILINE))
     for reexport in re.findall(r"^export \* from '\./(\w+)\.js';", text, re.MULTILINE):
         names |= declared_names(dts.parent / f"{reexport}.d.ts")
     return names
@@ -209,7 +209,7 @@ def test_modules_are_served_as_widget_js_is(service: ServiceProcess) -> None:
             if target not in served and target not in pending:
                 pending.append(target)
     assert set(served) == {"/widget.js", "/js/format.js", "/js/stream.js", "/js/sse-socket.js",
-                           "/widget/quote-ticker.js", "/widget/styles.js"}
+                           "/js/compact.js", "/widget/quote-ticker.js", "/widget/styles.js"}
     assert files["/js/stream.js"] == JS / "src" / "stream.js", "the widget runs the package's code"
     assert "COPY clients/js/src " in (ROOT / "Dockerfile").read_text(), "the image serves /js/ too"
     # Conditional requests on the modules, as StaticFiles answers them.

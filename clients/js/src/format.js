@@ -82,10 +82,19 @@ function num(value) {
   return value === null || value === undefined || value === '' ? NaN : Number(value);
 }
 
-/** Python's round(x, 2) (half to even on the exact value). */
+/**
+ * Python's round(x, 2): half to even on the exact binary value. toFixed rounds the exact
+ * value too, so it agrees everywhere but on exact ties at the third decimal, where it goes
+ * away from zero; a double is such a tie only when x * 8 is an odd integer (x = k/8), and
+ * there pyFixed takes the even hundredth. Fast otherwise: the compact decoder calls it for
+ * every quote.
+ */
 export function round2(value) {
   const x = Number(value);
-  return Number.isFinite(x) ? Number(pyFixed(x, 2)) : x;
+  if (!Number.isFinite(x)) return x;
+  const eighths = x * 8; // exact: a power of two
+  if (Number.isInteger(eighths) && Math.abs(eighths % 2) === 1) return Number(pyFixed(x, 2));
+  return Number(x.toFixed(2));
 }
 
 /**

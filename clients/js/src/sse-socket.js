@@ -13,6 +13,10 @@
 // Tokens: an EventSource sends no message and no header of ours, so the token of an `auth`
 // goes on the URL as `?token=` (the only way for SSE; such URLs may land in access logs,
 // which is why the websocket never does this). A fresh token reopens the stream with it.
+//
+// The encoding stream.js asks for goes on every URL (`?encoding=compact`); the service's
+// frames come as each event's data, and stream.js decodes them as a websocket's. Each
+// reopen is a new connection with a welcome of its own, so its indices are learnt anew.
 
 const FRAME_TYPES = ['welcome', 'ack', 'snapshot', 'quotes', 'status', 'heartbeat', 'pong', 'error'];
 
@@ -27,8 +31,9 @@ export function sseUrl(wsUrl) {
 }
 
 export class SseSocket {
-  constructor(wsUrl, EventSourceImpl) {
+  constructor(wsUrl, EventSourceImpl, encoding = null) {
     this.base = sseUrl(wsUrl);
+    this.encoding = encoding; // 'compact', 'json', or null to say none
     this.EventSource = EventSourceImpl;
     this.readyState = 0;
     this.onopen = null;
@@ -91,6 +96,7 @@ export class SseSocket {
     } else if (this.maxHz !== null) {
       q.set('max_hz', String(this.maxHz));
     }
+    if (this.encoding !== null) q.set('encoding', this.encoding);
     if (this.token !== null) q.set('token', this.token);
     return `${this.base}?${q}`;
   }

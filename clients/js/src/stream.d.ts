@@ -1,5 +1,7 @@
 // The stream client (stream.js): the quote service's websocket protocol as a small API.
 
+import type { Encoding } from './compact.js';
+
 /** One quote as the service sends it (docs/PROTOCOL.md): the symbol's full latest state. */
 export interface Quote {
   symbol: string;
@@ -141,6 +143,10 @@ export interface ConnectOptions {
    * fallback can only put it in its URL (`?token=`). Streams share a socket only with the
    * same URL, mode and token source (the same string or the same function). */
   token?: TokenSource | null;
+  /** 'compact' (the default: `?encoding=compact`, quotes that moved carry only what
+   * changed) or 'json' (protocol 1 on the wire). Streams see the same quotes either way;
+   * streams asking for 'json' share a socket only among themselves. RangeError otherwise. */
+  encoding?: Encoding | null;
 }
 
 export interface Stream {
@@ -170,6 +176,9 @@ export interface Stream {
   readonly delayS: number | null;
   /** The service's latest answer to the token (null: no token, or no answer yet). */
   readonly auth: AuthInfo | null;
+  /** The encoding in force on the socket, from its welcome ('json' also when the welcome
+   * says none: an older service); null before a welcome. */
+  readonly encoding: Encoding | null;
   /** Send `auth` now on the socket: with `token` (which from then on replaces a string
    * source, or goes once before a function's next token), or a fresh one from the function.
    * Error for a stream connected without a token. */
@@ -219,6 +228,8 @@ export interface ConnectionInfo {
   token: boolean;
   tier: Tier | null;
   delayS: number | null;
+  /** The encoding in force, from the socket's welcome (null before one). */
+  encoding: Encoding | null;
   /** The socket's readyState, or -1 between sockets. */
   readyState: number;
 }

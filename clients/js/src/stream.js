@@ -53,7 +53,14 @@
 // `since`; when that stream drops, the next attempt tries the websocket again.
 // `connections()` says which is in use (`transport`). An EventSource cannot send a message,
 // so there the token goes as `?token=` on the /sse URL (the one place it is in a URL).
+//
+// The compact encoding (PROTOCOL.md, "The compact encoding"): every socket asks for
+// `?encoding=compact` unless connect(url, { encoding: 'json' }); a quote that moved then
+// comes as what changed, and compact.js rebuilds the full quote protocol 1 would have
+// sent, so streams see the same quotes either way. A welcome without `encoding` (an older
+// service) means protocol 1, read as always. `stream.encoding` says what is in force.
 
+import { CompactDecoder, CompactError, checkEncoding } from './compact.js';
 import { SseSocket } from './sse-socket.js';
 
 export const SSE_AFTER_FAILURES = 3;
@@ -110,6 +117,13 @@ export function socketUrl(url) {
 
 export const MIN_HZ = 0.5;
 export const MAX_HZ = 50;
+
+/** The URL a socket opens: `url` with `?encoding=` (beside any query of the caller's). */
+function encodedUrl(url, encoding) {
+  const u = new URL(url);
+  u.searchParams.set('encoding', encoding);
+  return u.href;
+}
 
 /** A `maxHz` option: null/undefined (the service's default) or a number from 0.5 to 50. */
 export function checkMaxHz(value) {
@@ -183,6 +197,8 @@ const EVENTS = ['quote', 'quotes', 'status', 'error', 'recovery', 'auth', 'token
  * last seq processed) where to resume; `maxHz` cannot go with it (RangeError).
  * `options.token`: a token string, or a function returning one or a Promise of one (see
  * above); streams share a socket only with the same URL, mode and token source.
+ * `options.encoding`: 'compact' (the default) or 'json' (protocol 1 on the wire); the
+ * quotes a stream sees are the same, so only streams asking for 'json' get a socket apart.
  */
 export function connect(url, options = {}) {
   const href = socketUrl(url);
@@ -196,7 +212,9 @@ export function connect(url, options = {}) {
   }
   const since = checkSince(options.since);
   const token = checkToken(options.token);
-  const key = (mode === 'every' ? `${href} every` : href) + (token === null ? '' : ` token#${tokenKey(token)}`);
+  const encoding = checkEncoding(options.encoding);
+  const key = (mode === 'every' ? `${href} every` : href) + (token === null ? '' : ` token#${tokenKey(token)}`)
+    + (encoding === 'json' ? ' json' : '');
   let conn = registry.get(key);
   if (!conn) {
     const WebSocketImpl = options.WebSocket || globalThis.WebSocket;
@@ -205,7 +223,7 @@ export function connect(url, options = {}) {
         + "(in Node 20, e.g. `import WebSocket from 'ws'`)");
     }
     conn = new Connection(href, WebSocketImpl, mode, key,
-      options.EventSource || globalThis.EventSource || null, token);
+      options.EventSource || globalThis.EventSource || null, token, encoding);
     registry.set(key, conn);
   }
   // A position the socket already holds wins: its quotes up to there were delivered.
@@ -230,6 +248,7 @@ export function connections() {
     token: c.tokenSource !== null,
     tier: c.tier,
     delayS: c.delayS,
+    encoding: c.encoding,
     readyState: c.ws ? c.ws.readyState : -1,
   }));
 }
@@ -314,6 +333,12 @@ class Stream {
   /** Seconds every quote is behind real time: 0 in real time (null before it is known). */
   get delayS() {
     return this.conn.delayS;
+  }
+
+  /** The encoding in force on the socket, as its welcome said: 'compact', or 'json' for
+   * protocol 1 (also an older service's welcome that says none); null before a welcome. */
+  get encoding() {
+    return this.conn.encoding;
   }
 
   /** The service's latest answer to the token: { tier, entitled, expires, sub, delayS }. */
@@ -448,8 +473,12 @@ class Stream {
 
 /** The shared socket of one URL and mode: refcounted streams, the union of their symbols. */
 class Connection {
-  constructor(url, WebSocketImpl, mode = 'conflated', key = url, EventSourceImpl = null, token = null) {
+  constructor(url, WebSocketImpl, mode = 'conflated', key = url, EventSourceImpl = null, token = null,
+    encoding = 'compact') {
     this.url = url;
+    this.asked = encoding; // the encoding every socket asks for
+    this.encoding = null; // the one its welcome says is in force (null before one)
+    this.decoder = null; // compact: this socket's index table (a new one per socket)
     this.tokenSource = token; // null, a string, or a function (see above)
     this.tokenOnce = null; // a token given to authenticate() for the next open
     this.authSent = true; // this socket's auth is out (or it needs none): subscribes may go
@@ -712,14 +741,16 @@ class Connection {
     let ws;
     this.transport = this.EventSource && this.wsFailures >= SSE_AFTER_FAILURES ? 'sse' : 'websocket';
     try {
-      ws = this.transport === 'sse' ? new SseSocket(this.url, this.EventSource)
-        : new this.WebSocket(this.url);
+      ws = this.transport === 'sse' ? new SseSocket(this.url, this.EventSource, this.asked)
+        : new this.WebSocket(encodedUrl(this.url, this.asked));
     } catch (err) {
       console.warn('[quote-stream] cannot open', this.url, err);
       this.scheduleReconnect(1006);
       return;
     }
     this.ws = ws;
+    this.encoding = null;
+    this.decoder = null; // indices are learnt anew on every connection
     this.sent = new Set();
     this.requests = new Map();
     this.reset = new Set();
@@ -849,9 +880,18 @@ class Connection {
     } catch (_) {
       return;
     }
+    if (Array.isArray(msg)) {
+      // A compact `quotes` frame (protocol 1 sends only objects).
+      if (this.decoder !== null) this.onQuotes(this.decode(msg, true));
+      return;
+    }
     if (!msg || typeof msg !== 'object') return;
     switch (msg.type) {
       case 'welcome':
+        // What is in force from here: a welcome without `encoding` is an older service's,
+        // which ignored the parameter and speaks protocol 1.
+        this.encoding = msg.encoding === 'compact' ? 'compact' : 'json';
+        this.decoder = this.encoding === 'compact' ? new CompactDecoder() : null;
         if (Number(msg.heartbeat_s) > 0) this.heartbeatS = Number(msg.heartbeat_s);
         if (msg.limits && Number(msg.limits.max_frame_bytes) > 256) {
           this.maxFrameBytes = Number(msg.limits.max_frame_bytes);
@@ -891,14 +931,16 @@ class Connection {
           else if (!this.pendingSnapshot) this.goLive();
         }
         break;
-      case 'snapshot':
+      case 'snapshot': {
+        const quotes = this.decode(msg.quotes);
+        if (quotes === null) break;
         this.pendingSnapshot = false;
-        this.apply(msg.quotes, true);
+        this.apply(quotes, true);
         this.goLive();
         break;
+      }
       case 'quotes':
-        this.apply(msg.quotes, false);
-        if (this.feed === 'connecting' || this.feed === 'reconnecting') this.goLive();
+        this.onQuotes(this.decode(msg.quotes));
         break;
       case 'status':
         this.serverFeed = msg.feed === 'stale' ? 'stale' : 'live';
@@ -924,6 +966,38 @@ class Connection {
       default: // heartbeat, pong, and types this version does not know
         break;
     }
+  }
+
+  onQuotes(quotes) {
+    if (quotes === null) return; // the socket was dropped
+    this.apply(quotes, false);
+    if (this.feed === 'connecting' || this.feed === 'reconnecting') this.goLive();
+  }
+
+  /** The full quotes of a frame: a compact array (`frame`), or a `quotes` list whose
+   * quotes may carry their index; as they are in protocol 1. Null after a frame the
+   * decoder refused: the socket is dropped and reopened. */
+  decode(payload, frame = false) {
+    if (this.decoder === null) return payload;
+    try {
+      return frame ? this.decoder.frame(payload) : this.decoder.quotes(payload);
+    } catch (err) {
+      if (!(err instanceof CompactError)) throw err;
+      this.protocolError(err.message);
+      return null;
+    }
+  }
+
+  /** A frame no correct service sends (e.g. a delta for an index never learnt): what this
+   * socket holds cannot be trusted, so reconnect (a new socket learns its indices anew). */
+  protocolError(message) {
+    console.warn('[quote-stream] protocol error, reconnecting:', message);
+    const ws = this.ws;
+    this.ws = null;
+    try {
+      ws.close(4000, 'protocol error');
+    } catch (_) { /* already closing */ }
+    this.onClose(1006);
   }
 
   /** Every mode: what an ack of our subscribe says of recovery and the snapshot to come. */
