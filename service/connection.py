@@ -43,7 +43,7 @@ from .protocol import (
 from .session import Session
 from .settings import Settings
 from .tiers import Tier
-from .uvicorn_private import abort, direct_writes, server_send
+from .uvicorn_private import abort, deflate_negotiated, direct_writes, server_send
 from .wire import text_of, wire_of
 
 if TYPE_CHECKING:
@@ -84,15 +84,18 @@ class Connection(Session):
     def __init__(self, websocket: WebSocket, tiers: Mapping[TierName, Tier], settings: Settings,
                  auth: Authenticator) -> None:
         grant = auth.anonymous
+        send = server_send(websocket.scope)
         # The connection is in its grant's tier (service/tiers.py).
-        super().__init__(tiers[grant.tier if grant is not None else "realtime"], settings, grant)
+        super().__init__(tiers[grant.tier if grant is not None else "realtime"], settings, grant,
+                         encoding=websocket.query_params.get("encoding"),
+                         deflate=deflate_negotiated(send))
         self.websocket = websocket
         self.tiers = tiers
         self.auth = auth
         self.limiter = RateLimiter(settings.max_client_msgs_per_s)
         # What the group's lane writes through (outbox.py): uvicorn's transport's own
         # methods, and whether it takes a write now (uvicorn_private.py). Looked up once.
-        direct = direct_writes(server_send(websocket.scope))
+        direct = direct_writes(send)
         self._writer: Writer | None = None if direct is None else direct[0]
         self._direct_open: Callable[[], bool] = _never if direct is None else direct[1]
 

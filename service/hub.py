@@ -22,7 +22,8 @@ from typing import Any
 
 from quote_core.quote import Quote, now_ms
 
-from .outbox import Group, OutboxFull
+from .compact import Entry
+from .outbox import Form, Group, OutboxFull
 from .protocol import (
     ALL,
     BAD_REQUEST,
@@ -44,9 +45,9 @@ from .wire import Frame
 log = logging.getLogger("service.hub")
 
 
-# A group's key: the subscription, the rate (None: the default, FANOUT_INTERVAL_MS), and
-# the phase of a rated group.
-GroupKey = tuple[Symbols, float | None, int]
+# A group's key: the subscription, the rate (None: the default, FANOUT_INTERVAL_MS), the
+# phase of a rated group, and its members' form (outbox.py).
+GroupKey = tuple[Symbols, float | None, int, Form]
 
 # A seal writes the group's frame to every member in one pass, so a 4 Hz group of 20,000
 # viewers would spend ~100 ms per seal, past the rate's own latency budget. A rated group
@@ -98,8 +99,8 @@ class Hub:
         # Rated groups seal on the event loop's clock and timers (injectable for tests).
         self.clock = clock
         self.call_later = call_later
-        # symbol -> (seq, quote JSON)
-        self.board: dict[str, tuple[int, str]] = {}
+        # symbol -> (seq, quote JSON, quote)
+        self.board: dict[str, Entry] = {}
         # Clients with the same subscription and rate share a group (see outbox.py).
         self.groups: dict[GroupKey, Group] = {}
         # Clients that asked for a rate below the default: their max_hz.
@@ -182,30 +183,32 @@ class Hub:
         rate = self.rates.get(sub)
         if old is not None and old.key == key and old.hz == rate:
             return
-        new = None if key is None or key == frozenset() else self._group(key, rate)
+        new = (None if key is None or key == frozenset()
+               else self._group(key, rate, sub.outbox.form))
         if old is not None:
             old.members.discard(sub)
             if not old.members:
                 self._drop_group(old)
         if new is not None:
             new.members.add(sub)
+            new.joined()
         self.members[sub] = new
         try:
             sub.outbox.join(new, keep)
         except OutboxFull as exc:
             sub.overflow(str(exc))
 
-    def _group(self, key: Symbols, hz: float | None) -> Group:
+    def _group(self, key: Symbols, hz: float | None, form: Form) -> Group:
         """The group a client joins: the least full phase, or a new one when all are full."""
         phase = 0
         best: Group | None = None
-        while (group := self.groups.get((key, hz, phase))) is not None:
+        while (group := self.groups.get((key, hz, phase, form))) is not None:
             if best is None or len(group.members) < len(best.members):
                 best = group
             phase += 1
         if best is not None and (hz is None or len(best.members) < PHASE_MEMBERS):
             return best
-        group = self.groups[key, hz, phase] = Group(key, self.board, hz, phase)
+        group = self.groups[key, hz, phase, form] = Group(key, self.board, hz, phase, form)
         if key == ALL:
             self.everyone.append(group)
         else:
@@ -214,7 +217,7 @@ class Hub:
         return group
 
     def _drop_group(self, group: Group) -> None:
-        del self.groups[group.key, group.hz, group.phase]
+        del self.groups[group.key, group.hz, group.phase, group.form]
         if group.timer is not None:
             group.timer.cancel()
             group.timer = None
@@ -341,7 +344,10 @@ class Hub:
         board = self.board
         entries = {s: board[s] for s in sorted(symbols) if s in board}
         if entries:
-            self.queue_frame(sub, Frame("snapshot", entries))
+            self.queue_frame(sub, Frame("snapshot", entries, compact=sub.outbox.form[0]))
+            group = self.members.get(sub)
+            if group is not None:
+                group.joined()
 
     def queue_frame(self, sub: Subscriber, frame: str | Frame) -> None:
         try:
@@ -373,7 +379,7 @@ class Hub:
                 self.stats["quotes_stale_dropped"] += 1
                 continue
             text = self.text(quote)
-            board[symbol] = entry = (seq, text)
+            board[symbol] = entry = (seq, text, quote)
             sent += 1
             if sequencer is not None:
                 sequencer.put(symbol, seq, text)
@@ -410,7 +416,7 @@ class Hub:
 
     def _timer_due(self, group: Group, slot: float) -> None:
         group.timer = None
-        if self.groups.get((group.key, group.hz, group.phase)) is group:
+        if self.groups.get((group.key, group.hz, group.phase, group.form)) is group:
             self._seal_rated(group, slot)
 
     def _seal_rated(self, group: Group, slot: float) -> None:
@@ -439,10 +445,12 @@ class Hub:
             seq = quote.seq or 0
             latest = fresh.get(quote.symbol)
             if latest is None or seq > latest[0]:
-                fresh[quote.symbol] = (seq, self.text(quote))
+                fresh[quote.symbol] = (seq, self.text(quote), quote)
         # In place: groups hold this board for members that fell too far behind.
         self.board.clear()
         self.board.update(fresh)
+        for group in self.groups.values():
+            group.forget()
         if self.every:  # what pub/sub missed comes from the tape, for every mode
             self.every.loaded(fresh)
 

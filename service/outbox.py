@@ -31,10 +31,17 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from .compact import Entry, Reference
 from .protocol import ALL, Symbols
 from .wire import Frame, Prepared
 
 KEEP = 32
+
+# How a client's frames of quotes are written: (compact, deflate). Compact: the encoding
+# of service/compact.py, not protocol 1's; deflate: it negotiated permessage-deflate, and
+# shared frames may go compressed. Clients of one form share groups, and their frames.
+Form = tuple[bool, bool]
+PROTOCOL_1: Form = (False, False)
 
 # A member's transport as the lane uses it: write(bytes), is_closing(), and the bytes it
 # still buffers (get_write_buffer_size).
@@ -42,13 +49,18 @@ Writer = tuple[Callable[[bytes], Any], Callable[[], bool], Callable[[], int]]
 
 
 class Group:
-    __slots__ = ("board", "conflated", "dirty", "gen", "generations", "hz", "interval", "key",
-                 "lane", "last_seal", "members", "offset", "phase", "sealed_quotes", "timer")
+    __slots__ = ("board", "compact", "conflated", "deflate", "dirty", "form", "gen",
+                 "generations", "hz", "interval", "key", "lane", "last_seal", "members",
+                 "offset", "phase", "reference", "sealed_quotes", "timer")
 
-    def __init__(self, key: Symbols, board: Mapping[str, tuple[int, str]],
-                 hz: float | None = None, phase: int = 0) -> None:
+    def __init__(self, key: Symbols, board: Mapping[str, Entry],
+                 hz: float | None = None, phase: int = 0, form: Form = PROTOCOL_1) -> None:
         self.key = key
         self.board = board
+        self.form = form
+        self.compact, self.deflate = form
+        # What the members hold, that compact frames are deltas against.
+        self.reference = Reference() if self.compact else None
         # None: seal with every batch (the fan-out's own pace, FANOUT_INTERVAL_MS).
         self.hz = hz
         self.interval = 0.0 if hz is None else 1.0 / hz
@@ -61,9 +73,9 @@ class Group:
         # Members that keep up -> their writer (see Outbox.enter_lane).
         self.lane: dict[Any, Writer] = {}
         self.sealed_quotes = 0  # quotes in all generations sealed so far
-        # symbol -> the board's (seq, JSON) of its latest quote not sealed yet.
-        self.dirty: dict[str, tuple[int, str]] = {}
-        self.generations: deque[tuple[dict[str, tuple[int, str]], Prepared]] = deque(maxlen=KEEP)
+        # symbol -> the board's entry of its latest quote not sealed yet.
+        self.dirty: dict[str, Entry] = {}
+        self.generations: deque[tuple[dict[str, Entry], Prepared]] = deque(maxlen=KEEP)
         self.gen = 0
         self.conflated = 0
 
@@ -75,9 +87,9 @@ class Group:
         slots = math.ceil((earliest - self.offset) / self.interval - 1e-6)
         return self.offset + slots * self.interval
 
-    def put(self, symbol: str, entry: tuple[int, str]) -> None:
-        """A quote as the board holds it: (seq, JSON), the same tuple, so nothing is built
-        per quote here."""
+    def put(self, symbol: str, entry: Entry) -> None:
+        """A quote as the board holds it, the same tuple, so nothing is built per quote
+        here."""
         dirty = self.dirty
         if symbol in dirty:
             self.conflated += 1
@@ -88,7 +100,9 @@ class Group:
         """Close the batch as a generation; False if it held nothing."""
         if not self.dirty:
             return False
-        frame = Prepared("quotes", self.dirty)
+        reference = self.reference
+        text = None if reference is None else reference.encode(self.dirty)
+        frame = Prepared("quotes", self.dirty, text, self.compact, self.deflate)
         self.generations.append((self.dirty, frame))
         self.sealed_quotes += len(self.dirty)
         self.dirty = {}
@@ -132,13 +146,25 @@ class Group:
             merged = {s: q for s, q in merged.items() if s in keep}
         if not merged:
             return None, 0
-        return Frame("quotes", merged), len(merged)
+        return Frame("quotes", merged, compact=self.compact), len(merged)
 
-    def _missed(self, behind: int) -> dict[str, tuple[int, str]]:
+    def joined(self) -> None:
+        """A member now holds the board's latest of every symbol (it joined, or got a
+        snapshot): compact frames may no longer be deltas against an older state of
+        those pending."""
+        if self.reference is not None:
+            self.reference.joined(self.dirty)
+
+    def forget(self) -> None:
+        """The board was replaced under the group: nothing is a delta against it now."""
+        if self.reference is not None:
+            self.reference.forget()
+
+    def _missed(self, behind: int) -> dict[str, Entry]:
         """The latest of each symbol in the last `behind` generations."""
         if behind <= len(self.generations):
             missed = list(self.generations)[-behind:]
-            merged: dict[str, tuple[int, str]] = {}
+            merged: dict[str, Entry] = {}
             for quotes, _ in missed:
                 merged.update(quotes)
             self.conflated += sum(len(quotes) for quotes, _ in missed) - len(merged)
@@ -177,10 +203,11 @@ class EveryQueue:
     bounded by MAX_RECOVERY instead and raises the allowance by its own size, so the
     client is judged on what piles up after it."""
 
-    __slots__ = ("allowance", "limit", "quotes", "size")
+    __slots__ = ("allowance", "compact", "limit", "quotes", "size")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, compact: bool = False) -> None:
         self.limit = limit
+        self.compact = compact
         # (symbol, seq, JSON) in order: the frames built from them carry the seqs (wire.py).
         self.quotes: list[tuple[str, int, str]] = []
         self.size = 0
@@ -198,7 +225,7 @@ class EveryQueue:
     def take(self) -> list[Frame]:
         quotes, self.quotes = self.quotes, []
         self.size = self.allowance = 0
-        return [Frame("quotes", quotes[i : i + EVERY_FRAME_QUOTES])
+        return [Frame("quotes", quotes[i : i + EVERY_FRAME_QUOTES], compact=self.compact)
                 for i in range(0, len(quotes), EVERY_FRAME_QUOTES)]
 
 
@@ -206,10 +233,11 @@ class Outbox:
     """One client's unsent frames: control frames in order (a snapshot among them), then
     its group's generations or its every-mode quotes."""
 
-    __slots__ = ("_frames", "_quotes", "control", "every", "group", "lane_quotes",
+    __slots__ = ("_frames", "_quotes", "control", "every", "form", "group", "lane_quotes",
                  "max_control", "owner", "pos")
 
-    def __init__(self, max_control: int = 64) -> None:
+    def __init__(self, max_control: int = 64, form: Form = PROTOCOL_1) -> None:
+        self.form = form
         self.control: list[str | Frame] = []
         self.max_control = max_control
         self.group: Group | None = None

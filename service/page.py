@@ -23,10 +23,10 @@ from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
-import orjson
-
 from quote_core.quote import Quote, QuoteError, normalize_symbol
 from quote_core.text import DECREASED, INCREASED, NO_CHANGE, format_line
+
+from .compact import Entry
 
 # A second: the page carries the board of that moment, and the widget brings it up to
 # date at once; a burst of visitors costs one render a second per URL behind a cache.
@@ -227,16 +227,11 @@ class Page:
             at = m.end()
         self.text.append(template[at:])
 
-    def render(self, board: Mapping[str, tuple[int, str]], query_symbols: str | None = None
+    def render(self, board: Mapping[str, Entry], query_symbols: str | None = None
                ) -> str:
-        """The page with `board` (the hub's: symbol -> (seq, quote JSON)) in every ticker;
-        `query_symbols`, the page's ?symbols=, applies to each as page.js applies it."""
-        quotes: dict[str, Quote] = {}
-        for symbol, (_, text) in board.items():
-            try:
-                quotes[symbol] = Quote.from_dict(orjson.loads(text))
-            except (QuoteError, orjson.JSONDecodeError):  # the board holds checked quotes
-                continue
+        """The page with `board` (the hub's: symbol -> (seq, quote JSON, quote)) in every
+        ticker; `query_symbols`, the page's ?symbols=, applies to each as page.js applies it."""
+        quotes: dict[str, Quote] = {symbol: entry[2] for symbol, entry in board.items()}
         override = query_symbols if query_symbols is not None and query_symbols.strip() else None
         out = [self.text[0]]
         for ticker, text in zip(self.tickers, self.text[1:], strict=True):

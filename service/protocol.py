@@ -28,6 +28,7 @@ from quote_core.protocol import (
     CLOSE_SLOW_CONSUMER as CLOSE_SLOW_CONSUMER,
     CLOSE_TOO_LARGE as CLOSE_TOO_LARGE,
     CLOSE_TRY_AGAIN as CLOSE_TRY_AGAIN,
+    ENCODINGS as ENCODINGS,
     FORBIDDEN as FORBIDDEN,
     FRAME_TOO_LARGE as FRAME_TOO_LARGE,
     INTERNAL as INTERNAL,
@@ -39,6 +40,7 @@ from quote_core.protocol import (
     TOKEN_EXPIRED as TOKEN_EXPIRED,
     TOO_MANY_SYMBOLS as TOO_MANY_SYMBOLS,
     UNKNOWN_OP as UNKNOWN_OP,
+    Encoding as Encoding,
     FeedState as FeedState,
     Mode as Mode,
     Symbols as Symbols,
@@ -155,6 +157,17 @@ def parse_mode(value: object, id: Id = None) -> Mode:
     raise ProtocolError(BAD_REQUEST, f'mode must be "conflated" or "every", got {shown!r}', id)
 
 
+def parse_query_encoding(raw: str) -> Encoding:
+    """The `?encoding=` of the websocket or stream URL (empty: protocol 1's "json")."""
+    value = raw.strip() or "json"
+    for encoding in ENCODINGS:
+        if value == encoding:
+            return encoding
+    shown = value if len(value) <= 32 else value[:32] + "…"
+    raise ProtocolError(BAD_REQUEST, f"unknown encoding {shown!r}: use json or compact; "
+                        "this connection goes on in json")
+
+
 def parse_since(value: object, symbols: Symbols, max_symbols: int, id: Id = None
                 ) -> dict[str, int]:
     """`{"OGDC": 5812, ...}`: symbols of the request (any, with "*"), each with a seq."""
@@ -266,9 +279,11 @@ def _dumps(frame: dict[str, Any]) -> str:
 
 def welcome(*, node: str, heartbeat_s: float, max_symbols: int, max_client_msgs_per_s: int,
             max_frame_bytes: int, every_queue_bytes: int, max_recovery: int,
-            delay_s: float | None = None) -> str:
+            delay_s: float | None = None, encoding: Encoding | None = None) -> str:
     """`node` is the worker process's opaque id (quote_runtime/node.py). `delay_s`: the
-    connection is in the delayed tier, that many seconds behind."""
+    connection is in the delayed tier, that many seconds behind. `encoding`: the one in
+    force, said only to a client that asked (`?encoding=`), so that protocol 1's welcome
+    stays as it was."""
     frame: dict[str, Any] = {
         "type": "welcome",
         "protocol": PROTOCOL_VERSION,
@@ -285,6 +300,8 @@ def welcome(*, node: str, heartbeat_s: float, max_symbols: int, max_client_msgs_
     if delay_s is not None:
         frame["tier"] = "delayed"
         frame["delay_s"] = _number(delay_s)
+    if encoding is not None:
+        frame["encoding"] = encoding
     return _dumps(frame)
 
 

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .auth import INVALID_TOKEN_CHALLENGE, UNAUTHORIZED, AuthError, Grant, token_of
+from .compact import Entry
 from .engine import Engine, engine_of
 from .history import DEFAULT_POINTS, MAX_POINTS, MIN_POINTS
 from .history_cache import TapeUnavailable
@@ -91,7 +92,7 @@ def on_board(board: Mapping[str, object], symbols: Symbols) -> list[str]:
     return sorted(board) if symbols == ALL else sorted(s for s in symbols if s in board)
 
 
-def board_json(board: Mapping[str, tuple[int, str]], symbols: Symbols, feed: str) -> bytes:
+def board_json(board: Mapping[str, Entry], symbols: Symbols, feed: str) -> bytes:
     """{"quotes": [...], "feed": ..., "unknown": [...]}: the board's own JSON of each quote
     (the websocket's quote schema, seq included), by symbol; `unknown` the requested symbols
     without a quote, sorted, as the websocket's ack names them (none for "*")."""

@@ -18,6 +18,7 @@ from quote_runtime.node import NODE_ID
 
 from . import page, security
 from .assets import Assets
+from .compact import Entry
 from .engine import engine_of
 from .metrics import CONTENT_TYPE
 
@@ -47,7 +48,7 @@ async def index(request: Request) -> Response:
                      site.assets.prefix())
     # A reader's browser shows no token: the page holds what ANONYMOUS may see.
     anonymous = engine.auth.anonymous
-    board: dict[str, tuple[int, str]] = {}
+    board: dict[str, Entry] = {}
     if anonymous is not None:
         board = (await engine.tiers[anonymous.tier].fresh()).board
     html = news.render(board, request.query_params.get("symbols"))

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from quote_core.quote import Quote
 
+from .compact import Entry
 from .outbox import EveryQueue, Outbox, OutboxFull
 from .protocol import ALL, Id, Symbols
 from .tape import SLACK, Tape, read_after
@@ -45,7 +46,7 @@ class Subscriber(Protocol):
 class Host(Protocol):
     """What the sequencer needs of the hub it serves."""
 
-    board: dict[str, tuple[int, str]]
+    board: dict[str, Entry]
     stats: Counter[str]
 
     def text(self, quote: Quote) -> str: ...
@@ -91,10 +92,10 @@ class Sequencer:
         """As Hub.subscribe in every mode: the task that reads `since` from the tape, if any."""
         host = self.host
         if not self.subs:  # the first listener: the every path starts at the board
-            self.seq = {s: seq for s, (seq, _) in host.board.items()}
+            self.seq = {s: entry[0] for s, entry in host.board.items()}
         self.set_symbols(sub, after)
         if sub.outbox.every is None:
-            sub.outbox.every = EveryQueue(self.queue_bytes)
+            sub.outbox.every = EveryQueue(self.queue_bytes, compact=sub.outbox.form[0])
         fresh = [s for s in added if s not in since]
         if not since:
             host.ack_every(sub, id, symbols, None)
@@ -261,9 +262,9 @@ class Sequencer:
         for sub in due:
             sub.wake()
 
-    def loaded(self, board: Mapping[str, tuple[int, str]]) -> None:
+    def loaded(self, board: Mapping[str, Entry]) -> None:
         """The broker's full state was loaded: what pub/sub missed comes from the tape."""
-        for symbol, (seq, _) in board.items():
+        for symbol, (seq, _, _) in board.items():
             last = self.seq.get(symbol)
             if last is None or not self._listened(symbol):
                 self.seq[symbol] = max(seq, last or 0)

@@ -27,6 +27,7 @@ from quote_runtime.node import NODE_ID
 from . import protocol
 from .auth import Grant
 from .outbox import Outbox
+from .protocol import Encoding, ProtocolError
 from .settings import Settings
 from .tiers import Tier
 from .wire import Frame
@@ -40,21 +41,34 @@ class Session:
 
     # Slots, a bare future instead of Events, and a sender task only while one is needed:
     # memory per client is what decides how many idle clients a process holds.
-    __slots__ = ("_sender", "_taken", "_waiter", "closing", "expired_at", "grant", "hub",
-                 "last_sent", "outbox", "sending_since", "settings", "tier")
+    __slots__ = ("_bad_encoding", "_sender", "_taken", "_waiter", "closing", "encoding",
+                 "expired_at", "grant", "hub", "last_sent", "outbox", "sending_since",
+                 "settings", "tier")
 
     # How the `token_expired` error tells the client to renew its token.
     RENEW = "reconnect with a fresh one"
 
     def __init__(self, tier: Tier, settings: Settings, grant: Grant | None,
-                 now: float | None = None) -> None:
+                 now: float | None = None, *, encoding: str | None = None,
+                 deflate: bool = False) -> None:
         self.use(tier)
         self.settings = settings
         # What the client may see (None: nothing yet, its token must come first), and
         # since when (loop time) its token has been expired.
         self.grant = grant
         self.expired_at: float | None = None
-        self.outbox = Outbox()
+        # The encoding the client asked for (`?encoding=`; None: it did not ask, and its
+        # welcome does not say). One it names wrongly: protocol 1, and an error after the
+        # welcome. `deflate`: the websocket negotiated permessage-deflate.
+        self._bad_encoding: ProtocolError | None = None
+        self.encoding: Encoding | None = None
+        if encoding is not None:
+            try:
+                self.encoding = protocol.parse_query_encoding(encoding)
+            except ProtocolError as exc:
+                self.encoding = "json"
+                self._bad_encoding = exc
+        self.outbox = Outbox(form=(self.encoding == "compact", deflate))
         # (code, reason) once the client is to be closed: the first reason wins.
         self.closing: tuple[int, str] | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -162,7 +176,11 @@ class Session:
         """Join the hub and queue what every client starts with: welcome, then the feed's
         state if it is stale. The caller leaves the hub (`hub.remove`) however it ends."""
         self.hub.add(self)
-        self.outbox.put_control(welcome(self.settings, self.tier.delay_s))
+        self.outbox.put_control(welcome(self.settings, self.tier.delay_s, self.encoding))
+        if self._bad_encoding is not None:
+            self.hub.stats[f"error_{self._bad_encoding.code}"] += 1
+            self.outbox.put_control(self._bad_encoding.frame())
+            self._bad_encoding = None
         self.hub.greet(self)
 
     def reply(self, frame: str | Frame) -> None:
@@ -197,11 +215,13 @@ class Session:
         self._taken = self.outbox.frames_taken
 
 
-def welcome(settings: Settings, delay_s: float | None = None) -> str:
+def welcome(settings: Settings, delay_s: float | None = None,
+            encoding: Encoding | None = None) -> str:
     """The first frame of every websocket and SSE stream: this worker and its limits (and,
-    in the delayed tier, the delay)."""
+    in the delayed tier, the delay; to a client that asked, the encoding)."""
     return protocol.welcome(
         delay_s=delay_s,
+        encoding=encoding,
         node=NODE_ID,
         heartbeat_s=settings.heartbeat_s,
         max_symbols=settings.max_symbols,

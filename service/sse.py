@@ -155,6 +155,8 @@ class StreamRequest:
     max_hz: float | None = None
     # Every mode: symbol -> the last seq the client holds (`?since=` or Last-Event-ID).
     since: dict[str, int] | None = None
+    # `?encoding=` as given (None: not asked); Session reads it.
+    encoding: str | None = None
 
 
 def parse_request(params: QueryParams | Mapping[str, str], headers: Mapping[str, str],
@@ -189,7 +191,7 @@ def parse_request(params: QueryParams | Mapping[str, str], headers: Mapping[str,
         since = protocol.parse_since(resumed, symbols, max_symbols)
     elif raw_since is not None and raw_since.strip():
         since = protocol.parse_since(decode_position(raw_since), symbols, max_symbols)
-    return StreamRequest(symbols, mode, max_hz, since)
+    return StreamRequest(symbols, mode, max_hz, since, params.get("encoding"))
 
 
 def error_response(exc: ProtocolError, status: int = 400) -> Response:
@@ -209,7 +211,7 @@ class EventStream(Session):
                  peer: str = "?", grant: Grant | None = None) -> None:
         # What its token allows (service/auth.py); it cannot send a fresh one, so when it
         # expires the stream ends after TOKEN_GRACE_S and the client comes back with one.
-        super().__init__(tier, settings, grant or Grant())
+        super().__init__(tier, settings, grant or Grant(), encoding=request.encoding)
         self.request = request
         self._peer = peer
         # symbol -> the last seq written on this stream: each quote event's id. A resumed

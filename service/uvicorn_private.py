@@ -7,7 +7,10 @@ written once to each caught-up transport instead of being framed per client thro
 left holding its buffers; ASGI can only close politely, which such a peer never takes).
 Both reach uvicorn's protocol objects behind the server's own `send` callable, which
 WebApp (app.py) keeps in the scope before any middleware wraps it. Stopping the
-listeners first on shutdown (server.py) reads `uvicorn.Server.servers`.
+listeners first on shutdown (server.py) reads `uvicorn.Server.servers`. Shared
+permessage-deflate (deflate.py) needs its extension offered by the protocol's websockets
+connection (`conn`), which uvicorn builds with its own deflate or none: `SharedDeflateProtocol`
+replaces the offer before any handshake is read.
 
 None of this is uvicorn's public API. With another server, or an upgrade that changed a
 part, everything here answers None and the service takes the plain ASGI path (slower; a
@@ -21,6 +24,9 @@ import asyncio
 from collections.abc import Callable, MutableMapping
 from typing import Any, Protocol, cast
 
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from .deflate import SharedDeflate, SharedDeflateFactory
 from .outbox import Writer
 
 # Scope key under which WebApp leaves the server's own `send`, for websockets and HTTP.
@@ -34,6 +40,16 @@ class _SansIOProtocol(Protocol):
     transport: asyncio.Transport
     writable: asyncio.Event
     close_sent: bool
+
+
+class SharedDeflateProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol, offering permessage-deflate as deflate.py does
+    it (uvicorn's own `ws_per_message_deflate` keeps a compressor per connection, and its
+    frames could not be shared). server.py gives uvicorn this class as its `ws`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn.available_extensions = [SharedDeflateFactory()]
 
 
 def keep_server_send(scope: MutableMapping[str, Any], send: Any) -> None:
@@ -51,17 +67,26 @@ def raw_protocol(send: Any) -> _SansIOProtocol | None:
     frames may be written to its transport as prepared wire bytes.
 
     Only uvicorn's websockets-sansio protocol (server.py asks for it) with no extension
-    negotiated (deflate is off) qualifies; anything else takes the ASGI path."""
+    negotiated but deflate.py's qualifies; anything else takes the ASGI path."""
     protocol = getattr(send, "__self__", None)
     conn = getattr(protocol, "conn", None)
+    extensions = getattr(conn, "extensions", None)
     if (
         protocol is None
-        or conn is None
-        or getattr(conn, "extensions", None) != []
+        or not isinstance(extensions, list)
+        or not all(isinstance(extension, SharedDeflate) for extension in extensions)
         or not all(hasattr(protocol, a) for a in ("transport", "writable", "close_sent"))
     ):
         return None
     return cast(_SansIOProtocol, protocol)
+
+
+def deflate_negotiated(send: Any) -> bool:
+    """Whether the websocket behind `send` negotiated deflate.py's permessage-deflate, so
+    its shared frames may be written compressed (only where they are written directly)."""
+    protocol = raw_protocol(send)
+    extensions = getattr(getattr(protocol, "conn", None), "extensions", None) or []
+    return protocol is not None and any(isinstance(e, SharedDeflate) for e in extensions)
 
 
 def direct_writes(send: Any) -> tuple[Writer, Callable[[], bool]] | None:

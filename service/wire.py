@@ -7,38 +7,74 @@ symbol, sse.py) are read off them instead of parsing the text back. Every other 
 
 A server's frames are not masked, so the bytes on the wire are the same for every client:
 a frame shared by a group is encoded once and written to each member's socket as is,
-instead of being encoded and framed again per client (see connection.py).
+instead of being encoded and framed again per client (see connection.py). The same goes
+for its permessage-deflate form (RFC 7692): compressed once per shared frame without
+context (the server never takes its context over, which the extension's negotiation
+says), it is the same bytes for every member that negotiated deflate, so its CPU is paid
+per frame, not per client as a compressor per connection would (service/deflate.py).
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Iterator
-from operator import itemgetter
 from typing import Literal
 
+from .compact import Entry, full_quotes
 from .protocol import quotes_frame
 
 _FIN_TEXT = 0x81
+# The same with RSV1 set: the message is compressed (RFC 7692 §6).
+_FIN_TEXT_DEFLATED = 0xC1
+# A shared frame is compressed only from this many bytes of text: below it deflate saves
+# little of a quotes frame (bench/README.md, "Bytes per viewer").
+DEFLATE_MIN_BYTES = 256
+# zlib's level 6 (its default): measured 10-15% smaller than level 1 on quotes frames, and
+# paid once per shared frame.
+DEFLATE_LEVEL = 6
 
 QuoteKind = Literal["snapshot", "quotes"]
-# The quotes of a frame: symbol -> (seq, JSON), latest per symbol (the conflated path), or
-# (symbol, seq, JSON) in order, several of a symbol at a time (every mode).
-Quoted = dict[str, tuple[int, str]] | list[tuple[str, int, str]]
+# The quotes of a frame: symbol -> (seq, JSON, quote), latest per symbol (the conflated
+# path), or (symbol, seq, JSON) in order, several of a symbol at a time (every mode).
+Quoted = dict[str, Entry] | list[tuple[str, int, str]]
 
-_second = itemgetter(1)
-_third = itemgetter(2)
+
+def _frame(first: int, payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        header = bytes((first, n))
+    elif n < 1 << 16:
+        header = struct.pack("!BBH", first, 126, n)
+    else:
+        header = struct.pack("!BBQ", first, 127, n)
+    return header + payload
 
 
 def text_frame(payload: bytes) -> bytes:
-    n = len(payload)
-    if n < 126:
-        header = bytes((_FIN_TEXT, n))
-    elif n < 1 << 16:
-        header = struct.pack("!BBH", _FIN_TEXT, 126, n)
-    else:
-        header = struct.pack("!BBQ", _FIN_TEXT, 127, n)
-    return header + payload
+    return _frame(_FIN_TEXT, payload)
+
+
+def deflated_frame(payload: bytes) -> bytes | None:
+    """The text frame compressed without context (RFC 7692 §7.2.1: a sync flush, its
+    trailing 00 00 ff ff removed); None when that would not be smaller."""
+    compressor = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    if len(data) - 4 >= len(payload):
+        return None
+    return _frame(_FIN_TEXT_DEFLATED, data[:-4])
+
+
+def quotes_text(kind: QuoteKind, quotes: Quoted, compact: bool = False) -> str:
+    """A snapshot or quotes frame in protocol 1's shape; for a compact client each quote
+    also carries its symbol's index (service/compact.py)."""
+    if isinstance(quotes, dict):
+        if compact:
+            return quotes_frame(kind, full_quotes((s, e[1]) for s, e in quotes.items()))
+        return quotes_frame(kind, [e[1] for e in quotes.values()])
+    if compact:
+        return quotes_frame(kind, full_quotes((s, text) for s, _, text in quotes))
+    return quotes_frame(kind, [text for _, _, text in quotes])
 
 
 class Frame:
@@ -46,11 +82,11 @@ class Frame:
 
     __slots__ = ("kind", "quotes", "text")
 
-    def __init__(self, kind: QuoteKind, quotes: Quoted) -> None:
+    def __init__(self, kind: QuoteKind, quotes: Quoted, text: str | None = None,
+                 compact: bool = False) -> None:
         self.kind = kind
         self.quotes = quotes
-        self.text = quotes_frame(kind, map(_second, quotes.values()) if isinstance(quotes, dict)
-                                 else map(_third, quotes))
+        self.text = quotes_text(kind, quotes, compact) if text is None else text
 
     def seqs(self) -> Iterator[tuple[str, int]]:
         """(symbol, seq) of each quote, in the frame's order."""
@@ -61,13 +97,19 @@ class Frame:
 
 
 class Prepared(Frame):
-    """A frame of quotes with its wire bytes, made once and shared by a group's members."""
+    """A frame of quotes with its wire bytes, made once and shared by a group's members
+    (with `deflate`, compressed when that pays: DEFLATE_MIN_BYTES)."""
 
     __slots__ = ("wire",)
 
-    def __init__(self, kind: QuoteKind, quotes: Quoted) -> None:
-        super().__init__(kind, quotes)
-        self.wire = text_frame(self.text.encode())
+    def __init__(self, kind: QuoteKind, quotes: Quoted, text: str | None = None,
+                 compact: bool = False, deflate: bool = False) -> None:
+        super().__init__(kind, quotes, text, compact)
+        payload = self.text.encode()
+        wire = None
+        if deflate and len(payload) >= DEFLATE_MIN_BYTES:
+            wire = deflated_frame(payload)
+        self.wire = text_frame(payload) if wire is None else wire
 
 
 def text_of(frame: str | Frame) -> str:

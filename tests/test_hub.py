@@ -10,7 +10,7 @@ import pytest
 from quote_core.quote import Quote
 from service import hub as hub_module
 from service.hub import Hub
-from service.outbox import KEEP, Group, Outbox, spread
+from service.outbox import KEEP, PROTOCOL_1, Group, Outbox, spread
 from service.protocol import ALL, ProtocolError
 from service.wire import wire_of
 
@@ -95,7 +95,8 @@ def test_a_slow_reader_gets_the_latest_per_symbol_not_a_queue() -> None:
         hub.publish([q("OGDC", 100 + seq / 100, seq), q("PPL", 50 + seq / 100, seq)])
     (frame,) = sub.frames()
     assert [(x["symbol"], x["seq"]) for x in frame["quotes"]] == [("OGDC", 1000), ("PPL", 1000)]
-    assert len(hub.groups[ALL, None, 0].generations) <= KEEP, "bounded however far it falls behind"
+    assert len(hub.groups[ALL, None, 0, PROTOCOL_1].generations) <= KEEP, (
+        "bounded however far it falls behind")
 
 
 def test_members_of_a_group_share_one_frame_and_a_laggard_gets_a_merge() -> None:
@@ -110,7 +111,8 @@ def test_members_of_a_group_share_one_frame_and_a_laggard_gets_a_merge() -> None
     hub.publish([q("PPL", 50.0, 1)])
     (_second,) = fast.outbox.take()
     (merged,) = slow.frames()
-    assert a is hub.groups[frozenset({"OGDC", "PPL"}), None, 0].generations[0][1], "the frame is shared"
+    group = hub.groups[frozenset({"OGDC", "PPL"}), None, 0, PROTOCOL_1]
+    assert a is group.generations[0][1], "the frame is shared"
     assert [(x["symbol"], x["seq"]) for x in merged["quotes"]] == [("OGDC", 2), ("PPL", 1)]
     assert len(hub.groups) == 1
 
@@ -215,7 +217,7 @@ def test_a_reload_never_takes_a_symbol_backwards() -> None:
     than what clients were sent, and the board keeps the newer until a newer comes."""
     hub = hub_with(q("OGDC", 101.0, 7), q("PPL", 50.0, 3))
     hub.load([q("OGDC", 100.0, 5), q("PPL", 51.0, 4), q("HBL", 9.0, 1)])
-    assert {s: seq for s, (seq, _) in hub.board.items()} == {"OGDC": 7, "PPL": 4, "HBL": 1}
+    assert {s: entry[0] for s, entry in hub.board.items()} == {"OGDC": 7, "PPL": 4, "HBL": 1}
     assert hub.publish([q("OGDC", 102.0, 6)]) == 0
     assert hub.publish([q("OGDC", 103.0, 8)]) == 1
 
@@ -324,13 +326,13 @@ def test_a_rate_alone_moves_the_member_and_loses_nothing_held() -> None:
     held, ack = sub.frames()
     assert ack["type"] == "ack" and ack["max_hz"] == 10 and ack["symbols"] == ["OGDC", "PPL"]
     assert quotes_of([held]) == [("OGDC", 2), ("PPL", 1)], "what was held goes first"
-    assert [key for key in hub.groups] == [(frozenset({"OGDC", "PPL"}), 10.0, 0)]
+    assert [key for key in hub.groups] == [(frozenset({"OGDC", "PPL"}), 10.0, 0, PROTOCOL_1)]
     assert timers.due and all(c[2][0] for c in timers.due), "the old group's timer is cancelled"
     hub.subscribe(sub, 3, frozenset({"OGDC"}))  # no max_hz: the rate stays
     assert sub.frames()[0]["max_hz"] == 10
     hub.subscribe(sub, 4, frozenset(), 50.0)  # the default's rate: back in the default group
     assert sub.frames()[0]["max_hz"] == 50
-    assert [key for key in hub.groups] == [(frozenset({"OGDC", "PPL"}), None, 0)]
+    assert [key for key in hub.groups] == [(frozenset({"OGDC", "PPL"}), None, 0, PROTOCOL_1)]
     hub.remove(sub)
     assert hub.groups == {} and hub.rates == {} and hub.everyone == []
 
@@ -361,7 +363,7 @@ def test_without_a_cap_every_rate_is_its_own_group() -> None:
     assert "max_hz" not in sub.frames()[0]
     hub.subscribe(sub, 2, frozenset(), 50.0)
     assert sub.frames()[0]["max_hz"] == 50
-    assert list(hub.groups) == [(frozenset({"OGDC"}), 50.0, 0)]
+    assert list(hub.groups) == [(frozenset({"OGDC"}), 50.0, 0, PROTOCOL_1)]
 
 
 def test_phase_offsets_stay_evenly_spread_however_many_there_are() -> None:
@@ -393,11 +395,11 @@ def test_a_large_rated_group_grows_phases_that_seal_apart(monkeypatch: pytest.Mo
     phases = {key[2]: len(g.members) for key, g in hub.groups.items()}
     assert phases == {0: 2, 1: 2, 2: 1}, "a new phase only when every phase is full"
     hub.subscribe(subs[0], 9, ALL, 4.0)  # the same subscription and rate: it stays put
-    assert subs[0] in hub.groups[ALL, 4.0, 0].members
+    assert subs[0] in hub.groups[ALL, 4.0, 0, PROTOCOL_1].members
     subs[0].frames()
     hub.publish([q("OGDC", 101.0, 1)])  # at 1000.0: phase 0's slot, the others later
     got = {i for i, sub in enumerate(subs) if sub.frames()}
-    assert got == {i for i, sub in enumerate(subs) if sub in hub.groups[ALL, 4.0, 0].members}
+    assert got == {i for i, sub in enumerate(subs) if sub in hub.groups[ALL, 4.0, 0, PROTOCOL_1].members}
     timers.advance(0.0625)  # phase 2's slot (a quarter of the interval)
     timers.advance(0.0625)  # phase 1's (half of it)
     assert all(quotes_of(sub.frames()) == [("OGDC", 1)] for i, sub in enumerate(subs)
@@ -437,7 +439,7 @@ def test_a_member_that_keeps_up_is_written_by_the_group_and_counted() -> None:
     hub.subscribe(sub, 1, ALL)
     sub.wake()
     assert [f["type"] for f in sub.texts()] == ["ack", "snapshot"]
-    group = hub.groups[ALL, None, 0]
+    group = hub.groups[ALL, None, 0, PROTOCOL_1]
     assert sub in group.lane
     wakes = sub.wakes
     for seq in (2, 3, 4):
@@ -464,7 +466,7 @@ def test_a_member_whose_transport_still_buffers_falls_out_and_loses_nothing() ->
         hub.subscribe(s, None, ALL)
         s.wake()
         s.texts()
-    group = hub.groups[ALL, None, 0]
+    group = hub.groups[ALL, None, 0, PROTOCOL_1]
     sub.buffered = 4096  # the peer stopped reading: bytes of the last frame still wait
     sub.wake = lambda: Recorder.wake(sub)  # type: ignore[method-assign]  # and so it is woken
     hub.publish([q("OGDC", 101.0, 2)])
@@ -487,4 +489,4 @@ def test_a_closing_transport_leaves_the_lane() -> None:
     sub.closing = True
     sub.wake = lambda: Recorder.wake(sub)  # type: ignore[method-assign]
     hub.publish([q("OGDC", 101.0, 2)])
-    assert sub.wire == [] and sub not in hub.groups[ALL, None, 0].lane
+    assert sub.wire == [] and sub not in hub.groups[ALL, None, 0, PROTOCOL_1].lane

@@ -96,6 +96,14 @@ MODE_CONFLATED: Final[Literal["conflated"]] = "conflated"
 MODE_EVERY: Final[Literal["every"]] = "every"
 MODES: Final[tuple[Mode, ...]] = (MODE_CONFLATED, MODE_EVERY)
 
+# How quotes frames are written (PROTOCOL.md, "Compact encoding"), as a client asks with
+# `?encoding=`: protocol 1's JSON, or the compact encoding (deltas against the quotes the
+# client holds). A client that does not ask gets protocol 1, byte for byte.
+Encoding = Literal["json", "compact"]
+ENCODING_JSON: Final[Literal["json"]] = "json"
+ENCODING_COMPACT: Final[Literal["compact"]] = "compact"
+ENCODINGS: Final[tuple[Encoding, ...]] = (ENCODING_JSON, ENCODING_COMPACT)
+
 # The feed's state as a `status` frame reports it: quotes flowing, or the source silent.
 FeedState = Literal["live", "stale"]
 

@@ -82,9 +82,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from quote_core.backoff import backoff
+from quote_core.compact import CompactError, Decoder
 from quote_core.protocol import (
     ALL,
     CLOSE_POLICY,
+    ENCODING_COMPACT,
+    ENCODINGS,
     FORBIDDEN,
     MAX_HZ,
     MIN_HZ,
@@ -93,6 +96,7 @@ from quote_core.protocol import (
     RECONNECT_CAP_S,
     SLOW_DOWN_CODES,
     TOKEN_EXPIRED,
+    Encoding,
     FeedState,
     Mode,
     Symbols,
@@ -173,15 +177,20 @@ class Welcome:
     # None when the service does not say (real time). With a token, its auth ack decides.
     tier: str | None = None
     delay_s: float | None = None
+    # How quotes frames come: "compact" when the service took the client's `?encoding=`,
+    # "json" (protocol 1) otherwise, from an older service too, which does not say.
+    encoding: Encoding = "json"
 
     @classmethod
     def from_frame(cls, frame: Mapping[str, Any]) -> Welcome:
         node = frame.get("node")
         tier = frame.get("tier")
+        encoding = frame.get("encoding")
         return cls(int(frame.get("protocol", 1)), float(frame.get("heartbeat_s", 15)),
                    MappingProxyType(dict(frame.get("limits") or {})),
                    node if isinstance(node, str) else None,
-                   tier if isinstance(tier, str) else None, _seconds(frame.get("delay_s")))
+                   tier if isinstance(tier, str) else None, _seconds(frame.get("delay_s")),
+                   "compact" if encoding == ENCODING_COMPACT else "json")
 
 
 def _seconds(value: object) -> float | None:
@@ -482,6 +491,8 @@ class QuoteClient:
         on_recovery: Callable[[Ack], object] | None = None,
         token: TokenSource | None = None,
         auth_backoff_s: float = DEFAULT_AUTH_BACKOFF_S,
+        encoding: Encoding = ENCODING_COMPACT,
+        compression: bool = True,
     ) -> None:
         if token is not None and not callable(token) and (not isinstance(token, str) or not token):
             raise TypeError("token must be a non-empty string or a callable returning one")
@@ -525,7 +536,13 @@ class QuoteClient:
         self.last_recovery: Ack | None = None
         self.recovery_failures = 0
         self.rate: float | None = None
-        self.url, from_query = self._split_query(url)
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}")
+        # The compact encoding (fewer bytes; the same quotes come out) unless the URL or
+        # `encoding` says otherwise; permessage-deflate offered unless `compression=False`.
+        self.compression = compression
+        self.url, from_query = self._split_query(url, encoding)
+        self._decoder = Decoder()
         wanted: Symbols = frozenset() if symbols is None else _symbols_arg(symbols)
         if from_query is not None:
             wanted = _union(wanted, from_query)
@@ -557,9 +574,12 @@ class QuoteClient:
         self._closed = False
 
     @staticmethod
-    def _split_query(url: str) -> tuple[str, Symbols | None]:
+    def _split_query(url: str, encoding: Encoding) -> tuple[str, Symbols | None]:
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
+        if not any(key == "encoding" for key, _ in query):
+            query.append(("encoding", encoding))
+            url = urlunsplit(parts._replace(query=urlencode(query)))
         raw = [value for key, value in query if key == "symbols"]
         if not raw:
             return url, None
@@ -950,9 +970,11 @@ class QuoteClient:
                 # The token first (the callable may take a while), so that it goes as the
                 # connection's first message at once.
                 token = None if self._token is None else await self._fresh_token()
-                # No compression: the service turns it off (small frames; service/server.py).
-                # A "*" snapshot grows with the symbol count, hence the larger max_size.
-                async with connect(self.url, compression=None, close_timeout=2,
+                # The service compresses a shared frame once for all its clients
+                # (service/deflate.py); the library inflates it. A "*" snapshot grows with
+                # the symbol count, hence the larger max_size.
+                async with connect(self.url, compression="deflate" if self.compression else None,
+                                   close_timeout=2,
                                    open_timeout=self.open_timeout or 10, max_size=2**24) as ws:
                     try:
                         code = self.last_close_code = await self._session(ws, token)
@@ -1008,6 +1030,7 @@ class QuoteClient:
             if not isinstance(first, dict) or first.get("type") != "welcome":
                 raise ConnectionError(f"expected a welcome frame, got {str(first)[:80]}")
             self.welcome = Welcome.from_frame(first)
+            self._decoder = Decoder()  # indexes are the connection's
             if token is None:
                 # Without a token the welcome says the tier; with one, its auth ack does.
                 self._tier = self.welcome.tier or "realtime"
@@ -1093,13 +1116,20 @@ class QuoteClient:
         except orjson.JSONDecodeError:
             log.warning("ignoring a frame that is not JSON: %.80r", message)
             return
+        if isinstance(frame, list):  # a compact quotes frame
+            try:
+                quotes = self._decoder.quotes(frame)
+            except CompactError as exc:  # out of step with the service: start again
+                raise ConnectionError(f"cannot decode a compact frame: {exc}") from None
+            self._take_quotes(quotes, authoritative=False)
+            return
         if not isinstance(frame, dict):
             return
         kind = frame.get("type")
         if kind == "quotes":
-            self._take_quotes(frame.get("quotes"), authoritative=False)
+            self._take_quotes(self._decoder.quotes(frame), authoritative=False)
         elif kind == "snapshot":
-            self._take_quotes(frame.get("quotes"), authoritative=True)
+            self._take_quotes(self._decoder.quotes(frame), authoritative=True)
             if self._expect_snapshot:
                 self._expect_snapshot = False
                 self._in_sync()
