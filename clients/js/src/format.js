@@ -91,7 +91,7 @@ function num(value) {
  */
 export function round2(value) {
   const x = Number(value);
-  if (!Number.isFinite(x)) return x;
+  if (!Number.isFinite(x) || x === 0) return x; // toFixed drops the sign of -0
   const eighths = x * 8; // exact: a power of two
   if (Number.isInteger(eighths) && Math.abs(eighths % 2) === 1) return Number(pyFixed(x, 2));
   return Number(x.toFixed(2));
