@@ -16,10 +16,12 @@ ROOT = Path(__file__).resolve().parent.parent
 GENERATOR_SRC = ROOT / "bench" / "viewers_load.c"
 GENERATOR_BIN = ROOT / "bench" / "results" / "tmp" / "viewers_load"
 CFLAGS = ("-O2", "-Wall")
+# Linked into every program; only the generator uses zlib (to inflate what it decodes).
+LDLIBS = ("-lz",)
 
 
 def build(src: Path, out: Path) -> Path:
-    """`cc -O2 -Wall -o out src` unless `out` is already at least as new as `src`."""
+    """`cc -O2 -Wall -o out src -lz` unless `out` is already at least as new as `src`."""
     if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
         return out
     cc = shutil.which("cc")
@@ -30,7 +32,7 @@ def build(src: Path, out: Path) -> Path:
     # a half-written file.
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        done = subprocess.run([cc, *CFLAGS, "-o", str(tmp), str(src)], capture_output=True,
+        done = subprocess.run([cc, *CFLAGS, "-o", str(tmp), str(src), *LDLIBS], capture_output=True,
                               text=True, timeout=120, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"cc failed on {src} ({done.returncode}):\n{done.stderr.strip()}")
@@ -41,12 +43,15 @@ def build(src: Path, out: Path) -> Path:
 
 
 def generator_argv(url: str, conns: int, max_hz: float | None, decode_every: int, boards: int,
-                   *, binary: Path | None = None) -> list[str]:
+                   *, binary: Path | None = None, encoding: str = "json") -> list[str]:
     """The argv of the native generator (bench/fastclient.py's flags; built if stale), for
-    `url` = ws://127.0.0.1:PORT/ws; `binary` runs another build of it instead."""
+    `url` = ws://127.0.0.1:PORT/ws; `binary` runs another build of it instead; `encoding`:
+    what its viewers ask for (issue 24: compact, deflate, compact+deflate)."""
     exe = binary or build(GENERATOR_SRC, GENERATOR_BIN)
     argv = [str(exe), "--url", url, "--conns", str(conns), "--decode-every", str(decode_every),
             "--boards", str(boards)]
     if max_hz is not None:
         argv += ["--max-hz", f"{max_hz:g}"]
+    if encoding != "json":  # protocol 1 runs with the argv it always had
+        argv += ["--encoding", encoding]
     return argv

@@ -34,6 +34,13 @@ with the same publisher, generator and settings, the two searches taking turns p
 point (so both meet the machine's changing load alike): the before and after of a change,
 in one run.
 
+`--encodings json,compact+deflate` searches the service once per encoding (issue 24), the
+searches taking turns point by point as commits do: every viewer of a search asks for the
+same encoding (`compact`: `&encoding=compact`; `deflate`: the generator offers
+permessage-deflate and takes the server's compressed frames; `compact+deflate`: both, as
+the JS widget does). A deflate point fails unless every viewer negotiated it. Other
+peers are searched with protocol 1 only.
+
 The floor is bench/floor.c (built with `cc -O2`, as `make bench` does), run in the same
 run after each point: the same number of loopback connections, frames of the mean size
 the generator received, at the per-connection frame rate measured, the writer pinned to
@@ -45,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -209,6 +217,12 @@ class Plan:
     rate: float = 1000.0
     # bench/viewers_load.c ("native", ~2 µs a frame) or bench/fastclient.py ("picows", ~8).
     generator: str = "native"
+    # What every viewer of the point asks for: json (protocol 1), compact, deflate,
+    # compact+deflate (bench/viewers_load.c --encoding; the native generator only).
+    encoding: str = "json"
+
+
+ENCODINGS = ("json", "compact", "deflate", "compact+deflate")
 
 
 def final_seqs(r: redis_sync.Redis, layout: Layout = LAYOUT) -> dict[str, int]:
@@ -225,7 +239,9 @@ def run_point(peer: Server, redis_url: str, r: redis_sync.Redis, n: int, max_hz:
               say: Any = print) -> dict[str, Any]:
     server_cpus, other_cpus = cpus
     r.flushall()
-    tag = f"{max_hz:g}hz-{n}"
+    tag = f"{max_hz:g}hz-{n}" + ("" if plan.encoding == "json" else f"-{plan.encoding}")
+    if plan.encoding != "json" and plan.generator != "native":
+        raise ValueError(f"--encodings {plan.encoding}: the native generator only")
     server, port = start_server(peer, redis_url, r, n, tag, logs, server_cpus)
     clients: list[Child] = []
     publisher: Child | None = None
@@ -238,7 +254,8 @@ def run_point(peer: Server, redis_url: str, r: redis_sync.Redis, n: int, max_hz:
                 continue
             url = f"ws://127.0.0.1:{port}/ws"
             if plan.generator == "native":
-                argv = native.generator_argv(url, k, max_hz, plan.decode_every, plan.boards)
+                argv = native.generator_argv(url, k, max_hz, plan.decode_every, plan.boards,
+                                             encoding=plan.encoding)
             else:
                 argv = [PY, "-m", "bench.fastclient", "--url", url, "--conns", str(k),
                         "--max-hz", f"{max_hz:g}", "--decode-every", str(plan.decode_every),
@@ -306,12 +323,19 @@ def run_point(peer: Server, redis_url: str, r: redis_sync.Redis, n: int, max_hz:
                 "open, no frame in the window": sum(s.get("silent", 0) for s in stats)}
     reasons = fail_reasons(n, unserved, refused, closes, errors, p99, limit, converged, boards,
                            alive)
+    negotiated = sum(info.get("deflate", 0) for info in infos)
+    if "deflate" in plan.encoding and negotiated < connected:
+        reasons.append(f"{connected - negotiated} of {connected} viewers did not negotiate "
+                       "permessage-deflate")
     ok = not reasons
     out = {
         "peer": peer.key,
+        "encoding": plan.encoding,
         "viewers": n,
         "max_hz": max_hz,
         "connected": connected,
+        "deflate_negotiated": negotiated,
+        "compressed_frames": sum(s.get("compressed", 0) for s in stats),
         "served": served,
         "unserved": unserved,
         "refused_closes": refused,
@@ -341,7 +365,8 @@ def run_point(peer: Server, redis_url: str, r: redis_sync.Redis, n: int, max_hz:
         "pass": ok,
         "fail_reasons": reasons,
     }
-    say(f"  {peer.key} N={n} max_hz={max_hz:g}: {served}/{n} viewers served, "
+    say(f"  {peer.key}{'' if plan.encoding == 'json' else ' ' + plan.encoding} N={n} "
+        f"max_hz={max_hz:g}: {served}/{n} viewers served, "
         f"{out['frames_per_viewer_s']} frames/s/viewer, "
         f"p99 {p99} ms (limit {limit:.0f}), boards {converged}/{boards}, "
         f"server {out['server_cpu_pct']}% = {out['server_us_per_frame']} µs/frame, "
@@ -464,7 +489,8 @@ def search_steps(peer: Server, redis_url: str, r: redis_sync.Redis, max_hz: floa
         yield
     if best is not None:
         floor_for(best, cpus, floor_s)
-    return {"peer": peer.key, "max_hz": max_hz, "best": best, "points": points,
+    return {"peer": peer.key, "encoding": plan.encoding, "max_hz": max_hz, "best": best,
+            "points": points,
             "searched_s": round(spent), "capped": hi == 0 and lo >= cap, "error": error}
 
 
@@ -483,10 +509,16 @@ def in_turn(searches: list[Generator[None, None, dict[str, Any]]]) -> list[dict[
     return [results[i] for i in range(len(searches))]
 
 
-def not_run(peer: Server, max_hz: float, reason: str) -> dict[str, Any]:
+def not_run(peer: Server, max_hz: float, reason: str, encoding: str = "json") -> dict[str, Any]:
     """The result of a rate a peer could not be run at."""
-    return {"peer": peer.key, "max_hz": max_hz, "best": None, "points": [], "searched_s": 0,
-            "capped": False, "error": reason}
+    return {"peer": peer.key, "encoding": encoding, "max_hz": max_hz, "best": None,
+            "points": [], "searched_s": 0, "capped": False, "error": reason}
+
+
+def who(res: dict[str, Any]) -> str:
+    """A result's peer, with its encoding when it is not protocol 1."""
+    encoding = res.get("encoding", "json")
+    return res["peer"] if encoding == "json" else f"{res['peer']} ({encoding})"
 
 
 def service_first(keys: list[str]) -> list[str]:
@@ -500,11 +532,14 @@ def cell(text: str) -> str:
 
 
 def in_table_order(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """Results by rate (as given), then by peer: the service first."""
+    """Results by rate (as given), then by peer: the service first; then by encoding."""
     rates = list(dict.fromkeys(res["max_hz"] for res in data["rates"]))
     peers = service_first(list(data["peers"]))
-    order = {(hz, k): i for i, (hz, k) in enumerate((hz, k) for hz in rates for k in peers)}
-    return sorted(data["rates"], key=lambda res: order[(res["max_hz"], res["peer"])])
+    encodings = data.get("encodings") or ["json"]
+    order = {(hz, k, e): i for i, (hz, k, e) in enumerate(
+        (hz, k, e) for hz in rates for k in peers for e in encodings)}
+    return sorted(data["rates"], key=lambda res: order[(res["max_hz"], res["peer"],
+                                                        res.get("encoding", "json"))])
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -525,7 +560,7 @@ def markdown(data: dict[str, Any]) -> str:
     ]
     for res in results:
         b = res["best"]
-        head = f"| {res['max_hz']:g} | {res['peer']} |"
+        head = f"| {res['max_hz']:g} | {who(res)} |"
         error = cell(res.get("error") or "")
         stopped = f" (stopped: {error})" if error and res["points"] else ""
         if b is None:
@@ -554,7 +589,7 @@ def markdown(data: dict[str, Any]) -> str:
     for res in results:
         for p in res["points"]:
             lines.append(
-                f"| {p['max_hz']:g} | {p['peer']} | {p['viewers']:,} | {p['connected']:,} | "
+                f"| {p['max_hz']:g} | {who(p)} | {p['viewers']:,} | {p['connected']:,} | "
                 f"{p.get('served', '–')} | "
                 f"{p['frames_per_s']:,} | {p['age_p99_ms']} | {p['boards_converged']}/{p['boards']} "
                 f"| {p['server_cpu_pct']}% | {p['server_us_per_frame']} | "
@@ -576,16 +611,25 @@ def side_by_side(data: dict[str, Any], results: list[dict[str, Any]]) -> list[st
     """With `service@REV` in the run: per rate, the working tree's most viewers passing
     over each commit's (1.00×: the same on the search's grid; the search's resolution is
     the step between a pass and a failure it stops at)."""
-    best = {(res["max_hz"], res["peer"]): (res["best"] or {}).get("viewers") for res in results}
+    best = {(res["max_hz"], res["peer"], res.get("encoding", "json")):
+            (res["best"] or {}).get("viewers") for res in results}
     lines = []
-    for (hz, key), old in best.items():
-        new = best.get((hz, "service"))
+    for (hz, key, encoding), old in best.items():
+        new = best.get((hz, "service", encoding))
         if "@" in key and old and new:
             lines.append(f"- max_hz {hz:g}: working tree {new:,} over `{key}` {old:,} viewers = "
                          f"**{new / old:.2f}×**")
+    res = data.get("search", {}).get("resolution")
     if lines:
-        res = data.get("search", {}).get("resolution")
         lines = ["", f"Commits side by side (search resolution {res}):", "", *lines]
+    encoded = []
+    for (hz, key, encoding), new in best.items():
+        old = best.get((hz, key, "json"))
+        if encoding != "json" and old and new:
+            encoded.append(f"- max_hz {hz:g}, `{key}`: {encoding} viewers {new:,} over protocol-1 "
+                           f"viewers {old:,} = **{new / old:.2f}×**")
+    if encoded:
+        lines += ["", f"Encodings side by side (search resolution {res}):", "", *encoded]
     return lines
 
 
@@ -603,6 +647,14 @@ def parse_peers(text: str) -> list[Server]:
     if not servers:
         raise argparse.ArgumentTypeError(f"no peer in {text!r}")
     return servers
+
+
+def parse_encodings(text: str) -> list[str]:
+    encodings = list(dict.fromkeys(e.strip() for e in text.split(",") if e.strip()))
+    wrong = [e for e in encodings if e not in ENCODINGS]
+    if wrong or not encodings:
+        raise argparse.ArgumentTypeError(f"encodings are {', '.join(ENCODINGS)}; got {text!r}")
+    return encodings
 
 
 def peer_entry(peer: Server, compared: bool) -> dict[str, Any]:
@@ -632,6 +684,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procs", type=int, default=2, help="generator processes")
     parser.add_argument("--generator", choices=("native", "picows"), default="native",
                         help="bench/viewers_load.c (default) or bench/fastclient.py")
+    parser.add_argument("--encodings", type=parse_encodings, default=["json"],
+                        help=f"what the service's viewers ask for, comma-separated, of "
+                             f"{','.join(ENCODINGS)} (default json): a search per encoding, "
+                             "taking turns point by point")
     parser.add_argument("--out", type=Path, help="default bench/results (quick: bench/results/tmp)")
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument("--floor-only", action="store_true",
@@ -653,6 +709,9 @@ def main(argv: list[str] | None = None) -> int:
     # A comparison of commits: the working tree's service is labelled with HEAD's sha, and
     # the results do not go over the committed viewers.md.
     compared = any(peer.tree is not None and peer.tree.sha for peer in peers)
+    encodings: list[str] = args.encodings
+    if encodings != ["json"] and args.generator != "native":
+        parser.error("--encodings: the native generator only")
     if args.quick:
         plan = Plan(warmup_s=0.5, measure_s=1.5, procs=2, boards=2, decode_every=5,
                     generator=args.generator)
@@ -660,7 +719,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         plan = Plan(warmup_s=3, measure_s=10, procs=args.procs, boards=4, decode_every=20,
                     generator=args.generator)
-        out = args.out or (COMMITS_OUT if compared else ROOT / "bench" / "results")
+        out = args.out or (COMMITS_OUT if compared else ROOT / "bench" / "results"
+                           / ("viewers-encodings" if encodings != ["json"] else ""))
     rates = [float(x) for x in args.rates.split(",") if x.strip()]
     entries = {peer.key: peer_entry(peer, compared) for peer in peers}
     # Why a peer is not run: missing here, its imports not its tree's, or it did not start
@@ -681,25 +741,34 @@ def main(argv: list[str] | None = None) -> int:
                 os.sched_setaffinity(0, cpus[1])
             r = redis_sync.Redis.from_url(redis_server.url)
             for hz in rates:
-                runnable = []
+                runnable: list[tuple[Server, str]] = []
                 for peer in peers:
                     reason = skipped[peer.key]
-                    if reason is not None:
-                        print(f"max_hz {hz:g}, {peer.key}: not run: {reason}", flush=True)
-                        results.append(not_run(peer, hz, reason))
-                    else:
-                        runnable.append(peer)
+                    for encoding in encodings:
+                        why = reason or (None if peer.tree is not None or encoding == "json"
+                                         else "speaks protocol 1 only")
+                        if why is not None:
+                            print(f"max_hz {hz:g}, {peer.key} {encoding}: not run: {why}",
+                                  flush=True)
+                            results.append(not_run(peer, hz, why, encoding))
+                        else:
+                            runnable.append((peer, encoding))
                 searches = [
-                    search_steps(peer, redis_server.url, r, hz, plan, logs, cpus, 100, args.cap,
-                                 float("inf"), 1.0, max_points=1) if args.quick else
-                    search_steps(peer, redis_server.url, r, hz, plan, logs, cpus, args.start,
-                                 args.cap, args.budget, 5.0, resolution=args.resolution)
-                    for peer in runnable]
-                # Commits compared take turns point by point; otherwise one after the other.
-                print(f"max_hz {hz:g}, {', '.join(p.key for p in runnable)}"
-                      + (" (a point each in turn)" if compared else "") + ":", flush=True)
-                done = in_turn(searches) if compared else [in_turn([s])[0] for s in searches]
-                for peer, res in zip(runnable, done, strict=True):
+                    search_steps(peer, redis_server.url, r, hz,
+                                 dataclasses.replace(plan, encoding=encoding), logs, cpus, 100,
+                                 args.cap, float("inf"), 1.0, max_points=1) if args.quick else
+                    search_steps(peer, redis_server.url, r, hz,
+                                 dataclasses.replace(plan, encoding=encoding), logs, cpus,
+                                 args.start, args.cap, args.budget, 5.0,
+                                 resolution=args.resolution)
+                    for peer, encoding in runnable]
+                # Commits or encodings compared take turns point by point; otherwise one
+                # after the other.
+                turns = compared or len(encodings) > 1
+                print(f"max_hz {hz:g}, {', '.join(p.key + ('' if e == 'json' else ' ' + e) for p, e in runnable)}"
+                      + (" (a point each in turn)" if turns else "") + ":", flush=True)
+                done = in_turn(searches) if turns else [in_turn([s])[0] for s in searches]
+                for (peer, _), res in zip(runnable, done, strict=True):
                     ran = any(x["points"] for x in results if x["peer"] == peer.key)
                     if res["error"] and not res["points"] and not ran:
                         skipped[peer.key] = res["error"]  # never started: not again
@@ -719,6 +788,7 @@ def main(argv: list[str] | None = None) -> int:
         "search": {"start": args.start, "cap": args.cap, "budget_s": args.budget,
                    "resolution": args.resolution},
         "peers": {k: {**entry, "skipped": skipped[k]} for k, entry in entries.items()},
+        "encodings": encodings,
         "rates": results,
     }
     write_results(out, "viewers", data, markdown(data))

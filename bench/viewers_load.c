@@ -2,6 +2,7 @@
  *
  * viewers_load --url ws://127.0.0.1:PORT/ws --conns N [--max-hz H] [--decode-every K]
  *              [--boards S] [--concurrency C] [--connect-timeout T] [--batch-us U]
+ *              [--encoding json|compact|deflate|compact+deflate]
  *
  * A drop-in for bench/fastclient.py (same flags, same driver protocol, same JSON), written
  * because a generator in Python costs 7-10 µs of CPU per received frame, as much as the
@@ -28,7 +29,18 @@
  *   since waking once per frame costs more than the frame; an age is read at most that
  *   much later than the frame arrived.
  *
- * 127.0.0.1 only. Built with `cc -O2 -Wall` (bench/native.py).
+ * - Encodings (issue 24), --encoding: `compact` adds &encoding=compact to the URL; a compact
+ *   quotes frame is an array [TS0, entry...] (full entries: objects with ts/seq/symbol/i;
+ *   deltas: [i, price, dseq, dts, changes?]), whose ages come from the running time and
+ *   whose boards follow index -> symbol. `deflate` offers permessage-deflate
+ *   (server_no_context_takeover, client_no_context_takeover); a connection whose 101
+ *   accepted it takes messages with RSV1 set, counts their compressed payload as their
+ *   bytes, and inflates only the messages it decodes (zlib, one stream reset per message).
+ *   Without --encoding the request and the JSON output are as they always were; with it,
+ *   `connected` adds "deflate" (connections that negotiated it) and `stats` adds
+ *   "compressed" (messages that came with RSV1).
+ *
+ * 127.0.0.1 only. Built with `cc -O2 -Wall ... -lz` (bench/native.py).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -50,6 +62,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
+#include <zlib.h>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -61,6 +74,7 @@
 #define HS_MAX 16384
 #define MAX_KINDS 64
 #define STDIN_TAG UINT32_MAX
+#define MAX_INDEX 4096 /* compact symbol indexes a board follows */
 
 enum { C_PENDING, C_CONNECTING, C_HS, C_OPEN, C_CLOSED, C_FAILED };
 
@@ -70,6 +84,7 @@ struct board { /* symbol -> highest seq: a few dozen symbols, so a plain array *
     int n, cap;
     double last_advance; /* wall clock of the last frame that raised a seq */
     struct board_entry *e;
+    int32_t *slot; /* compact: symbol index -> entry + 1 (0: not taught yet) */
 };
 
 /* What a frame touches comes first: one cache line per frame of 10,000 connections. */
@@ -83,6 +98,8 @@ struct conn {
     uint8_t msg_op;     /* opcode of the data message in progress, 0: none */
     uint8_t msg_decode; /* this message is decoded (age sample or board) */
     uint8_t msg_age;    /* ... and it is this connection's age sample */
+    uint8_t deflate;    /* permessage-deflate was negotiated */
+    uint8_t msg_deflated; /* the message in progress came with RSV1 */
     uint8_t mask[4];
     uint8_t hdr[14];
     int countdown;
@@ -112,7 +129,7 @@ static int ep;
 static uint8_t rbuf[RBUF_SIZE];
 
 static struct {
-    uint64_t frames, bytes, decoded, aged;
+    uint64_t frames, bytes, decoded, aged, compressed;
     int64_t max_age;
     double t0;
     struct rusage ru0;
@@ -127,6 +144,8 @@ static int connect_done;
 static double connect_t0, connect_deadline;
 
 static char *req_fmt; /* the handshake request up to the key */
+static int want_compact, want_deflate, encoding_given;
+static long deflate_n; /* connections that negotiated permessage-deflate */
 
 static uint64_t rng_state;
 
@@ -474,14 +493,23 @@ static inline int key_is(const char *k, size_t n, const char *want, size_t wn) {
 
 /* ---- decoding a frame: the age sample and the board ------------------------------ */
 
-static int board_update(struct board *b, const char *sym, size_t len, int64_t seq) {
+static void board_teach(struct board *b, int64_t index, int slot) {
+    if (index < 0 || index >= MAX_INDEX) return;
+    if (!b->slot && !(b->slot = calloc(MAX_INDEX, sizeof *b->slot))) { perror("viewers_load: calloc"); _exit(1); }
+    b->slot[index] = slot + 1;
+}
+
+/* `index`: the compact symbol index the quote carried (-1: none). */
+static int board_update(struct board *b, const char *sym, size_t len, int64_t seq, int64_t index) {
     if (len >= sizeof b->e[0].sym) return 0;
     for (int i = 0; i < b->n; i++)
         if (b->e[i].len == len && !memcmp(b->e[i].sym, sym, len)) {
+            if (index >= 0) board_teach(b, index, i);
             if (seq > b->e[i].seq) { b->e[i].seq = seq; return 1; }
             return 0;
         }
     if (seq <= 0) return 0;
+    if (index >= 0) board_teach(b, index, b->n);
     if (b->n == b->cap) { /* a new symbol: rare, and only on the few board connections */
         b->cap = b->cap ? b->cap * 2 : 64;
         b->e = realloc(b->e, b->cap * sizeof *b->e);
@@ -515,7 +543,7 @@ static int walk_quotes(struct jw *j, int age, struct board *board) {
         if (*j->p == ']') { j->p++; break; }
         if (*j->p == '{') {
             j->p++;
-            int64_t v, seq = 0;
+            int64_t v, seq = 0, index = -1;
             int has_seq = 0;
             const char *sym = NULL;
             size_t sym_len = 0;
@@ -538,6 +566,8 @@ static int walk_quotes(struct jw *j, int age, struct board *board) {
                     has_seq = 1;
                 } else if (KEY(k, kn, "symbol") && *j->p == '"') {
                     if (jstr(j, &sym, &sym_len) < 0) goto out;
+                } else if (board && KEY(k, kn, "i") && *j->p != '"' && jint(j, &v) == 0) {
+                    index = v;
                 } else if (jskip(j) < 0) {
                     goto out;
                 }
@@ -546,7 +576,7 @@ static int walk_quotes(struct jw *j, int age, struct board *board) {
                 else if (j->p < j->e && *j->p == '}') { j->p++; break; }
                 else goto out;
             }
-            if (board && sym && has_seq) moved |= board_update(board, sym, sym_len, seq);
+            if (board && sym && has_seq) moved |= board_update(board, sym, sym_len, seq, index);
         } else if (jskip(j) < 0) {
             goto out;
         }
@@ -566,12 +596,116 @@ out:
     return ok;
 }
 
+/* A compact quotes frame, at its '[': [TS0, entry...]. A full entry is an object (its ts
+ * sets the running time; seq, symbol and i go to the board); a delta [i, price, dseq, dts,
+ * changes?] moves the running time by dts and the board's seq of index i by dseq. */
+static int walk_compact(struct jw *j, int age, struct board *board) {
+    int64_t now = age ? wall_ms() : 0, worst = -1, t, v;
+    uint64_t aged = 0;
+    int moved = 0, ok = -1;
+    if (j->p >= j->e || *j->p != '[') return -1;
+    j->p++;
+    if (jint(j, &t) < 0) goto out;
+    for (;;) {
+        jws(j);
+        if (j->p >= j->e) goto out;
+        if (*j->p == ']') { j->p++; break; }
+        if (*j->p != ',') goto out;
+        j->p++;
+        jws(j);
+        if (j->p >= j->e) goto out;
+        if (*j->p == '{') {
+            j->p++;
+            int64_t seq = 0, index = -1;
+            int has_seq = 0;
+            const char *sym = NULL;
+            size_t sym_len = 0;
+            for (;;) {
+                jws(j);
+                if (j->p >= j->e) goto out;
+                if (*j->p == '}') { j->p++; break; }
+                const char *k;
+                size_t kn;
+                if (jstr(j, &k, &kn) < 0) goto out;
+                jws(j);
+                if (j->p >= j->e || *j->p != ':') goto out;
+                j->p++;
+                jws(j);
+                if (j->p >= j->e) goto out;
+                if (KEY(k, kn, "ts") && *j->p != '"' && jint(j, &v) == 0) {
+                    t = v;
+                    if (age) record_age(now - v, &aged, &worst);
+                } else if (KEY(k, kn, "seq") && *j->p != '"' && jint(j, &v) == 0) {
+                    seq = v;
+                    has_seq = 1;
+                } else if (KEY(k, kn, "i") && *j->p != '"' && jint(j, &v) == 0) {
+                    index = v;
+                } else if (KEY(k, kn, "symbol") && *j->p == '"') {
+                    if (jstr(j, &sym, &sym_len) < 0) goto out;
+                } else if (jskip(j) < 0) {
+                    goto out;
+                }
+                jws(j);
+                if (j->p < j->e && *j->p == ',') j->p++;
+                else if (j->p < j->e && *j->p == '}') { j->p++; break; }
+                else goto out;
+            }
+            if (board && sym && has_seq) moved |= board_update(board, sym, sym_len, seq, index);
+        } else if (*j->p == '[') {
+            int64_t index, dseq, dts;
+            j->p++;
+            if (jint(j, &index) < 0) goto out;
+            jws(j);
+            if (j->p >= j->e || *j->p != ',') goto out;
+            j->p++;
+            if (jskip(j) < 0) goto out; /* the price */
+            jws(j);
+            if (j->p >= j->e || *j->p != ',') goto out;
+            j->p++;
+            if (jint(j, &dseq) < 0) goto out;
+            jws(j);
+            if (j->p >= j->e || *j->p != ',') goto out;
+            j->p++;
+            if (jint(j, &dts) < 0) goto out;
+            jws(j);
+            if (j->p < j->e && *j->p == ',') { /* the changes */
+                j->p++;
+                if (jskip(j) < 0) goto out;
+                jws(j);
+            }
+            if (j->p >= j->e || *j->p != ']') goto out;
+            j->p++;
+            t += dts;
+            if (age) record_age(now - t, &aged, &worst);
+            if (board && index >= 0 && index < MAX_INDEX && board->slot && board->slot[index]) {
+                struct board_entry *be = &board->e[board->slot[index] - 1];
+                if (dseq > 0) { be->seq += dseq; moved = 1; }
+            }
+        } else {
+            goto out;
+        }
+    }
+    ok = 0;
+out:
+    if (age) {
+        S.decoded += ok == 0;
+        S.aged += aged;
+        if (worst > S.max_age) S.max_age = worst;
+    }
+    if (moved) board->last_advance = wall_s();
+    return ok;
+}
+
 enum { T_NONE, T_QUOTES, T_SNAPSHOT, T_OTHER };
 
 /* One decoded text message: its top-level "type" decides what its "quotes" are for. */
 static void decode(struct conn *c, const uint8_t *m, size_t len) {
     struct jw j = {(const char *)m, (const char *)m + len};
     jws(&j);
+    if (j.p < j.e && *j.p == '[') { /* compact quotes */
+        if (c->msg_age || c->board) walk_compact(&j, c->msg_age, c->board);
+        return;
+    }
     if (j.p >= j.e || *j.p != '{') return;
     j.p++;
     int type = T_NONE;
@@ -624,6 +758,43 @@ static void decode(struct conn *c, const uint8_t *m, size_t len) {
     S.aged += aged; /* what went into the histogram, even from a frame cut short */
     if (worst > S.max_age) S.max_age = worst;
     if (end) S.decoded++;
+}
+
+/* A message that came with RSV1, inflated (RFC 7692 7.2.2: the payload and 00 00 ff ff,
+ * raw deflate, no context kept between messages), then decoded; a message that does not
+ * inflate is a protocol error (-1). */
+static int decode_deflated(struct conn *c, const uint8_t *m, size_t len) {
+    static z_stream zs;
+    static int zs_ready;
+    static uint8_t *ibuf;
+    static size_t icap;
+    static const uint8_t tail[4] = {0, 0, 0xff, 0xff};
+    if (!zs_ready) {
+        if (inflateInit2(&zs, -15) != Z_OK) { fputs("viewers_load: inflateInit2 failed\n", stderr); _exit(1); }
+        zs_ready = 1;
+    } else {
+        inflateReset(&zs);
+    }
+    size_t have = 0;
+    for (int part = 0; part < 2; part++) {
+        zs.next_in = (Bytef *)(part ? tail : m);
+        zs.avail_in = (uInt)(part ? sizeof tail : len);
+        while (zs.avail_in) {
+            if (have == icap) {
+                icap = icap ? icap * 2 : 65536;
+                if (icap > MAX_MSG) return -1;
+                if (!(ibuf = realloc(ibuf, icap))) { perror("viewers_load: realloc"); _exit(1); }
+            }
+            zs.next_out = ibuf + have;
+            zs.avail_out = (uInt)(icap - have);
+            int r = inflate(&zs, Z_SYNC_FLUSH);
+            have = icap - zs.avail_out;
+            if (r == Z_STREAM_END) break;
+            if (r != Z_OK && !(r == Z_BUF_ERROR && zs.avail_out == 0)) return -1;
+        }
+    }
+    decode(c, ibuf, have);
+    return 0;
 }
 
 /* ---- sockets ------------------------------------------------------------------------- */
@@ -772,7 +943,9 @@ static void protocol_error(struct conn *c) {
 static int frame_start(struct conn *c, const uint8_t *h) {
     uint8_t fin = h[0] >> 7, op = h[0] & 15, len7 = h[1] & 127;
     c->masked = h[1] >> 7;
-    if (h[0] & 0x70) { protocol_error(c); return -1; } /* no extension was negotiated */
+    /* RSV1: a compressed message, only where deflate was negotiated, only on its first frame. */
+    int rsv1 = (h[0] & 0x70) == 0x40 && c->deflate && (op == 1 || op == 2);
+    if ((h[0] & 0x70) && !rsv1) { protocol_error(c); return -1; }
     uint64_t len = len7;
     const uint8_t *p = h + 2;
     if (len7 == 126) { len = (uint64_t)p[0] << 8 | p[1]; p += 2; }
@@ -789,6 +962,8 @@ static int frame_start(struct conn *c, const uint8_t *h) {
     } else if (op == 1 || op == 2) {
         if (c->msg_op) { protocol_error(c); return -1; }
         c->msg_op = op;
+        c->msg_deflated = (uint8_t)rsv1;
+        S.compressed += rsv1 && op == 1;
         c->msg_age = c->msg_decode = 0;
         c->acc_len = 0;
         if (op == 1) {
@@ -834,9 +1009,14 @@ static int frame_end(struct conn *c, const uint8_t *inplace) {
         S.frames++;
         c->window = S.window;
         if (c->msg_decode) {
-            if (inplace) decode(c, inplace, c->frame_len);
-            else if (c->acc_len) decode(c, c->acc, c->acc_len);
+            const uint8_t *m = inplace ? inplace : c->acc;
+            size_t len = inplace ? c->frame_len : c->acc_len;
             c->acc_len = 0;
+            if (c->msg_deflated) {
+                if (decode_deflated(c, m, len) < 0) { c->msg_op = 0; protocol_error(c); return -1; }
+            } else if (inplace || len) {
+                decode(c, m, len);
+            }
         }
     }
     c->msg_op = 0;
@@ -933,6 +1113,12 @@ static void hs_input(struct conn *c, const uint8_t *p, size_t n) {
     free(c->hs);
     c->hs = NULL;
     c->hs_len = 0;
+    if (want_deflate) { /* did the 101 accept the offer? */
+        const char *h = head;
+        size_t hn = (size_t)(eoh - head);
+        for (size_t i = 0; i + 18 <= hn; i++)
+            if (!strncasecmp(h + i, "permessage-deflate", 18)) { c->deflate = 1; deflate_n++; break; }
+    }
     c->state = C_OPEN;
     in_flight--;
     ok_n++;
@@ -996,6 +1182,7 @@ static void emit_connected(void) {
     sb_printf(&b, "{\"event\":\"connected\",\"ok\":%ld,\"failed\":%ld,\"boards\":%ld,\"errors\":",
               ok_n, n_conns - ok_n, boards);
     sb_counter(&b, &conn_errors);
+    if (encoding_given) sb_printf(&b, ",\"deflate\":%ld", deflate_n);
     sb_printf(&b, ",\"connect_s\":");
     sb_num(&b, mono_s() - connect_t0, 3);
     sb_printf(&b, "}");
@@ -1031,7 +1218,7 @@ static void connect_tick(void) {
 
 static void reset_stats(void) {
     S.window++;
-    S.frames = S.bytes = S.decoded = S.aged = 0;
+    S.frames = S.bytes = S.decoded = S.aged = S.compressed = 0;
     S.max_age = 0;
     memset(hist, 0, sizeof hist);
     S.closes.n = 0;
@@ -1070,7 +1257,9 @@ static void emit_stats(void) {
         }
     sb_printf(&b, "},\"closes\":");
     sb_counter(&b, &S.closes);
-    sb_printf(&b, ",\"open\":%ld,\"silent\":%ld,\"conns\":%ld}", open, silent, ok_n);
+    sb_printf(&b, ",\"open\":%ld,\"silent\":%ld,\"conns\":%ld", open, silent, ok_n);
+    if (encoding_given) sb_printf(&b, ",\"compressed\":%llu", (unsigned long long)S.compressed);
+    sb_printf(&b, "}");
     emit(&b);
 }
 
@@ -1276,7 +1465,8 @@ static void run_commands(void) {
 /* ---- main ---------------------------------------------------------------------------- */
 
 #define USAGE "usage: viewers_load --url ws://127.0.0.1:PORT/ws --conns N [--max-hz H] " \
-    "[--decode-every K] [--boards S] [--concurrency C] [--connect-timeout T] [--batch-us U]\n"
+    "[--decode-every K] [--boards S] [--concurrency C] [--connect-timeout T] [--batch-us U] " \
+    "[--encoding json|compact|deflate|compact+deflate]\n"
 
 static void usage(const char *why) {
     fputs(USAGE, stderr);
@@ -1321,6 +1511,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--concurrency")) concurrency = (int)arg_long(v, a);
         else if (!strcmp(a, "--connect-timeout")) connect_timeout = arg_double(v, a);
         else if (!strcmp(a, "--batch-us")) batch_us = arg_long(v, a);
+        else if (!strcmp(a, "--encoding")) {
+            encoding_given = 1;
+            if (!strcmp(v, "compact")) want_compact = 1;
+            else if (!strcmp(v, "deflate")) want_deflate = 1;
+            else if (!strcmp(v, "compact+deflate")) want_compact = want_deflate = 1;
+            else if (strcmp(v, "json")) usage("--encoding is json, compact, deflate or compact+deflate");
+        }
         else { fprintf(stderr, "viewers_load: unrecognized argument: %s\n", a); usage(NULL); }
     }
     if (!url || n_conns < 0) usage("--url and --conns are required");
@@ -1342,10 +1539,13 @@ int main(int argc, char **argv) {
     int hostport_len = (int)(pe - hostport);
     char query[64] = "";
     if (!isnan(max_hz)) snprintf(query, sizeof query, "&max_hz=%g", max_hz);
+    if (want_compact) strncat(query, "&encoding=compact", sizeof query - strlen(query) - 1);
     struct sb req = {0};
     sb_printf(&req, "GET %s%s%ssymbols=*%s HTTP/1.1\r\nHost: %.*s\r\nUpgrade: websocket\r\n"
-              "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ",
-              *pe == '/' ? "" : "/", path, strchr(url, '?') ? "&" : "?", query, hostport_len, hostport);
+              "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n%sSec-WebSocket-Key: ",
+              *pe == '/' ? "" : "/", path, strchr(url, '?') ? "&" : "?", query, hostport_len, hostport,
+              want_deflate ? "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; "
+                             "client_no_context_takeover\r\n" : "");
     req_fmt = req.p;
     memset(&addr, 0, sizeof addr);
     addr.sin_family = AF_INET;

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -421,3 +422,84 @@ def test_build_is_cached_and_reports_failures(tmp_path: Path) -> None:
     built = out.stat().st_mtime_ns
     assert native.build(good, out).stat().st_mtime_ns == built
 
+
+
+# ---- the encodings of issue 24 ----------------------------------------------------------
+
+def deflated(payload: bytes) -> bytes:
+    """A text frame compressed as the service does it (RFC 7692: raw deflate, sync flush, the
+    trailing 00 00 ff ff removed), RSV1 set."""
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    data = c.compress(payload) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert data.endswith(b"\x00\x00\xff\xff")
+    head = frame(1, data[:-4])
+    return bytes([head[0] | 0x40]) + head[1:]
+
+
+def test_compact_and_deflate_against_a_scripted_server(generator: Path, tmp_path: Path) -> None:
+    """--encoding compact+deflate: the query and the offer, compressed and plain messages,
+    compact arrays (full and delta entries, with changes) whose running time gives the ages
+    and whose deltas move the boards by index; RSV1 where deflate was not negotiated is a
+    protocol error."""
+    now = int(time.time() * 1000)
+    snapshot = orjson.dumps({"type": "snapshot", "quotes": [
+        {"symbol": "AAA", "seq": 3, "ts": now - 50, "price": 1.5, "i": 0},
+        {"symbol": "BBB", "seq": 7, "ts": now - 40, "price": 2.5, "i": 1}]})
+    full = orjson.dumps([now - 30, {"symbol": "CCC", "seq": 2, "ts": now - 30, "price": 3, "i": 2},
+                         [0, 1.51, 1, 5]])
+    deltas = orjson.dumps([now - 20, [1, 2.49, 2, 0, {"volume": 12, "state": None}], [0, 1.52, 1, 3],
+                           [2, 3.1, 4, -1]])
+    status = orjson.dumps({"type": "status", "feed": "live"})
+    final = {"AAA": 5, "BBB": 9, "CCC": 6}
+    accept = UPGRADE.replace(b"\r\n\r\n", b"\r\nSec-WebSocket-Extensions: permessage-deflate; "
+                             b"server_no_context_takeover; client_no_context_takeover\r\n\r\n")
+
+    def compressed(sock: socket.socket) -> None:
+        sock.sendall(accept)
+        scripted.go.wait(10)
+        stream = deflated(snapshot) + frame(1, full) + deflated(status) + deflated(deltas)
+        send_split(sock, stream)
+        seen["compressed"] = read_client_frames(sock, 8, 1)
+
+    def not_negotiated(sock: socket.socket) -> None:
+        sock.sendall(UPGRADE)
+        scripted.go.wait(10)
+        sock.sendall(deflated(full))
+        seen["plain"] = read_client_frames(sock, 8, 10)
+
+    seen: dict[str, list[tuple[int, bool, bytes]]] = {}
+    scripted = Scripted([compressed, not_negotiated])
+    argv = native.generator_argv(f"ws://127.0.0.1:{scripted.port}/ws", 2, 4, 1, 2, binary=generator,
+                                 encoding="compact+deflate")
+    child = Child("viewers-compact", [*argv, "--concurrency", "1"], log_dir=tmp_path, pipe=True)
+    try:
+        info = child.recv(timeout=10)
+        assert info == {"event": "connected", "ok": 2, "failed": 0, "boards": 2, "errors": {},
+                        "deflate": 1, "connect_s": info["connect_s"]}
+        child.send({"cmd": "start"})
+        child.send({"cmd": "stop"})
+        assert child.recv(timeout=5)["frames"] == 0
+        scripted.go.set()
+        stats = stats_when(child, lambda s: s["frames"] == 4 and s["closes"], 10)
+        child.send({"cmd": "final", "seqs": final, "t_stop": time.time(), "deadline_s": 0.5})
+        conv = child.recv(timeout=5)
+        assert quit_child(child) == 0
+        scripted.join(10)
+    finally:
+        child.stop(timeout=5)
+        scripted.close()
+
+    request = scripted.requests[0].lower()
+    assert request.startswith(b"get /ws?symbols=*&max_hz=4&encoding=compact http/1.1\r\n")
+    assert (b"sec-websocket-extensions: permessage-deflate; server_no_context_takeover; "
+            b"client_no_context_takeover\r\n") in request
+    assert stats["closes"] == {"protocol": 1}  # the connection that did not negotiate it
+    assert stats["compressed"] == 3
+    assert stats["bytes"] == sum(len(f) - 2 for f in (deflated(snapshot), deflated(status),
+                                                       deflated(deltas))) + len(full)
+    assert stats["decoded"] == 2  # the compact frames; the snapshot is a board's only
+    assert stats["aged"] == 2 + 3
+    ages = merge_hist(stats["ages"])
+    assert 15 <= min(a for a, _ in ages) and max(a for a, _ in ages) < 5000
+    assert seen["plain"] == [(8, True, struct.pack(">H", 1002))]
+    assert conv["converged"] == 1 and conv["boards"] == 2, conv
