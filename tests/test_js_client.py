@@ -126,7 +126,8 @@ def test_declarations_reject_misuse(tmp_path: Path) -> None:
         "stream.on('quot', () => {});\n"  # no such event
         "stream.subscribe(5);\n"  # not symbols
         "stream.on('status', (feed) => { const n: number = feed; return n; });\n"
-        "connect('ws://x', { WebSocket: 42 });\n",
+        "connect('ws://x', { WebSocket: 42 });\n"
+        "connect('ws://x', { encoding: 'msgpack' });\n",  # not an encoding
         encoding="utf-8")
     (tmp_path / "tsconfig.json").write_text(json.dumps({
         "extends": str(JS / "examples" / "tsconfig.json"),
@@ -135,7 +136,7 @@ def test_declarations_reject_misuse(tmp_path: Path) -> None:
     result = subprocess.run([str(NODE_MODULES / ".bin" / "tsc"), "--noEmit", "-p", str(tmp_path)],
                             cwd=JS, capture_output=True, text=True, timeout=120)
     errors = re.findall(r"bad\.mts\((\d+),\d+\): error", result.stdout)
-    assert result.returncode != 0 and sorted(set(errors)) == ["3", "4", "5", "6"], result.stdout
+    assert result.returncode != 0 and sorted(set(errors)) == ["3", "4", "5", "6", "7"], result.stdout
 
 
 def test_every_export_is_declared() -> None:

@@ -1,4 +1,4 @@
-"""The JavaScript client's side of the compact encoding (docs/PROTOCOL.md, "The compact
+"""The JavaScript client's side of the compact encoding (docs/PROTOCOL.md, "Compact
 encoding"), in Node, on frames built here:
 
 - round2 and derivedChange (clients/js/src/format.js, compact.js) are Python's round(x, 2)

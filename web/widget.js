@@ -7,6 +7,7 @@
 //   js/format.js              the seed's text form of a quote  (clients/js/src/format.js)
 //   js/stream.js              the stream client: one socket per URL, board by seq,
 //                             feed status, reconnect          (clients/js/src/stream.js)
+//   js/compact.js             the compact encoding the socket asks for by default
 //   widget/quote-ticker.js    the element (Shadow DOM, all feed data inserted as text)
 //   widget/styles.js          its stylesheet
 //

@@ -1,6 +1,6 @@
-// The compact encoding (docs/PROTOCOL.md): how a socket that asked for `?encoding=compact`
-// turns its frames back into the full quotes protocol 1 would have sent. Shared by the
-// websocket and the SSE fallback (both hand stream.js the same frames).
+// The compact encoding (docs/PROTOCOL.md, "Compact encoding"): how the frames of a socket
+// that asked for `?encoding=compact` turn back into the full quotes protocol 1 would have
+// sent. Shared by the websocket and the SSE fallback (both hand stream.js the same frames).
 //
 // Why: a quote that moved carries only what changed (index, price, seq and ts steps, and
 // the fields that changed); `change` and `change_pct` are derived here exactly as the

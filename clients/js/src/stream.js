@@ -54,7 +54,7 @@
 // `connections()` says which is in use (`transport`). An EventSource cannot send a message,
 // so there the token goes as `?token=` on the /sse URL (the one place it is in a URL).
 //
-// The compact encoding (PROTOCOL.md, "The compact encoding"): every socket asks for
+// The compact encoding (PROTOCOL.md, "Compact encoding"): every socket asks for
 // `?encoding=compact` unless connect(url, { encoding: 'json' }); a quote that moved then
 // comes as what changed, and compact.js rebuilds the full quote protocol 1 would have
 // sent, so streams see the same quotes either way. A welcome without `encoding` (an older
