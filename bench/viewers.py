@@ -765,8 +765,9 @@ def main(argv: list[str] | None = None) -> int:
                 # Commits or encodings compared take turns point by point; otherwise one
                 # after the other.
                 turns = compared or len(encodings) > 1
-                print(f"max_hz {hz:g}, {', '.join(p.key + ('' if e == 'json' else ' ' + e) for p, e in runnable)}"
-                      + (" (a point each in turn)" if turns else "") + ":", flush=True)
+                names = ", ".join(p.key + ("" if e == "json" else f" {e}") for p, e in runnable)
+                print(f"max_hz {hz:g}, {names}" + (" (a point each in turn)" if turns else "")
+                      + ":", flush=True)
                 done = in_turn(searches) if turns else [in_turn([s])[0] for s in searches]
                 for (peer, _), res in zip(runnable, done, strict=True):
                     ran = any(x["points"] for x in results if x["peer"] == peer.key)
