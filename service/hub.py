@@ -344,10 +344,14 @@ class Hub:
         board = self.board
         entries = {s: board[s] for s in sorted(symbols) if s in board}
         if entries:
-            self.queue_frame(sub, Frame("snapshot", entries, compact=sub.outbox.form[0]))
+            compact = sub.outbox.form[0]
             group = self.members.get(sub)
-            if group is not None:
+            if compact and group is not None:
+                # Generations it has not taken yet are older than the snapshot, and their
+                # deltas are against what it held before it: it gets them in full.
+                sub.outbox.merge_next()
                 group.joined()
+            self.queue_frame(sub, Frame("snapshot", entries, compact=compact))
 
     def queue_frame(self, sub: Subscriber, frame: str | Frame) -> None:
         try:
@@ -446,11 +450,19 @@ class Hub:
             latest = fresh.get(quote.symbol)
             if latest is None or seq > latest[0]:
                 fresh[quote.symbol] = (seq, self.text(quote), quote)
+        changed = [(s, entry) for s, entry in fresh.items() if self.board.get(s) is not entry]
         # In place: groups hold this board for members that fell too far behind.
         self.board.clear()
         self.board.update(fresh)
         for group in self.groups.values():
-            group.forget()
+            if group.compact:
+                # Their deltas are against what the group sent; the board moved under it
+                # (a client's next snapshot holds it): in full next, and the new quotes
+                # pending, as if published.
+                group.forget()
+                for symbol, entry in changed:
+                    if group.key == ALL or symbol in group.key:
+                        group.put(symbol, entry)
         if self.every:  # what pub/sub missed comes from the tape, for every mode
             self.every.loaded(fresh)
 

@@ -126,16 +126,17 @@ class Group:
         for sub in fell:
             sub.outbox.leave_lane(seen=self.gen - 1)
 
-    def since(self, pos: int, within: Iterable[str] | None = None
+    def since(self, pos: int, within: Iterable[str] | None = None, merge: bool = False
               ) -> tuple[Frame | None, int]:
         """The frame for a member that has seen generations up to `pos`, and how many
         quotes it holds. `within` limits it to those symbols (a member leaving), and then
-        also gives what the group holds unsealed: the member will not see that seal."""
+        also gives what the group holds unsealed: the member will not see that seal.
+        `merge`: a frame of its own even when the newest generation's would do."""
         behind = self.gen - pos
         held = self.dirty if within is not None else None
         if behind <= 0 and not held:
             return None, 0
-        if behind == 1 and within is None:
+        if behind == 1 and within is None and not merge:
             quotes, frame = self.generations[-1]
             return frame, len(quotes)
         merged = self._missed(behind) if behind > 0 else {}
@@ -169,7 +170,9 @@ class Group:
                 merged.update(quotes)
             self.conflated += sum(len(quotes) for quotes, _ in missed) - len(merged)
             return merged
-        # Too far behind to merge: the latest state of every symbol is what it needs.
+        # Too far behind to merge: the latest state of every symbol is what it needs. That
+        # is newer than the group's last seal for the symbols pending: no deltas on those.
+        self.joined()
         symbols = self.board.keys() if self.key == ALL else self.key
         return {s: self.board[s] for s in symbols if s in self.board}
 
@@ -234,10 +237,12 @@ class Outbox:
     its group's generations or its every-mode quotes."""
 
     __slots__ = ("_frames", "_quotes", "control", "every", "form", "group", "lane_quotes",
-                 "max_control", "owner", "pos")
+                 "max_control", "merge", "owner", "pos")
 
     def __init__(self, max_control: int = 64, form: Form = PROTOCOL_1) -> None:
         self.form = form
+        # The next generations come merged, in full (merge_next).
+        self.merge = False
         self.control: list[str | Frame] = []
         self.max_control = max_control
         self.group: Group | None = None
@@ -301,6 +306,13 @@ class Outbox:
         self.lane_quotes = None
         self.owner = None
 
+    def merge_next(self) -> None:
+        """Take the generations not taken yet as one frame of full quotes, not as the
+        group's own: a compact member got a snapshot, newer than what the group's deltas
+        are against (service/compact.py)."""
+        self.leave_lane()
+        self.merge = True
+
     def put_control(self, frame: str | Frame) -> None:
         self.leave_lane()  # the group must not write past it
         if len(self.control) >= self.max_control:
@@ -340,7 +352,7 @@ class Outbox:
         self.control = []
         group = self.group
         if group is not None and self.pos < group.gen:
-            frame, count = group.since(self.pos)
+            frame, count = group.since(self.pos, merge=self.merge)
             self.pos = group.gen
             if frame is not None:
                 frames.append(frame)
@@ -349,5 +361,6 @@ class Outbox:
         if every is not None and every.quotes:
             self._quotes += len(every.quotes)
             frames += every.take()
+        self.merge = False
         self._frames += len(frames)
         return frames
