@@ -28,6 +28,7 @@ from quote_core.quote import Quote, derived_change
 from service import protocol
 from tests.redis_server import start_redis_server
 from tests.service_proc import ROOT, ServiceProcess, http_get, replay, run_service, wait_publisher_silent
+from tests.sseclient import open_sse
 from tests.wsclient import ClientConnection, connect, recv
 
 DOC_PATH = ROOT / "docs" / "asyncapi.yaml"
@@ -69,7 +70,9 @@ def message_of(frame: dict[str, Any] | list[Any]) -> str:
     is named by its `type` (or `op`)."""
     if isinstance(frame, list):
         return COMPACT
-    return frame.get("type") or frame.get("op")
+    name = frame.get("type") or frame.get("op")
+    assert isinstance(name, str), f"a frame without type or op: {frame}"
+    return name
 
 
 def check_frame(frame: dict[str, Any] | list[Any]) -> None:
@@ -397,6 +400,124 @@ async def test_every_frame_of_the_embedded_service_matches(service: ServiceProce
     assert all("encoding" not in f for f in seen.by_type["welcome"])
     assert not [q for kind in ("snapshot", "quotes") for f in seen.by_type[kind]
                 for q in f["quotes"] if "i" in q]
+
+
+# The compact encoding (`?encoding=compact`)
+
+
+def _has_indexed_snapshot(seen: Recorder) -> bool:
+    return any(all("i" in q for q in f["quotes"]) for f in seen.by_type.get("snapshot", ()))
+
+
+async def _compact_beside_protocol_1(service: ServiceProcess, query: str, seconds: float = 3.0
+                                     ) -> tuple[Recorder, CompactDecoder, int]:
+    """A compact client and a protocol-1 client on the same query, side by side for
+    `seconds` (and until the compact one saw a compact frame and a snapshot with `i`):
+    every frame of both validated, the compact quotes decoded, and each quote both saw (the
+    same symbol and seq) identical field for field. Returns the compact client's record,
+    its decoder, and how many quotes both saw."""
+    seen, plain = Recorder(), Recorder()
+    decoder = CompactDecoder()
+    decoded: dict[tuple[str, int], dict[str, Any]] = {}
+    received: dict[tuple[str, int], dict[str, Any]] = {}
+
+    async def compact_client() -> None:
+        async with connect(f"{service.ws_url}?encoding=compact&{query}") as ws:
+            welcome = seen.note(await recv(ws))
+            assert welcome["type"] == "welcome" and welcome["encoding"] == "compact"
+            assert ws.response is not None
+            extensions = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+            assert "permessage-deflate" in extensions and "server_no_context_takeover" in extensions
+            loop = asyncio.get_running_loop()
+            end = loop.time() + seconds
+            async with asyncio.timeout(seconds + 10):
+                while (loop.time() < end or COMPACT not in seen.by_type
+                       or not _has_indexed_snapshot(seen)):
+                    for quote in decoder.frame(seen.note(await recv(ws))):
+                        check_frame({"type": "quotes", "quotes": [quote]})
+                        assert Quote.from_dict(quote, require_seq=True).to_dict() == quote
+                        decoded[(quote["symbol"], quote["seq"])] = quote
+
+    async def protocol_1_client() -> None:
+        async with connect(f"{service.ws_url}?{query}") as ws:
+            welcome = plain.note(await recv(ws))
+            assert "encoding" not in welcome
+            loop = asyncio.get_running_loop()
+            end = loop.time() + seconds
+            while loop.time() < end:
+                frame = plain.note(await recv(ws))
+                assert isinstance(frame, dict), "an array frame to a protocol-1 client"
+                for quote in frame.get("quotes", ()) if frame["type"] in ("snapshot", "quotes") else ():
+                    assert "i" not in quote
+                    received[(quote["symbol"], quote["seq"])] = quote
+
+    await asyncio.gather(compact_client(), protocol_1_client())
+    both = decoded.keys() & received.keys()
+    for key in both:
+        assert decoded[key] == received[key], key
+    return seen, decoder, len(both)
+
+
+async def test_every_frame_of_a_compact_session_matches(service: ServiceProcess) -> None:
+    """`/ws?encoding=compact&symbols=*`: every frame validates, snapshots carry `i`, compact
+    arrays come, and the quotes rebuilt from them are a protocol-1 client's."""
+    seen, decoder, both = await _compact_beside_protocol_1(service, "symbols=*")
+    assert seen.by_type["ack"][0]["id"] is None and seen.by_type["ack"][0].get("all") is True
+    assert _has_indexed_snapshot(seen) and seen.by_type[COMPACT]
+    assert decoder.deltas > 0
+    assert both >= 20, f"only {both} quotes seen by both clients"
+
+
+async def test_every_frame_of_a_compact_session_at_4_hz_matches(service: ServiceProcess) -> None:
+    seen, decoder, _ = await _compact_beside_protocol_1(service, "symbols=*&max_hz=4")
+    assert seen.by_type["ack"][0]["max_hz"] == 4
+    assert _has_indexed_snapshot(seen) and seen.by_type[COMPACT]
+    assert decoder.deltas > 0
+
+
+async def test_an_unknown_encoding_is_protocol_1_with_an_error(service: ServiceProcess) -> None:
+    seen = Recorder()
+    async with connect(service.ws_url + "?encoding=foo") as ws:
+        welcome = seen.note(await recv(ws))
+        assert welcome["type"] == "welcome" and welcome["encoding"] == "json"
+        error = seen.note(await recv(ws))
+        assert error["type"] == "error" and error["code"] == "bad_request"
+        assert "id" not in error and "foo" in error["message"]
+        await send(ws, {"op": "ping", "id": "still-here"})
+        assert (await seen.until(ws, "pong"))["id"] == "still-here"
+    async with connect(service.ws_url + "?encoding=json&symbols=OGDC,PPL") as ws:
+        assert seen.note(await recv(ws))["encoding"] == "json"
+        await seen.until(ws, "ack")
+        await seen.until(ws, "snapshot")
+        await seen.until(ws, "quotes")
+    async with await open_sse(service.url + "/sse?symbols=OGDC&encoding=foo") as stream:
+        assert stream.status == 200, "an unknown encoding is no bad request on a stream either"
+        events = [await stream.event(), await stream.event()]
+        assert [e.kind for e in events] == ["welcome", "error"]
+        assert seen.note(events[0].json)["encoding"] == "json"
+        assert seen.note(events[1].json)["code"] == "bad_request"
+    assert COMPACT not in seen.by_type
+    assert not [q for kind in ("snapshot", "quotes") for f in seen.by_type[kind]
+                for q in f["quotes"] if "i" in q]
+
+
+async def test_every_event_of_a_compact_stream_matches(service: ServiceProcess) -> None:
+    """`/sse?encoding=compact`: the same frames as the events' data, the compact array in a
+    `quotes` event with its resume position as the id."""
+    seen = Recorder()
+    decoder = CompactDecoder()
+    async with await open_sse(service.url + "/sse?symbols=*&encoding=compact") as stream:
+        assert stream.status == 200
+        async with asyncio.timeout(15):
+            while COMPACT not in seen.by_type or not _has_indexed_snapshot(seen):
+                event = await stream.event()
+                frame = seen.note(event.json)
+                assert event.kind == (frame["type"] if isinstance(frame, dict) else "quotes")
+                if event.kind in ("snapshot", "quotes"):
+                    assert event.id and re.fullmatch(r"[A-Z0-9.\-]+:\d+(,[A-Z0-9.\-]+:\d+)*",
+                                                     event.id), event.id
+                decoder.frame(frame)
+    assert seen.by_type["welcome"][0]["encoding"] == "compact"
 
 
 def _replay(redis_url: str, text: str, path: Path) -> None:
