@@ -7,7 +7,8 @@ encoding"), in Node, on frames built here:
 - the decoder rebuilds, field for field, the protocol-1 quotes of long random walks that
   a reference encoder written here from the wire contract turned into frames (full and
   delta entries, conflated seqs, time going back, optional fields set and removed, new
-  days, indexed protocol-1-form frames);
+  days, indexed protocol-1-form frames), and docs/PROTOCOL.md's example into its
+  protocol-1 frame;
 - the stream client asks for the encoding in its URL, reads the welcome, strips `i`,
   falls back to protocol 1 on a welcome that says nothing, and reconnects (forgetting
   every index) after a delta for an index it does not know; the SSE fallback asks too.
@@ -21,10 +22,12 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import subprocess
 from typing import Any
 
 from quote_core.quote import Quote, derived_change
+from tests.service_proc import ROOT
 from tests.test_js_client import JS, require_node
 
 
@@ -434,3 +437,26 @@ def test_stream_client_on_scripted_compact_frames() -> None:
                           "ws://quotes.example/ws?x=1&encoding=json"]
     assert out["bad"] == "RangeError"
     assert out["sse"] == ["http://quotes.example/sse?symbols=OGDC&max_hz=4&encoding=compact"]
+
+
+def test_the_compact_example_of_protocol_md_decodes_in_js() -> None:
+    """docs/PROTOCOL.md's snapshot with `i`, its compact frame, and the protocol-1 frame it
+    stands for: the JS decoder turns the first two into the third."""
+    text = (ROOT / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
+    section = text[text.index("### The compact `quotes` frame"):text.index("## permessage-deflate")]
+    frames = [json.loads(block) for block in re.findall(r"```json\n(.*?)\n```", section, re.DOTALL)]
+    (compact,) = [f for f in frames if isinstance(f, list)]
+    protocol_1 = frames[frames.index(compact) + 1]
+    before = text[text.index("### `snapshot` and `quotes` frames in protocol-1 form"):]
+    snapshot = json.loads(re.search(r"```json\n(.*?)\n```", before, re.DOTALL)[1])  # type: ignore[index]
+    assert snapshot["type"] == "snapshot" and all("i" in q for q in snapshot["quotes"])
+    got = run_node(r"""
+import { CompactDecoder } from 'quote-stream';
+let text = '';
+for await (const chunk of process.stdin) text += chunk;
+const [snapshot, frame] = JSON.parse(text);
+const decoder = new CompactDecoder();
+decoder.quotes(snapshot.quotes);
+console.log(JSON.stringify(decoder.frame(frame)));
+""", [snapshot, compact])
+    assert got == protocol_1["quotes"]
