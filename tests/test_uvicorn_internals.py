@@ -122,6 +122,22 @@ def test_shared_frames_reach_uvicorns_transport(running: Running) -> None:
         assert running.call(open_once_closing) is False
 
 
+def test_the_deflate_offer_reaches_the_handshake(running: Running) -> None:
+    """SharedDeflateProtocol replaces the extensions uvicorn's protocol offers: an upgrade
+    that built `conn` elsewhere, or read another attribute, would leave deflate off."""
+    with connect(f"ws://127.0.0.1:{running.port}/ws?symbols=*&encoding=compact",
+                 compression="deflate") as ws:
+        ws.recv(timeout=5)
+        assert "server_no_context_takeover" in ws.response.headers["Sec-WebSocket-Extensions"]
+        connection = only_client(running.engine, Connection)
+        send = uvicorn_private.server_send(connection.websocket.scope)
+        raw = uvicorn_private.raw_protocol(send)
+        assert isinstance(raw, uvicorn_private.SharedDeflateProtocol)
+        assert uvicorn_private.deflate_negotiated(send)
+        assert connection.outbox.form == (True, True)
+        assert connection._writer is not None, "deflate keeps the direct path"
+
+
 def test_a_stalled_websocket_peer_can_be_aborted(running: Running) -> None:
     with connect(f"ws://127.0.0.1:{running.port}/ws?symbols=OGDC", compression=None) as ws:
         ws.recv(timeout=5)
