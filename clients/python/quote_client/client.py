@@ -541,7 +541,8 @@ class QuoteClient:
         # The compact encoding (fewer bytes; the same quotes come out) unless the URL or
         # `encoding` says otherwise; permessage-deflate offered unless `compression=False`.
         self.compression = compression
-        self.url, from_query = self._split_query(url, encoding)
+        self.encoding: Encoding = encoding
+        self.url, from_query = self._split_query(url)
         self._decoder = Decoder()
         wanted: Symbols = frozenset() if symbols is None else _symbols_arg(symbols)
         if from_query is not None:
@@ -574,12 +575,9 @@ class QuoteClient:
         self._closed = False
 
     @staticmethod
-    def _split_query(url: str, encoding: Encoding) -> tuple[str, Symbols | None]:
+    def _split_query(url: str) -> tuple[str, Symbols | None]:
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
-        if not any(key == "encoding" for key, _ in query):
-            query.append(("encoding", encoding))
-            url = urlunsplit(parts._replace(query=urlencode(query)))
         raw = [value for key, value in query if key == "symbols"]
         if not raw:
             return url, None
@@ -590,6 +588,16 @@ class QuoteClient:
             raise QuoteError(f"bad ?symbols= in {url!r}: {exc}") from None
         rest = urlencode([(k, v) for k, v in query if k != "symbols"])
         return urlunsplit(parts._replace(query=rest)), symbols
+
+    def _connect_url(self) -> str:
+        """The URL a connection opens: `url` with `?encoding=` added (one the URL names
+        itself wins)."""
+        parts = urlsplit(self.url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        if any(key == "encoding" for key, _ in query):
+            return self.url
+        query.append(("encoding", self.encoding))
+        return urlunsplit(parts._replace(query=urlencode(query)))
 
     # Public state
 
@@ -973,7 +981,8 @@ class QuoteClient:
                 # The service compresses a shared frame once for all its clients
                 # (service/deflate.py); the library inflates it. A "*" snapshot grows with
                 # the symbol count, hence the larger max_size.
-                async with connect(self.url, compression="deflate" if self.compression else None,
+                async with connect(self._connect_url(),
+                                   compression="deflate" if self.compression else None,
                                    close_timeout=2,
                                    open_timeout=self.open_timeout or 10, max_size=2**24) as ws:
                     try:
