@@ -500,6 +500,6 @@ def test_compact_and_deflate_against_a_scripted_server(generator: Path, tmp_path
     assert stats["decoded"] == 2  # the compact frames; the snapshot is a board's only
     assert stats["aged"] == 2 + 3
     ages = merge_hist(stats["ages"])
-    assert 15 <= min(a for a, _ in ages) and max(a for a, _ in ages) < 5000
+    assert min(a for a, _ in ages) >= 15 and max(a for a, _ in ages) < 5000
     assert seen["plain"] == [(8, True, struct.pack(">H", 1002))]
     assert conv["converged"] == 1 and conv["boards"] == 2, conv
