@@ -196,7 +196,7 @@ def run(seed: int, mark: str, steps: int) -> list[tuple[Client, ...]]:
 @pytest.mark.parametrize(("seed", "mark"), [(1, ""), (2, ',"delayed":true'), (3, "")])
 def test_a_compact_client_holds_what_a_protocol_1_client_holds_over_a_long_run(
         seed: int, mark: str) -> None:
-    twins = run(seed, mark, steps=2500)
+    twins = run(seed, mark, steps=2000)
     deltas = sum(trio[1].deltas for trio in twins)
     full = sum(len(trio[1].board) for trio in twins)
     assert deltas > 20 * full, "most quotes went as deltas"
