@@ -5,6 +5,7 @@ CPU, measured side by side in one run, against the information floor.
     python -m bench.bytes --no-cpu          # the bytes alone: about 2 minutes
     python -m bench.bytes --rounds 5        # more CPU rounds
     python -m bench.bytes --quick           # seconds: what tests/test_bench_bytes.py runs
+    python -m bench.bytes --report-only     # bytes.md again (after a viewers-per-core run)
 
 Encodings: `json` (protocol 1), `deflate` (protocol 1, permessage-deflate offered),
 `compact` (`?encoding=compact`), `compact+deflate` (both: what the JS widget asks for).
@@ -36,6 +37,10 @@ over the window / frames the generator counted. For each setting the encodings r
 back, `--rounds` times, the order reversed every other round; the table gives each
 encoding's median, and its median ratio to protocol 1 over the rounds (each round's ratio
 is of points minutes apart).
+
+**Viewers per core** at max_hz 4, compact+deflate against protocol 1, is bench/viewers.py's
+search (`--encodings json,compact+deflate`); the runs kept under
+bench/results/viewers-encodings/<run>/ are read into the targets (the median of their ratios).
 
 Writes bench/results/bytes.md and bytes.json (--quick: bench/results/tmp/).
 """
@@ -75,6 +80,8 @@ SYMBOLS = 34
 SYMBOL_BITS = math.ceil(math.log2(SYMBOLS))
 SYNC_TAIL = b"\x00\x00\xff\xff"
 OFFER = b"permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+# Thresholds tried (what compact+deflate would have cost with DEFLATE_MIN_BYTES at each).
+THRESHOLDS = (0, 32, 64, 96, 128, 192, 256, 512, 1024)
 BUCKETS = ((0, 128, "< 128 B"), (128, 256, "128-255 B"), (256, 1025, "256-1024 B"),
            (1025, 1 << 62, "> 1024 B"))
 ALWAYS = ("symbol", "seq", "ts", "price")
@@ -382,7 +389,34 @@ def analyse(viewers: list[RawViewer], start: float, end: float) -> dict[str, Any
         "quotes_checked": checked,
         "quotes_differ": differ,
         "buckets": buckets(first_of.get("compact"), first_of.get("compact+deflate"), start, end),
+        "thresholds": thresholds(first_of.get("compact"), start, end, json_bps),
     }
+
+
+def thresholds(compact: RawViewer | None, start: float, end: float,
+               json_bps: float) -> dict[str, dict[str, float | None]]:
+    """Bytes/s per viewer compact+deflate would have cost with each threshold: the compact
+    viewer's window, each quotes frame of at least T bytes compressed as wire.py does it."""
+    if compact is None:
+        return {}
+    seconds = end - start
+    plain = 0
+    frames: list[tuple[int, int, int]] = []  # (payload, plain wire, deflated wire)
+    for f, text in compact.messages():
+        if not start <= f.t < end:
+            continue
+        if f.opcode == 1 and is_quotes(orjson.loads(text)):
+            d = deflated_frame(text)
+            frames.append((len(text), f.wire, f.wire if d is None else len(d)))
+        else:
+            plain += f.wire
+    out = {}
+    for t in THRESHOLDS:
+        total = plain + sum(d if n >= t else w for n, w, d in frames)
+        out[str(t)] = {"bytes_per_s": round(total / seconds, 1),
+                       "ratio": round(total / seconds / json_bps, 4) if json_bps else None,
+                       "compressed_per_s": round(sum(n >= t for n, _, _ in frames) / seconds, 2)}
+    return out
 
 
 def buckets(compact: RawViewer | None, both: RawViewer | None, start: float,
@@ -507,15 +541,19 @@ def hz_label(max_hz: int | None) -> str:
     return str(max_hz) if max_hz else f"default ({DEFAULT_HZ} Hz)"
 
 
-def per_core(path: Path) -> dict[str, Any] | None:
-    """The latest viewers-per-core run with encodings (bench/viewers.py --encodings), if any."""
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text())
-    best = {(r["max_hz"], r.get("encoding", "json")): (r["best"] or {}).get("viewers")
-            for r in data.get("rates", []) if r["peer"] == "service"}
-    return {"started": data.get("started"), "resolution": data.get("search", {}).get("resolution"),
-            "best": {f"{hz:g}/{e}": v for (hz, e), v in best.items()}}
+def per_core(root: Path) -> list[dict[str, Any]]:
+    """The viewers-per-core runs with encodings (bench/viewers.py --encodings --out
+    ROOT/<run>), oldest first: each run's most viewers passing per max_hz/encoding."""
+    runs = []
+    for path in sorted(root.glob("*/viewers.json")):
+        data = json.loads(path.read_text())
+        best = {(r["max_hz"], r.get("encoding", "json")): (r["best"] or {}).get("viewers")
+                for r in data.get("rates", []) if r["peer"] == "service"}
+        runs.append({"run": path.parent.name, "started": data.get("started"),
+                     "resolution": data.get("search", {}).get("resolution"),
+                     "encodings": data.get("encodings"),
+                     "best": {f"{hz:g}/{e}": v for (hz, e), v in best.items()}})
+    return sorted(runs, key=lambda r: r["started"] or "")
 
 
 def targets(result: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -540,13 +578,18 @@ def targets(result: dict[str, Any]) -> list[tuple[str, str, str]]:
                          f"max_hz {hz_label(s['max_hz'])}",
                          f"{row['median_ratio']:.3f}× (rounds {each})",
                          "met" if row["median_ratio"] <= 1.05 else "**missed**"))
-    pc = result.get("per_core")
-    if pc:
-        old, new = pc["best"].get("4/json"), pc["best"].get("4/compact+deflate")
-        if old and new:
-            rows.append(("viewers per core at max_hz 4: compact+deflate ≥ protocol 1",
-                         f"{new:,} vs {old:,} ({new / old:.2f}×; run {pc['started']}, search "
-                         f"resolution {pc['resolution']})", "met" if new >= old else "**missed**"))
+    pairs = [(run, run["best"].get("4/compact+deflate"), run["best"].get("4/json"))
+             for run in result.get("per_core") or []]
+    pairs = [(run, new, old) for run, new, old in pairs if new and old]
+    if pairs:
+        ratio = statistics.median(new / old for _, new, old in pairs)
+        rows.append(("viewers per core at max_hz 4: compact+deflate ≥ protocol 1",
+                     f"median {ratio:.2f}× over {len(pairs)} runs: " + "; ".join(
+                         f"{new:,} vs {old:,} ({run['started']}, searches in turn: "
+                         f"{' / '.join(run['encodings'] or [])})"
+                         for run, new, old in pairs)
+                     + f"; search resolution {pairs[0][0]['resolution']}",
+                     "met" if ratio >= 1 else "**missed**"))
     return rows
 
 
@@ -616,6 +659,17 @@ def report(result: dict[str, Any]) -> str:
                 f"{k['received_compressed']}/{k['received_frames']}, "
                 + (f"{k['received_ratio']:.3f}" if k["received_ratio"] is not None else "–")
                 + " |")
+    lines += ["", "What compact+deflate would cost per viewer-second with the threshold at T "
+              "bytes of compact payload (the compact viewer's frames of at least T compressed "
+              "as wire.py does it; (×) to protocol 1; 256 is the service's):", "",
+              "| rate q/s | max_hz | " + " | ".join(f"T={t}" for t in THRESHOLDS) + " |",
+              "|---|---|" + "---|" * len(THRESHOLDS)]
+    for s in b["settings"]:
+        th = s.get("thresholds") or {}
+        if th:
+            lines.append(f"| {s['rate']:,} | {hz_label(s['max_hz'])} | " + " | ".join(
+                f"{th[str(t)]['bytes_per_s']:,.0f} ({th[str(t)]['ratio']:.3f}×)"
+                for t in THRESHOLDS) + " |")
     cpu = result.get("cpu")
     if cpu:
         lines += ["", "## Service CPU per client frame", "",
@@ -683,7 +737,16 @@ def main() -> None:
                              "round of 100 viewers at 1,000 q/s max_hz 4; into results/tmp/")
     parser.add_argument("--out", type=Path, default=None,
                         help="where bytes.md/json go (default bench/results, --quick: tmp/)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="measure nothing: bytes.md again from bytes.json, with the "
+                             "viewers-per-core runs under results/viewers-encodings/ read again")
     args = parser.parse_args()
+    if args.report_only:
+        out = args.out or RESULTS
+        kept: dict[str, Any] = json.loads((out / "bytes.json").read_text())
+        kept["per_core"] = per_core(RESULTS / "viewers-encodings")
+        write_results(out, "bytes", kept, report(kept))
+        return
     settings = [(rate, hz) for rate in RATES for hz in MAX_HZS]
     seconds, per_encoding = args.seconds, args.viewers
     cpu_settings, rounds = settings, args.rounds
@@ -717,7 +780,7 @@ def main() -> None:
         result["cpu"] = cpu_rounds(cpu_settings, encodings, rounds, viewers_at, cpu_warmup,
                                    cpu_seconds)
     if not args.quick:
-        result["per_core"] = per_core(RESULTS / "viewers-encodings" / "viewers.json")
+        result["per_core"] = per_core(RESULTS / "viewers-encodings")
     result["load_after"] = [round(x, 2) for x in os.getloadavg()]
     write_results(out, "bytes", result, report(result))
 

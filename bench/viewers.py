@@ -719,8 +719,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         plan = Plan(warmup_s=3, measure_s=10, procs=args.procs, boards=4, decode_every=20,
                     generator=args.generator)
-        out = args.out or (COMMITS_OUT if compared else ROOT / "bench" / "results"
-                           / ("viewers-encodings" if encodings != ["json"] else ""))
+        # With encodings: a directory per run (bench/bytes.py reads them all).
+        out = args.out or (COMMITS_OUT if compared else ROOT / "bench" / "results" / (
+            "viewers-encodings/" + time.strftime("%Y%m%d-%H%M", time.gmtime())
+            if encodings != ["json"] else ""))
     rates = [float(x) for x in args.rates.split(",") if x.strip()]
     entries = {peer.key: peer_entry(peer, compared) for peer in peers}
     # Why a peer is not run: missing here, its imports not its tree's, or it did not start
