@@ -661,7 +661,7 @@ def report(result: dict[str, Any]) -> str:
                 + " |")
     lines += ["", "What compact+deflate would cost per viewer-second with the threshold at T "
               "bytes of compact payload (the compact viewer's frames of at least T compressed "
-              "as wire.py does it; (×) to protocol 1; 256 is the service's):", "",
+              f"as wire.py does it; (×) to protocol 1; {DEFLATE_MIN_BYTES} is the service's):", "",
               "| rate q/s | max_hz | " + " | ".join(f"T={t}" for t in THRESHOLDS) + " |",
               "|---|---|" + "---|" * len(THRESHOLDS)]
     for s in b["settings"]:

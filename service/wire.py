@@ -27,9 +27,11 @@ from .protocol import quotes_frame
 _FIN_TEXT = 0x81
 # The same with RSV1 set: the message is compressed (RFC 7692 §6).
 _FIN_TEXT_DEFLATED = 0xC1
-# A shared frame is compressed only from this many bytes of text: below it deflate saves
-# little of a quotes frame (bench/README.md, "Bytes per viewer").
-DEFLATE_MIN_BYTES = 256
+# A shared frame is compressed only from this many bytes of text. Compact frames of 64-255
+# bytes (a few deltas: the demo at max_hz 4) deflate to about 0.7 of their size, larger ones
+# to 0.44; below 64 (one or two deltas) it saves nothing and only spends zlib's time
+# (bench/README.md, "Bytes per viewer").
+DEFLATE_MIN_BYTES = 64
 # zlib's level 6 (its default): measured 10-15% smaller than level 1 on quotes frames, and
 # paid once per shared frame.
 DEFLATE_LEVEL = 6

@@ -255,7 +255,7 @@ def test_shared_frames_are_compressed_once_and_only_when_it_pays() -> None:
     assert inflate(shared.wire) == shared.text.encode()
     plain = Prepared("quotes", quotes)
     assert plain.wire == text_frame(plain.text.encode()), "protocol 1's bytes, unchanged"
-    assert Prepared("quotes", dict(list(quotes.items())[:1]), deflate=True).wire[0] == 0x81
+    assert Prepared("quotes", {}, small.decode(), deflate=True).wire[0] == 0x81, "too small"
     assert deflated_frame(random.Random(1).randbytes(600)) is None, "incompressible: as it is"
 
 
