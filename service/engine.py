@@ -46,10 +46,12 @@ class Engine:
         self.tape: Tape = make_tape(settings)
         self.hub = Hub(settings.max_symbols, default_hz=default_hz(settings), tape=self.tape,
                        max_recovery=settings.max_recovery,
-                       every_queue_bytes=settings.every_queue_bytes)
+                       every_queue_bytes=settings.every_queue_bytes,
+                       deflate_min_bytes=settings.ws_deflate_min_bytes)
         # The delayed tier (service/delayed.py): a hub of its own, fed from the tape.
         delayed_hub = Hub(settings.max_symbols, default_hz=default_hz(settings),
-                          every_queue_bytes=settings.every_queue_bytes, mark=DELAYED_MARK)
+                          every_queue_bytes=settings.every_queue_bytes, mark=DELAYED_MARK,
+                          deflate_min_bytes=settings.ws_deflate_min_bytes)
         self.delayed = DelayedFeed(settings, self.hub, delayed_hub, self.tape)
         # A grant's tier (service/tiers.py): the hub its clients are served from.
         self.tiers: dict[TierName, Tier] = {

@@ -40,7 +40,7 @@ from .protocol import (
 )
 from .sequencer import Sequencer, Subscriber
 from .tape import Tape
-from .wire import Frame
+from .wire import DEFLATE_MIN_BYTES, Frame
 
 log = logging.getLogger("service.hub")
 
@@ -87,8 +87,11 @@ class Hub:
                  clock: Callable[[], float] = _loop_time,
                  call_later: Callable[[float, Callable[[], None]], Any] = _loop_call_later,
                  tape: Tape | None = None, max_recovery: int = 10_000,
-                 every_queue_bytes: int = 1 << 20, mark: str = "") -> None:
+                 every_queue_bytes: int = 1 << 20, mark: str = "",
+                 deflate_min_bytes: int = DEFLATE_MIN_BYTES) -> None:
         self.max_symbols = max_symbols
+        # Shared frames from this size go compressed to deflate members (wire.py).
+        self.deflate_min_bytes = deflate_min_bytes
         # What every quote this hub sends carries besides its fields (its tier's mark,
         # service/tiers.py: `"delayed": true`), as JSON members after a comma.
         self.mark = mark
@@ -208,7 +211,8 @@ class Hub:
             phase += 1
         if best is not None and (hz is None or len(best.members) < PHASE_MEMBERS):
             return best
-        group = self.groups[key, hz, phase, form] = Group(key, self.board, hz, phase, form)
+        group = self.groups[key, hz, phase, form] = Group(key, self.board, hz, phase, form,
+                                                          self.deflate_min_bytes)
         if key == ALL:
             self.everyone.append(group)
         else:

@@ -33,7 +33,7 @@ from typing import Any
 
 from .compact import Entry, Reference
 from .protocol import ALL, Symbols
-from .wire import Frame, Prepared
+from .wire import DEFLATE_MIN_BYTES, Frame, Prepared
 
 KEEP = 32
 
@@ -49,16 +49,19 @@ Writer = tuple[Callable[[bytes], Any], Callable[[], bool], Callable[[], int]]
 
 
 class Group:
-    __slots__ = ("board", "compact", "conflated", "deflate", "dirty", "form", "gen",
+    __slots__ = ("board", "compact", "conflated", "deflate_from", "dirty", "form", "gen",
                  "generations", "hz", "interval", "key", "lane", "last_seal", "members",
                  "offset", "phase", "reference", "sealed_quotes", "timer")
 
     def __init__(self, key: Symbols, board: Mapping[str, Entry],
-                 hz: float | None = None, phase: int = 0, form: Form = PROTOCOL_1) -> None:
+                 hz: float | None = None, phase: int = 0, form: Form = PROTOCOL_1,
+                 deflate_min_bytes: int = DEFLATE_MIN_BYTES) -> None:
         self.key = key
         self.board = board
         self.form = form
-        self.compact, self.deflate = form
+        self.compact = form[0]
+        # Its frames from this many bytes go compressed (0: none).
+        self.deflate_from = deflate_min_bytes if form[1] else 0
         # What the members hold, that compact frames are deltas against.
         self.reference = Reference() if self.compact else None
         # None: seal with every batch (the fan-out's own pace, FANOUT_INTERVAL_MS).
@@ -102,7 +105,7 @@ class Group:
             return False
         reference = self.reference
         text = None if reference is None else reference.encode(self.dirty)
-        frame = Prepared("quotes", self.dirty, text, self.compact, self.deflate)
+        frame = Prepared("quotes", self.dirty, text, self.compact, self.deflate_from)
         self.generations.append((self.dirty, frame))
         self.sealed_quotes += len(self.dirty)
         self.dirty = {}

@@ -139,7 +139,7 @@ def uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
         # connection.py writes shared frames straight to this protocol's transport
         # (uvicorn_private.py), compressed once per frame for clients that negotiated
         # permessage-deflate (service/deflate.py).
-        ws=SharedDeflateProtocol,
+        ws=SharedDeflateProtocol if settings.ws_deflate_min_bytes else "websockets-sansio",
         ws_max_size=settings.ws_max_size,
         loop=settings.loop,
         lifespan="on",

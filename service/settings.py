@@ -63,6 +63,10 @@ class Settings(RedisSettings, SimulationSettings, LogSettings):
     # Frames above this are refused by the websocket layer itself with close 1009;
     # between max_frame_bytes and this, the client gets a `frame_too_large` error.
     ws_max_size: int = setting(65536, POSITIVE)
+    # Shared frames of quotes of at least this many bytes go compressed to clients that
+    # offered permessage-deflate (once per frame, service/deflate.py); 0: not offered, for
+    # a deployment that would rather keep the ~1.3 KB it costs per idle connection.
+    ws_deflate_min_bytes: int = setting(64, non_negative("permessage-deflate not offered"))
     # At most one fan-out per this many ms while quotes stream in (0: one per message burst).
     fanout_interval_ms: float = setting(20.0, non_negative("one fan-out per burst"))
     # A send that does not finish in this time means a dead or stalled peer. At most what

@@ -27,10 +27,10 @@ from .protocol import quotes_frame
 _FIN_TEXT = 0x81
 # The same with RSV1 set: the message is compressed (RFC 7692 §6).
 _FIN_TEXT_DEFLATED = 0xC1
-# A shared frame is compressed only from this many bytes of text. Compact frames of 64-255
-# bytes (a few deltas: the demo at max_hz 4) deflate to about 0.7 of their size, larger ones
-# to 0.44; below 64 (one or two deltas) it saves nothing and only spends zlib's time
-# (bench/README.md, "Bytes per viewer").
+# A shared frame is compressed only from this many bytes of text (the default of
+# WS_DEFLATE_MIN_BYTES). Compact frames of 64-255 bytes (a few deltas: the demo at max_hz 4)
+# deflate to about 0.7 of their size, larger ones to 0.44; below 64 (one or two deltas) it
+# saves nothing and only spends zlib's time (bench/README.md, "Bytes per viewer").
 DEFLATE_MIN_BYTES = 64
 # zlib's level 6 (its default): measured 10-15% smaller than level 1 on quotes frames, and
 # paid once per shared frame.
@@ -105,17 +105,17 @@ class Frame:
 
 
 class Prepared(Frame):
-    """A frame of quotes with its wire bytes, made once and shared by a group's members
-    (with `deflate`, compressed when that pays: DEFLATE_MIN_BYTES)."""
+    """A frame of quotes with its wire bytes, made once and shared by a group's members;
+    compressed from `deflate_from` bytes of text (0: never) when that makes it smaller."""
 
     __slots__ = ("wire",)
 
     def __init__(self, kind: QuoteKind, quotes: Quoted, text: str | None = None,
-                 compact: bool = False, deflate: bool = False) -> None:
+                 compact: bool = False, deflate_from: int = 0) -> None:
         super().__init__(kind, quotes, text, compact)
         payload = self.text.encode()
         wire = None
-        if deflate and len(payload) >= DEFLATE_MIN_BYTES:
+        if deflate_from and len(payload) >= deflate_from:
             wire = deflated_frame(payload)
         self.wire = text_frame(payload) if wire is None else wire
 

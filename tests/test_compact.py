@@ -250,12 +250,12 @@ def test_shared_frames_are_compressed_once_and_only_when_it_pays() -> None:
     quotes = {f"S{n}": (n, Quote.make(f"S{n}", 100 + n, 100.0, ts=1).with_seq(n).to_json()
                         .decode(), Quote.make(f"S{n}", 100 + n, 100.0, ts=1).with_seq(n))
               for n in range(1, 10)}
-    shared = Prepared("quotes", quotes, deflate=True)
+    shared = Prepared("quotes", quotes, deflate_from=DEFLATE_MIN_BYTES)
     assert shared.wire[0] == 0xC1 and len(shared.wire) < len(shared.text) / 2
     assert inflate(shared.wire) == shared.text.encode()
     plain = Prepared("quotes", quotes)
     assert plain.wire == text_frame(plain.text.encode()), "protocol 1's bytes, unchanged"
-    assert Prepared("quotes", {}, small.decode(), deflate=True).wire[0] == 0x81, "too small"
+    assert Prepared("quotes", {}, small.decode(), deflate_from=DEFLATE_MIN_BYTES).wire[0] == 0x81
     assert deflated_frame(random.Random(1).randbytes(600)) is None, "incompressible: as it is"
 
 

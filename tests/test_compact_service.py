@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import struct
 import time
@@ -199,3 +200,20 @@ async def test_an_unknown_encoding_is_protocol_1_with_an_error(service: ServiceP
         snapshot = await recv(ws)
         assert ack["type"] == "ack" and snapshot["quotes"][0]["symbol"] == "OGDC"
         assert "i" not in snapshot["quotes"][0]
+
+
+async def test_deflate_can_be_turned_off() -> None:
+    """WS_DEFLATE_MIN_BYTES=0: the offer is declined (no extension in the answer), and the
+    compact encoding works as before."""
+    with contextlib.contextmanager(run_service)({"SIM_RATE": "100",
+                                                "WS_DEFLATE_MIN_BYTES": "0"}) as service:
+        raw = await RawClient.open(service.ws_url + "?symbols=*&max_hz=4&encoding=compact",
+                                   deflate=True)
+        assert raw.extensions == ""
+        assert (await raw.message())["encoding"] == "compact"
+        decoder, got, deltas = Decoder(), {}, 0
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            deltas += quotes_of(decoder, await raw.message(), got)
+        await raw.close()
+        assert deltas > 10 and raw.compressed == 0

@@ -68,6 +68,7 @@ ROWS: dict[str, Row] = {
     "MAX_CLIENT_MSGS_PER_S": Row("1.5"),
     "MAX_FRAME_BYTES": Row("-1"),
     "WS_MAX_SIZE": Row("100"),
+    "WS_DEFLATE_MIN_BYTES": Row("-1"),
     "FANOUT_INTERVAL_MS": Row("-20"),
     "SEND_TIMEOUT_S": Row("0"),
     "TCP_SEND_BUFFER": Row("4294967296"),
