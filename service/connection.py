@@ -43,7 +43,13 @@ from .protocol import (
 from .session import Session
 from .settings import Settings
 from .tiers import Tier
-from .uvicorn_private import abort, deflate_negotiated, direct_writes, server_send
+from .uvicorn_private import (
+    abort,
+    deflate_negotiated,
+    direct_writes,
+    forget_handshake,
+    server_send,
+)
 from .wire import text_of, wire_of
 
 if TYPE_CHECKING:
@@ -138,6 +144,7 @@ class Connection(Session):
 
     async def serve(self) -> None:
         await self.websocket.accept()
+        forget_handshake(server_send(self.websocket.scope))
         token = token_of(self.websocket)
         if token is not None:
             try:
