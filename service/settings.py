@@ -65,7 +65,7 @@ class Settings(RedisSettings, SimulationSettings, LogSettings):
     ws_max_size: int = setting(65536, POSITIVE)
     # Shared frames of quotes of at least this many bytes go compressed to clients that
     # offered permessage-deflate (once per frame, service/deflate.py); 0: not offered, for
-    # a deployment that would rather keep the ~1.3 KB it costs per idle connection.
+    # a deployment that would rather keep the ~0.8 KB it costs per idle connection.
     ws_deflate_min_bytes: int = setting(64, non_negative("permessage-deflate not offered"))
     # At most one fan-out per this many ms while quotes stream in (0: one per message burst).
     fanout_interval_ms: float = setting(20.0, non_negative("one fan-out per burst"))
