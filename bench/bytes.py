@@ -54,7 +54,6 @@ import json
 import math
 import os
 import statistics
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -465,11 +464,9 @@ def cpu_rounds(settings: list[tuple[int, int | None]], encodings: list[str], rou
                viewers_at: dict[int, int], warmup: float, measure: float,
                say: Any = print) -> dict[str, Any]:
     """bench/viewers.py points, every encoding of a setting back to back, `rounds` times."""
-    import redis as redis_sync
 
     from bench import viewers as vw
     from bench.procs import cpu_plan, raise_nofile
-    from tests.redis_server import RedisServer
 
     raise_nofile()
     cpus = cpu_plan(True)
@@ -477,32 +474,18 @@ def cpu_rounds(settings: list[tuple[int, int | None]], encodings: list[str], rou
     points: list[dict[str, Any]] = []
     load_before = os.getloadavg()
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bench-bytes-") as workdir:
-        redis_server = RedisServer(Path(workdir))
-        if not redis_server.start():
-            raise SystemExit("redis-server did not start")
-        own = os.sched_getaffinity(0)
-        try:
-            if cpus[1] and redis_server.proc is not None:
-                os.sched_setaffinity(redis_server.proc.pid, cpus[1])
-            if cpus[1]:
-                os.sched_setaffinity(0, cpus[1])
-            r = redis_sync.Redis.from_url(redis_server.url)
-            for k in range(rounds):
-                order = encodings if k % 2 == 0 else encodings[::-1]
-                for rate, max_hz in settings:
-                    hz = max_hz or DEFAULT_HZ
-                    n = viewers_at[hz]
-                    for encoding in order:
-                        plan = vw.Plan(warmup_s=warmup, measure_s=measure, procs=2, boards=2,
-                                       decode_every=20, rate=float(rate), encoding=encoding)
-                        p = vw.run_point(vw.SERVERS["service"], redis_server.url, r, n, hz,
-                                         plan, logs, cpus, say)
-                        points.append({"round": k, "rate": rate, "max_hz": max_hz, **p})
-            r.close()
-        finally:
-            redis_server.stop()
-            os.sched_setaffinity(0, own)
+    with vw.redis_beside(cpus) as (redis_url, r):
+        for k in range(rounds):
+            order = encodings if k % 2 == 0 else encodings[::-1]
+            for rate, max_hz in settings:
+                hz = max_hz or DEFAULT_HZ
+                n = viewers_at[hz]
+                for encoding in order:
+                    plan = vw.Plan(warmup_s=warmup, measure_s=measure, procs=2, boards=2,
+                                   decode_every=20, rate=float(rate), encoding=encoding)
+                    p = vw.run_point(vw.SERVERS["service"], redis_url, r, n, hz,
+                                     plan, logs, cpus, say)
+                    points.append({"round": k, "rate": rate, "max_hz": max_hz, **p})
     summary = []
     for rate, max_hz in settings:
         here = [p for p in points if p["rate"] == rate and p["max_hz"] == (max_hz or DEFAULT_HZ)]

@@ -61,7 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -666,6 +666,31 @@ def peer_entry(peer: Server, compared: bool) -> dict[str, Any]:
     return entry
 
 
+@contextlib.contextmanager
+def redis_beside(cpus: tuple[set[int] | None, set[int] | None]
+                 ) -> Iterator[tuple[str, redis_sync.Redis]]:
+    """A redis-server of the run's own and a client of it, the server and this process
+    pinned to the CPUs beside the server under test (cpus[1]), as long as the block runs."""
+    own = os.sched_getaffinity(0)
+    with tempfile.TemporaryDirectory(prefix="bench-redis-") as workdir:
+        server = RedisServer(Path(workdir))
+        if not server.start():
+            raise SystemExit("redis-server did not start")
+        try:
+            if cpus[1] and server.proc is not None:
+                os.sched_setaffinity(server.proc.pid, cpus[1])
+            if cpus[1]:
+                os.sched_setaffinity(0, cpus[1])
+            client = redis_sync.Redis.from_url(server.url)
+            try:
+                yield server.url, client
+            finally:
+                client.close()
+        finally:
+            server.stop()
+            os.sched_setaffinity(0, own)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.viewers",
                                      description=__doc__.splitlines()[0])
@@ -732,53 +757,41 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     results = []
     logs = out / "logs" if args.quick else ROOT / "bench" / "results" / "tmp" / "logs"
-    with tempfile.TemporaryDirectory(prefix="bench-viewers-") as workdir:
-        redis_server = RedisServer(Path(workdir))
-        if not redis_server.start():
-            raise SystemExit("redis-server did not start")
-        try:
-            if cpus[1] and redis_server.proc is not None:
-                os.sched_setaffinity(redis_server.proc.pid, cpus[1])
-            if cpus[1]:
-                os.sched_setaffinity(0, cpus[1])
-            r = redis_sync.Redis.from_url(redis_server.url)
-            for hz in rates:
-                runnable: list[tuple[Server, str]] = []
-                for peer in peers:
-                    reason = skipped[peer.key]
-                    for encoding in encodings:
-                        why = reason or (None if peer.tree is not None or encoding == "json"
-                                         else "speaks protocol 1 only")
-                        if why is not None:
-                            print(f"max_hz {hz:g}, {peer.key} {encoding}: not run: {why}",
-                                  flush=True)
-                            results.append(not_run(peer, hz, why, encoding))
-                        else:
-                            runnable.append((peer, encoding))
-                searches = [
-                    search_steps(peer, redis_server.url, r, hz,
-                                 dataclasses.replace(plan, encoding=encoding), logs, cpus, 100,
-                                 args.cap, float("inf"), 1.0, max_points=1) if args.quick else
-                    search_steps(peer, redis_server.url, r, hz,
-                                 dataclasses.replace(plan, encoding=encoding), logs, cpus,
-                                 args.start, args.cap, args.budget, 5.0,
-                                 resolution=args.resolution)
-                    for peer, encoding in runnable]
-                # Commits or encodings compared take turns point by point; otherwise one
-                # after the other.
-                turns = compared or len(encodings) > 1
-                names = ", ".join(p.key + ("" if e == "json" else f" {e}") for p, e in runnable)
-                print(f"max_hz {hz:g}, {names}" + (" (a point each in turn)" if turns else "")
-                      + ":", flush=True)
-                done = in_turn(searches) if turns else [in_turn([s])[0] for s in searches]
-                for (peer, _), res in zip(runnable, done, strict=True):
-                    ran = any(x["points"] for x in results if x["peer"] == peer.key)
-                    if res["error"] and not res["points"] and not ran:
-                        skipped[peer.key] = res["error"]  # never started: not again
-                    results.append(res)
-            r.close()
-        finally:
-            redis_server.stop()
+    with redis_beside(cpus) as (redis_url, r):
+        for hz in rates:
+            runnable: list[tuple[Server, str]] = []
+            for peer in peers:
+                reason = skipped[peer.key]
+                for encoding in encodings:
+                    why = reason or (None if peer.tree is not None or encoding == "json"
+                                     else "speaks protocol 1 only")
+                    if why is not None:
+                        print(f"max_hz {hz:g}, {peer.key} {encoding}: not run: {why}",
+                              flush=True)
+                        results.append(not_run(peer, hz, why, encoding))
+                    else:
+                        runnable.append((peer, encoding))
+            searches = [
+                search_steps(peer, redis_url, r, hz,
+                             dataclasses.replace(plan, encoding=encoding), logs, cpus, 100,
+                             args.cap, float("inf"), 1.0, max_points=1) if args.quick else
+                search_steps(peer, redis_url, r, hz,
+                             dataclasses.replace(plan, encoding=encoding), logs, cpus,
+                             args.start, args.cap, args.budget, 5.0,
+                             resolution=args.resolution)
+                for peer, encoding in runnable]
+            # Commits or encodings compared take turns point by point; otherwise one
+            # after the other.
+            turns = compared or len(encodings) > 1
+            names = ", ".join(p.key + ("" if e == "json" else f" {e}") for p, e in runnable)
+            print(f"max_hz {hz:g}, {names}" + (" (a point each in turn)" if turns else "")
+                  + ":", flush=True)
+            done = in_turn(searches) if turns else [in_turn([s])[0] for s in searches]
+            for (peer, _), res in zip(runnable, done, strict=True):
+                ran = any(x["points"] for x in results if x["peer"] == peer.key)
+                if res["error"] and not res["points"] and not ran:
+                    skipped[peer.key] = res["error"]  # never started: not again
+                results.append(res)
     data = {
         "mode": "quick" if args.quick else "full",
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),

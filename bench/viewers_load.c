@@ -528,6 +528,48 @@ static int64_t board_get(const struct board *b, const char *sym, size_t len) {
     return 0;
 }
 
+/* One quote object, at its '{': its ts (into *ts, and an age when `aged` is given), symbol,
+ * seq and index "i" (to the board). 1 if the board moved, 0 if not, -1 if malformed. */
+static int walk_quote(struct jw *j, int64_t now, uint64_t *aged, int64_t *worst,
+                      struct board *board, int64_t *ts) {
+    int64_t v, seq = 0, index = -1;
+    int has_seq = 0;
+    const char *sym = NULL;
+    size_t sym_len = 0;
+    j->p++;
+    for (;;) {
+        jws(j);
+        if (j->p >= j->e) return -1;
+        if (*j->p == '}') { j->p++; break; }
+        const char *k;
+        size_t kn;
+        if (jstr(j, &k, &kn) < 0) return -1;
+        jws(j);
+        if (j->p >= j->e || *j->p != ':') return -1;
+        j->p++;
+        jws(j);
+        if (j->p >= j->e) return -1;
+        if (KEY(k, kn, "ts") && *j->p != '"' && jint(j, &v) == 0) {
+            *ts = v;
+            if (aged) record_age(now - v, aged, worst);
+        } else if (KEY(k, kn, "seq") && *j->p != '"' && jint(j, &v) == 0) {
+            seq = v;
+            has_seq = 1;
+        } else if (KEY(k, kn, "symbol") && *j->p == '"') {
+            if (jstr(j, &sym, &sym_len) < 0) return -1;
+        } else if (board && KEY(k, kn, "i") && *j->p != '"' && jint(j, &v) == 0) {
+            index = v;
+        } else if (jskip(j) < 0) {
+            return -1;
+        }
+        jws(j);
+        if (j->p < j->e && *j->p == ',') j->p++;
+        else if (j->p < j->e && *j->p == '}') { j->p++; break; }
+        else return -1;
+    }
+    return board && sym && has_seq ? board_update(board, sym, sym_len, seq, index) : 0;
+}
+
 /* At '[' of the top-level "quotes": every element object's ts / symbol / seq, in any order.
  * What was read before a malformed byte still counts (as in scan_nested); `decoded` only
  * counts a whole array. */
@@ -542,41 +584,10 @@ static int walk_quotes(struct jw *j, int age, struct board *board) {
         if (j->p >= j->e) goto out;
         if (*j->p == ']') { j->p++; break; }
         if (*j->p == '{') {
-            j->p++;
-            int64_t v, seq = 0, index = -1;
-            int has_seq = 0;
-            const char *sym = NULL;
-            size_t sym_len = 0;
-            for (;;) {
-                jws(j);
-                if (j->p >= j->e) goto out;
-                if (*j->p == '}') { j->p++; break; }
-                const char *k;
-                size_t kn;
-                if (jstr(j, &k, &kn) < 0) goto out;
-                jws(j);
-                if (j->p >= j->e || *j->p != ':') goto out;
-                j->p++;
-                jws(j);
-                if (j->p >= j->e) goto out;
-                if (KEY(k, kn, "ts") && *j->p != '"' && jint(j, &v) == 0) {
-                    if (age) record_age(now - v, &aged, &worst);
-                } else if (KEY(k, kn, "seq") && *j->p != '"' && jint(j, &v) == 0) {
-                    seq = v;
-                    has_seq = 1;
-                } else if (KEY(k, kn, "symbol") && *j->p == '"') {
-                    if (jstr(j, &sym, &sym_len) < 0) goto out;
-                } else if (board && KEY(k, kn, "i") && *j->p != '"' && jint(j, &v) == 0) {
-                    index = v;
-                } else if (jskip(j) < 0) {
-                    goto out;
-                }
-                jws(j);
-                if (j->p < j->e && *j->p == ',') j->p++;
-                else if (j->p < j->e && *j->p == '}') { j->p++; break; }
-                else goto out;
-            }
-            if (board && sym && has_seq) moved |= board_update(board, sym, sym_len, seq, index);
+            int64_t ts;
+            int r = walk_quote(j, now, age ? &aged : NULL, &worst, board, &ts);
+            if (r < 0) goto out;
+            moved |= r;
         } else if (jskip(j) < 0) {
             goto out;
         }
@@ -600,7 +611,7 @@ out:
  * sets the running time; seq, symbol and i go to the board); a delta [i, price, dseq, dts,
  * changes?] moves the running time by dts and the board's seq of index i by dseq. */
 static int walk_compact(struct jw *j, int age, struct board *board) {
-    int64_t now = age ? wall_ms() : 0, worst = -1, t, v;
+    int64_t now = age ? wall_ms() : 0, worst = -1, t;
     uint64_t aged = 0;
     int moved = 0, ok = -1;
     if (j->p >= j->e || *j->p != '[') return -1;
@@ -615,42 +626,9 @@ static int walk_compact(struct jw *j, int age, struct board *board) {
         jws(j);
         if (j->p >= j->e) goto out;
         if (*j->p == '{') {
-            j->p++;
-            int64_t seq = 0, index = -1;
-            int has_seq = 0;
-            const char *sym = NULL;
-            size_t sym_len = 0;
-            for (;;) {
-                jws(j);
-                if (j->p >= j->e) goto out;
-                if (*j->p == '}') { j->p++; break; }
-                const char *k;
-                size_t kn;
-                if (jstr(j, &k, &kn) < 0) goto out;
-                jws(j);
-                if (j->p >= j->e || *j->p != ':') goto out;
-                j->p++;
-                jws(j);
-                if (j->p >= j->e) goto out;
-                if (KEY(k, kn, "ts") && *j->p != '"' && jint(j, &v) == 0) {
-                    t = v;
-                    if (age) record_age(now - v, &aged, &worst);
-                } else if (KEY(k, kn, "seq") && *j->p != '"' && jint(j, &v) == 0) {
-                    seq = v;
-                    has_seq = 1;
-                } else if (KEY(k, kn, "i") && *j->p != '"' && jint(j, &v) == 0) {
-                    index = v;
-                } else if (KEY(k, kn, "symbol") && *j->p == '"') {
-                    if (jstr(j, &sym, &sym_len) < 0) goto out;
-                } else if (jskip(j) < 0) {
-                    goto out;
-                }
-                jws(j);
-                if (j->p < j->e && *j->p == ',') j->p++;
-                else if (j->p < j->e && *j->p == '}') { j->p++; break; }
-                else goto out;
-            }
-            if (board && sym && has_seq) moved |= board_update(board, sym, sym_len, seq, index);
+            int r = walk_quote(j, now, age ? &aged : NULL, &worst, board, &t);
+            if (r < 0) goto out;
+            moved |= r;
         } else if (*j->p == '[') {
             int64_t index, dseq, dts;
             j->p++;
