@@ -55,10 +55,12 @@ REFUSALS = [
 NODE_SCRIPT = """
 import * as stream from './clients/js/src/stream.js';
 import * as format from './clients/js/src/format.js';
+import * as compact from './clients/js/src/compact.js';
 const refusals = JSON.parse(process.argv[1]);
 console.log(JSON.stringify({
   SLOW_DOWN_CODES: [...stream.SLOW_DOWN_CODES],
   MODES: [...stream.MODES],
+  ENCODINGS: [...compact.ENCODINGS],
   MIN_HZ: stream.MIN_HZ,
   MAX_HZ: stream.MAX_HZ,
   SYMBOL_RE: { source: stream.SYMBOL_RE.source, flags: stream.SYMBOL_RE.flags },
@@ -104,6 +106,7 @@ def test_the_same_reconnect_cap(js: dict[str, Any]) -> None:
 
 def test_the_same_modes_and_rates(js: dict[str, Any]) -> None:
     assert js["MODES"] == list(MODES)
+    assert sorted(js["ENCODINGS"]) == sorted(protocol.ENCODINGS)
     assert (js["MIN_HZ"], js["MAX_HZ"]) == (protocol.MIN_HZ, protocol.MAX_HZ)
 
 
