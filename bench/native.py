@@ -43,10 +43,13 @@ def build(src: Path, out: Path) -> Path:
 
 
 def generator_argv(url: str, conns: int, max_hz: float | None, decode_every: int, boards: int,
-                   *, binary: Path | None = None, encoding: str = "json") -> list[str]:
+                   *, binary: Path | None = None, encoding: str = "json", reconnect: bool = False,
+                   reconnect_cap: float | None = None, bind: str | None = None) -> list[str]:
     """The argv of the native generator (bench/fastclient.py's flags; built if stale), for
     `url` = ws://127.0.0.1:PORT/ws; `binary` runs another build of it instead; `encoding`:
-    what its viewers ask for (issue 24: compact, deflate, compact+deflate)."""
+    what its viewers ask for (issue 24: compact, deflate, compact+deflate); `reconnect`:
+    its viewers come back after the SDKs' back-off (capped at `reconnect_cap` s), and
+    report per-second connects (issue 25); `bind`: their source address (127.0.0.X)."""
     exe = binary or build(GENERATOR_SRC, GENERATOR_BIN)
     argv = [str(exe), "--url", url, "--conns", str(conns), "--decode-every", str(decode_every),
             "--boards", str(boards)]
@@ -54,4 +57,10 @@ def generator_argv(url: str, conns: int, max_hz: float | None, decode_every: int
         argv += ["--max-hz", f"{max_hz:g}"]
     if encoding != "json":  # protocol 1 runs with the argv it always had
         argv += ["--encoding", encoding]
+    if reconnect:
+        argv.append("--reconnect")
+        if reconnect_cap is not None:
+            argv += ["--reconnect-cap", f"{reconnect_cap:g}"]
+    if bind is not None:
+        argv += ["--bind", bind]
     return argv

@@ -3,6 +3,7 @@
  * viewers_load --url ws://127.0.0.1:PORT/ws --conns N [--max-hz H] [--decode-every K]
  *              [--boards S] [--concurrency C] [--connect-timeout T] [--batch-us U]
  *              [--encoding json|compact|deflate|compact+deflate]
+ *              [--reconnect] [--reconnect-cap S] [--bind 127.0.0.X]
  *
  * A drop-in for bench/fastclient.py (same flags, same driver protocol, same JSON), written
  * because a generator in Python costs 7-10 µs of CPU per received frame, as much as the
@@ -40,6 +41,29 @@
  *   `connected` adds "deflate" (connections that negotiated it) and `stats` adds
  *   "compressed" (messages that came with RSV1).
  *
+ * - Reconnection (issue 25, the reconnect storm), --reconnect [--reconnect-cap S]: a
+ *   connection that fails, is refused or closes comes back after the SDKs' back-off:
+ *   quote_core.backoff (full jitter, uniform in [0, min(cap, 0.2 * 2**attempt)]) as the
+ *   Python client's retry_delay uses it: after a close in SLOW_DOWN_CODES (1008, 1013,
+ *   4029; here also an HTTP 429 or 503) the attempt starts at SLOW_DOWN_ATTEMPT (5), the
+ *   cap is RECONNECT_CAP_S (15 s, or S), and the attempt goes back to 0 once a connection
+ *   got its snapshot or quotes (the Python client's `synced`; the JS client resets after a socket
+ *   that lived 10 s and uses other bases, 0.5 s and 5 s after a slow-down close, caps
+ *   15 s and 60 s). Retries are not held to --concurrency: real viewers are not either.
+ *   Until its snapshot, and for small frames (a status), a connection reads each text
+ *   message's type. `stats` then adds "reconnect": per second since `start` the
+ *   connections attempted, opened (101), admitted (their welcome came), refused (closed
+ *   before the welcome, or an HTTP status; by code in "refused_by", per connection in
+ *   "refusals"), failed (neither), lost (admitted, then ended) and synced (their snapshot
+ *   came); where they stand now (waiting in back-off, connecting, synced; "last_sync",
+ *   the wall clock of the latest snapshot); how many saw a stale then a live status; and
+ *   for the steady connections (open with their snapshot at `start`, never lost since)
+ *   their ages apart ("steady_ages") and their longest gaps between two messages
+ *   ("steady_gaps", 100 ms buckets). `final` then counts every board, whatever its state.
+ *   `connected` and `conns` count first attempts. Without the flag nothing changes.
+ * - --bind ADDR: every connection's source address (e.g. 127.0.0.2): each address has its
+ *   own ephemeral ports, for more connections than one address has ports for.
+ *
  * 127.0.0.1 only. Built with `cc -O2 -Wall ... -lz` (bench/native.py).
  */
 #define _GNU_SOURCE
@@ -76,7 +100,7 @@
 #define STDIN_TAG UINT32_MAX
 #define MAX_INDEX 4096 /* compact symbol indexes a board follows */
 
-enum { C_PENDING, C_CONNECTING, C_HS, C_OPEN, C_CLOSED, C_FAILED };
+enum { C_PENDING, C_CONNECTING, C_HS, C_OPEN, C_CLOSED, C_FAILED, C_WAIT /* --reconnect: backing off */ };
 
 struct board_entry { int64_t seq; uint8_t len; char sym[23]; };
 
@@ -115,6 +139,17 @@ struct conn {
     uint32_t out_len, out_cap; /* what the socket did not take yet */
     uint8_t *out;
     uint8_t ctl[128];
+    /* --reconnect only */
+    uint8_t tried;      /* its first attempt ended (ok_n / failed_n count first attempts) */
+    uint8_t greeted;    /* a text message (the welcome) came on this connection: admitted */
+    uint8_t synced;     /* ... and its snapshot (or quotes): it holds the board */
+    uint8_t msg_peek;   /* the message in progress is read for its type (and feed) */
+    uint8_t saw_stale, saw_live; /* status frames since `start`: stale, then live after it */
+    uint16_t attempt;   /* the back-off's attempt, as the SDKs count it */
+    uint32_t refusals;  /* refused (close before the welcome, or an HTTP status) since `start` */
+    uint32_t lost_window; /* the stats window in which it last lost its connection */
+    double retry_at;    /* monotonic: when the back-off ends */
+    double last_msg, max_gap; /* monotonic: its last text message, the longest gap since `start` */
 } __attribute__((aligned(64)));
 
 struct kind { char name[32]; uint64_t n; };
@@ -148,6 +183,29 @@ static int want_compact, want_deflate, encoding_given;
 static long deflate_n; /* connections that negotiated permessage-deflate */
 
 static uint64_t rng_state;
+
+/* --reconnect: the SDKs' back-off (see the header) and what the storm bench counts. */
+#define BACKOFF_BASE_S 0.2 /* quote_core.backoff's base */
+#define SLOW_DOWN_ATTEMPT 5 /* quote_client.client.SLOW_DOWN_ATTEMPT */
+#define PER_S_MAX 86400
+static int reconnect_on;
+static double reconnect_cap = 15.0; /* quote_core.protocol.RECONNECT_CAP_S */
+enum { R_ATTEMPTED, R_OPENED, R_ADMITTED, R_REFUSED, R_FAILED, R_LOST, R_SYNCED, R_KINDS };
+static const char *const r_names[R_KINDS] = {"attempted", "opened", "admitted", "refused", "failed",
+                                             "lost", "synced"};
+static uint32_t (*per_s)[R_KINDS]; /* per second since `start` */
+static long per_s_n, per_s_cap;
+static struct counter refused_by; /* close codes and HTTP statuses of refusals, since `start` */
+static uint64_t hist_steady[HIST_MAX_MS + 1]; /* ages seen by connections never lost since `start` */
+static uint64_t steady_aged;
+static int64_t steady_max_age;
+static int cur_steady; /* the message being decoded is a steady connection's */
+static double last_sync_wall; /* wall clock of the latest snapshot of a (re)connection */
+static int32_t *heap; /* connections in C_WAIT, a min-heap on retry_at */
+static long heap_n;
+static double loop_now; /* monotonic, read once per wake-up */
+static struct in_addr bind_addr; /* --bind: the source address of every connection */
+static int bind_given;
 
 /* ---- small helpers ------------------------------------------------------------------ */
 
@@ -388,6 +446,11 @@ static inline void record_age(int64_t a, uint64_t *aged, int64_t *worst) {
     hist[a]++;
     if (a > *worst) *worst = a;
     (*aged)++;
+    if (cur_steady) {
+        hist_steady[a]++;
+        steady_aged++;
+        if (a > steady_max_age) steady_max_age = a;
+    }
 }
 
 /* At '{' or '[': the position after its matching close (NULL if it has none before e). With
@@ -490,6 +553,23 @@ static inline int key_is(const char *k, size_t n, const char *want, size_t wn) {
     return 1;
 }
 #define KEY(k, n, lit) key_is(k, n, lit, sizeof(lit) - 1)
+
+/* --reconnect: one event in this second's counts. */
+static void tally(int kind) {
+    long sec = (long)(mono_s() - S.t0);
+    if (sec < 0) sec = 0;
+    if (sec >= PER_S_MAX) sec = PER_S_MAX - 1;
+    if (sec >= per_s_cap) {
+        long cap = per_s_cap ? per_s_cap : 256;
+        while (cap <= sec) cap *= 2;
+        per_s = realloc(per_s, cap * sizeof *per_s);
+        if (!per_s) { perror("viewers_load: realloc"); _exit(1); }
+        memset(per_s + per_s_cap, 0, (cap - per_s_cap) * sizeof *per_s);
+        per_s_cap = cap;
+    }
+    if (sec >= per_s_n) per_s_n = sec + 1;
+    per_s[sec][kind]++;
+}
 
 /* ---- decoding a frame: the age sample and the board ------------------------------ */
 
@@ -739,9 +819,9 @@ static void decode(struct conn *c, const uint8_t *m, size_t len) {
 }
 
 /* A message that came with RSV1, inflated (RFC 7692 7.2.2: the payload and 00 00 ff ff,
- * raw deflate, no context kept between messages), then decoded; a message that does not
+ * raw deflate, no context kept between messages), into *out; a message that does not
  * inflate is a protocol error (-1). */
-static int decode_deflated(struct conn *c, const uint8_t *m, size_t len) {
+static int inflate_msg(const uint8_t *m, size_t len, const uint8_t **out, size_t *out_len) {
     static z_stream zs;
     static int zs_ready;
     static uint8_t *ibuf;
@@ -771,8 +851,60 @@ static int decode_deflated(struct conn *c, const uint8_t *m, size_t len) {
             if (r != Z_OK && !(r == Z_BUF_ERROR && zs.avail_out == 0)) return -1;
         }
     }
-    decode(c, ibuf, have);
+    *out = ibuf;
+    *out_len = have;
     return 0;
+}
+
+/* The first frame of quotes (the snapshot, or an update when the board was empty at the
+ * ack) since the connection opened: it follows the board again. */
+static void board_synced(struct conn *c) {
+    if (c->synced) return;
+    c->synced = 1;
+    last_sync_wall = wall_s();
+    tally(R_SYNCED);
+}
+
+/* --reconnect: a connection's first messages (until its board) and its small ones (a
+ * status) are read for their type: a snapshot or quotes says it holds the board again, a
+ * status its feed. The service puts "type" first, so a snapshot is not walked. */
+static void peek(struct conn *c, const uint8_t *m, size_t len) {
+    struct jw j = {(const char *)m, (const char *)m + len};
+    int status = 0, feed = 0; /* feed: 1 stale, 2 live */
+    jws(&j);
+    if (j.p < j.e && *j.p == '[') board_synced(c); /* compact quotes */
+    if (j.p >= j.e || *j.p != '{') return;
+    j.p++;
+    for (;;) {
+        jws(&j);
+        if (j.p >= j.e || *j.p == '}') break;
+        const char *k, *v;
+        size_t kn, vn;
+        if (jstr(&j, &k, &kn) < 0) return;
+        jws(&j);
+        if (j.p >= j.e || *j.p != ':') return;
+        j.p++;
+        jws(&j);
+        if (j.p >= j.e) return;
+        if ((KEY(k, kn, "type") || KEY(k, kn, "feed")) && *j.p == '"') {
+            if (jstr(&j, &v, &vn) < 0) return;
+            if (KEY(k, kn, "feed")) {
+                feed = KEY(v, vn, "stale") ? 1 : KEY(v, vn, "live") ? 2 : 0;
+            } else if (KEY(v, vn, "status")) {
+                status = 1;
+            } else {
+                if (KEY(v, vn, "snapshot") || KEY(v, vn, "quotes")) board_synced(c);
+                return;
+            }
+        } else if (jskip(&j) < 0) {
+            return;
+        }
+        jws(&j);
+        if (j.p < j.e && *j.p == ',') j.p++;
+        else break;
+    }
+    if (status && feed == 1) c->saw_stale = 1;
+    if (status && feed == 2 && c->saw_stale) c->saw_live = 1;
 }
 
 /* ---- sockets ------------------------------------------------------------------------- */
@@ -854,35 +986,118 @@ static const char *errno_name(int e) {
 
 static void launch(void);
 
-/* A connection that did not get to 101. */
-static void connect_failed(struct conn *c, const char *why) {
+/* ---- --reconnect: the back-off ------------------------------------------------------- */
+
+static void heap_push(struct conn *c) {
+    long i = heap_n++;
+    int32_t idx = (int32_t)(c - conns);
+    while (i > 0) {
+        long up = (i - 1) / 2;
+        if (conns[heap[up]].retry_at <= c->retry_at) break;
+        heap[i] = heap[up];
+        i = up;
+    }
+    heap[i] = idx;
+}
+
+static struct conn *heap_pop(void) {
+    struct conn *top = &conns[heap[0]];
+    int32_t last = heap[--heap_n];
+    long i = 0;
+    for (;;) {
+        long l = 2 * i + 1, m = l;
+        if (l >= heap_n) break;
+        if (l + 1 < heap_n && conns[heap[l + 1]].retry_at < conns[heap[l]].retry_at) m = l + 1;
+        if (conns[last].retry_at <= conns[heap[m]].retry_at) break;
+        heap[i] = heap[m];
+        i = m;
+    }
+    if (heap_n) heap[i] = last;
+    return top;
+}
+
+/* The SDKs' retry_delay: full jitter, uniform in [0, min(cap, 0.2 * 2**attempt)], the
+ * attempt starting at SLOW_DOWN_ATTEMPT after a close that asks to slow down, and back to
+ * 0 after a connection that got its snapshot (the Python client's `synced`). */
+static void back_off(struct conn *c, int close_code) {
+    if (c->synced) c->attempt = 0;
+    int a = c->attempt;
+    if ((close_code == 1008 || close_code == 1013 || close_code == 4029) && a < SLOW_DOWN_ATTEMPT)
+        a = SLOW_DOWN_ATTEMPT; /* quote_core.protocol.SLOW_DOWN_CODES */
+    double hi = BACKOFF_BASE_S * ldexp(1.0, a < 32 ? a : 32);
+    if (hi > reconnect_cap) hi = reconnect_cap;
+    if (c->attempt < UINT16_MAX) c->attempt++;
+    c->greeted = c->synced = 0;
+    c->lost_window = S.window;
+    c->last_msg = 0;
+    c->state = C_WAIT;
+    c->retry_at = mono_s() + hi * (double)(rnd() >> 11) * 0x1p-53;
+    heap_push(c);
+}
+
+/* A connection that did not get to 101. `status`: the HTTP status it got instead (0: none). */
+static void connect_failed(struct conn *c, const char *why, int status) {
     drop_fd(c);
     c->state = C_FAILED;
     count(&conn_errors, why);
     in_flight--;
-    failed_n++;
+    if (!c->tried) { failed_n++; c->tried = 1; }
+    if (!reconnect_on) return;
+    if (status) {
+        char name[16];
+        snprintf(name, sizeof name, "http_%d", status);
+        count(&refused_by, name);
+        c->refusals++;
+        tally(R_REFUSED);
+    } else {
+        tally(R_FAILED);
+    }
+    back_off(c, status == 429 || status == 503 ? 1013 : 0); /* the SSE twins of 1013 */
 }
 
-/* An open connection that ended: by a close frame (its code is counted by the caller) or not. */
-static void conn_lost(struct conn *c, const char *why) {
+/* An open connection that ended: by a close frame (its `code`, counted by the caller) or
+ * not (`why`). With --reconnect, one closed before its welcome was refused. */
+static void conn_lost(struct conn *c, const char *why, int code) {
     if (why) count(&S.closes, why);
     drop_fd(c);
     c->state = C_CLOSED;
     c->closed = 1;
+    if (!reconnect_on) return;
+    if (c->greeted) {
+        tally(R_LOST);
+    } else if (!why) {
+        char name[16];
+        snprintf(name, sizeof name, "%d", code);
+        count(&refused_by, name);
+        c->refusals++;
+        tally(R_REFUSED);
+    } else {
+        tally(R_FAILED);
+    }
+    back_off(c, why ? 0 : code);
 }
 
 static void start_connect(struct conn *c, const struct sockaddr_in *addr) {
     c->t_start = mono_s();
     c->state = C_CONNECTING;
     in_flight++;
+    if (reconnect_on) tally(R_ATTEMPTED);
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (c->fd < 0) { connect_failed(c, errno == EMFILE || errno == ENFILE ? "EMFILE" : "OSError"); return; }
+    if (c->fd < 0) { connect_failed(c, errno == EMFILE || errno == ENFILE ? "EMFILE" : "OSError", 0); return; }
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (bind_given) { /* the port is picked at connect, per destination: no bind-time shortage */
+        struct sockaddr_in src = {.sin_family = AF_INET, .sin_addr = bind_addr};
+        setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        if (bind(c->fd, (const struct sockaddr *)&src, sizeof src) != 0) {
+            connect_failed(c, errno_name(errno), 0);
+            return;
+        }
+    }
     struct epoll_event ev = {.events = EPOLLOUT | EPOLLET, .data.u32 = (uint32_t)(c - conns)};
-    if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) != 0) { connect_failed(c, "OSError"); return; }
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) != 0) { connect_failed(c, "OSError", 0); return; }
     if (connect(c->fd, (const struct sockaddr *)addr, sizeof *addr) != 0 && errno != EINPROGRESS)
-        connect_failed(c, errno_name(errno));
+        connect_failed(c, errno_name(errno), 0);
     /* done or in progress: EPOLLOUT says which */
 }
 
@@ -914,7 +1129,7 @@ static void send_handshake(struct conn *c) {
 static void protocol_error(struct conn *c) {
     uint8_t code[2] = {1002 >> 8, 1002 & 255};
     send_control(c, 8, code, 2);
-    conn_lost(c, "protocol");
+    conn_lost(c, "protocol", 1002);
 }
 
 /* The header at h is complete; -1: the connection is gone. */
@@ -942,11 +1157,12 @@ static int frame_start(struct conn *c, const uint8_t *h) {
         c->msg_op = op;
         c->msg_deflated = (uint8_t)rsv1;
         S.compressed += rsv1 && op == 1;
-        c->msg_age = c->msg_decode = 0;
+        c->msg_age = c->msg_decode = c->msg_peek = 0;
         c->acc_len = 0;
         if (op == 1) {
             if (--c->countdown <= 0) { c->countdown = decode_every; c->msg_age = 1; }
-            c->msg_decode = c->msg_age || c->board;
+            c->msg_peek = reconnect_on && (!c->synced || len <= 160);
+            c->msg_decode = c->msg_age || c->board || c->msg_peek;
         }
     } else {
         protocol_error(c);
@@ -976,7 +1192,7 @@ static int frame_end(struct conn *c, const uint8_t *inplace) {
             count(&S.closes, name);
             if (n >= 2) send_control(c, 8, c->ctl, 2);
             else send_control(c, 8, NULL, 0);
-            conn_lost(c, NULL);
+            conn_lost(c, NULL, code);
             return -1;
         }
         return 0;
@@ -986,16 +1202,25 @@ static int frame_end(struct conn *c, const uint8_t *inplace) {
     if (c->msg_op == 1) {
         S.frames++;
         c->window = S.window;
+        if (reconnect_on) {
+            if (!c->greeted) { c->greeted = 1; tally(R_ADMITTED); }
+            if (c->last_msg > 0 && loop_now - c->last_msg > c->max_gap) c->max_gap = loop_now - c->last_msg;
+            c->last_msg = loop_now;
+            cur_steady = c->lost_window != S.window;
+        }
         if (c->msg_decode) {
             const uint8_t *m = inplace ? inplace : c->acc;
             size_t len = inplace ? c->frame_len : c->acc_len;
             c->acc_len = 0;
             if (c->msg_deflated) {
-                if (decode_deflated(c, m, len) < 0) { c->msg_op = 0; protocol_error(c); return -1; }
-            } else if (inplace || len) {
-                decode(c, m, len);
+                if (inflate_msg(m, len, &m, &len) < 0) { c->msg_op = 0; protocol_error(c); return -1; }
+            } else if (!inplace && !len) {
+                m = NULL;
             }
+            if (m && c->msg_peek) peek(c, m, len);
+            if (m && (c->msg_age || c->board)) decode(c, m, len);
         }
+        cur_steady = 0;
     }
     c->msg_op = 0;
     return 0;
@@ -1080,11 +1305,12 @@ static void hs_input(struct conn *c, const uint8_t *p, size_t n) {
     }
     const char *eoh = memmem(head, head_len, "\r\n\r\n", 4);
     if (!eoh) {
-        if (c->hs_len >= HS_MAX) connect_failed(c, "WSInvalidMessageError");
+        if (c->hs_len >= HS_MAX) connect_failed(c, "WSInvalidMessageError", 0);
         return;
     }
     if (head_len < 12 || memcmp(head, "HTTP/1.", 7) || memcmp(head + 8, " 101", 4)) {
-        connect_failed(c, "WSInvalidStatusError"); /* picows's names for these */
+        int status = head_len >= 12 && !memcmp(head, "HTTP/1.", 7) ? atoi(head + 9) : 0;
+        connect_failed(c, "WSInvalidStatusError", status); /* picows's names for these */
         return;
     }
     size_t in_p = (size_t)(eoh + 4 - head) - before; /* the head's bytes in this read */
@@ -1099,7 +1325,8 @@ static void hs_input(struct conn *c, const uint8_t *p, size_t n) {
     }
     c->state = C_OPEN;
     in_flight--;
-    ok_n++;
+    if (!c->tried) { ok_n++; c->tried = 1; }
+    if (reconnect_on) tally(R_OPENED);
     if (in_p < n) ws_input(c, p + in_p, n - in_p);
 }
 
@@ -1118,8 +1345,8 @@ static void on_readable(struct conn *c, int hup) {
         }
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && errno == EAGAIN) return;
-        if (c->state == C_HS) connect_failed(c, n == 0 ? "ConnectionError" : errno_name(errno));
-        else conn_lost(c, "eof");
+        if (c->state == C_HS) connect_failed(c, n == 0 ? "ConnectionError" : errno_name(errno), 0);
+        else conn_lost(c, "eof", 1006);
         return;
     }
 }
@@ -1129,7 +1356,7 @@ static void on_conn_event(struct conn *c, uint32_t events) {
         int err = 0;
         socklen_t len = sizeof err;
         if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-        if (err) { connect_failed(c, errno_name(err)); return; }
+        if (err) { connect_failed(c, errno_name(err), 0); return; }
         if (!(events & EPOLLOUT)) return;
         send_handshake(c);
         return;
@@ -1178,7 +1405,7 @@ static void connect_tick(void) {
             struct conn *c = &conns[i];
             if (c->state == C_PENDING || c->state == C_CONNECTING || c->state == C_HS) {
                 if (c->state == C_PENDING) in_flight++;
-                connect_failed(c, "connect_timeout");
+                connect_failed(c, "connect_timeout", 0);
             }
         }
         return;
@@ -1188,7 +1415,20 @@ static void connect_tick(void) {
     for (long i = 0; i < next_conn; i++) {
         struct conn *c = &conns[i];
         if ((c->state == C_CONNECTING || c->state == C_HS) && now - c->t_start > HS_TIMEOUT_S)
-            connect_failed(c, "TimeoutError");
+            connect_failed(c, "TimeoutError", 0);
+    }
+}
+
+/* --reconnect: the back-offs that ended, and the 30 s handshake timeout after `connected`. */
+static void reconnect_tick(void) {
+    double now = mono_s();
+    while (heap_n && conns[heap[0]].retry_at <= now) start_connect(heap_pop(), &addr);
+    if (!connect_done || now - last_scan < 0.5) return;
+    last_scan = now;
+    for (long i = 0; i < n_conns; i++) {
+        struct conn *c = &conns[i];
+        if ((c->state == C_CONNECTING || c->state == C_HS) && now - c->t_start > HS_TIMEOUT_S)
+            connect_failed(c, "TimeoutError", 0);
     }
 }
 
@@ -1202,9 +1442,90 @@ static void reset_stats(void) {
     S.closes.n = 0;
     S.t0 = mono_s();
     getrusage(RUSAGE_SELF, &S.ru0);
+    if (!reconnect_on) return;
+    per_s_n = 0;
+    if (per_s) memset(per_s, 0, per_s_cap * sizeof *per_s);
+    refused_by.n = 0;
+    memset(hist_steady, 0, sizeof hist_steady);
+    steady_aged = 0;
+    steady_max_age = 0;
+    for (long i = 0; i < n_conns; i++) { /* steady: open, with its board, from now on */
+        struct conn *c = &conns[i];
+        c->refusals = 0;
+        c->saw_stale = c->saw_live = 0;
+        c->max_gap = 0;
+        if (c->state == C_OPEN && c->synced) c->last_msg = S.t0;
+        else c->lost_window = S.window;
+    }
 }
 
 static double tv(struct timeval t) { return t.tv_sec + t.tv_usec / 1e6; }
+
+/* A sparse histogram, bucket i named i * scale. */
+static void sb_hist(struct sb *b, const uint64_t *h, long n, long scale) {
+    sb_printf(b, "{");
+    int first = 1;
+    for (long i = 0; i < n; i++)
+        if (h[i]) {
+            sb_printf(b, "%s\"%ld\":%llu", first ? "" : ",", i * scale, (unsigned long long)h[i]);
+            first = 0;
+        }
+    sb_printf(b, "}");
+}
+
+#define GAP_BUCKETS 600 /* 100 ms each: a minute */
+
+/* --reconnect's part of `stats`: per second since `start`, what was attempted, opened
+ * (101), admitted (a welcome came), refused (closed before the welcome, or an HTTP
+ * status), failed (no 101 nor close code), lost (admitted, then closed) and synced (its
+ * snapshot came); then where every connection stands, and what the steady ones (open with
+ * their board at `start`, never lost since) saw. */
+static void emit_reconnect(struct sb *b) {
+    static uint64_t refusals[65], gaps[GAP_BUCKETS + 1];
+    memset(refusals, 0, sizeof refusals);
+    memset(gaps, 0, sizeof gaps);
+    long waiting = 0, connecting = 0, synced = 0, steady = 0, stale = 0, live = 0, max_ref = 0;
+    double now = mono_s(), max_gap = 0;
+    for (long i = 0; i < n_conns; i++) {
+        const struct conn *c = &conns[i];
+        waiting += c->state == C_WAIT;
+        connecting += c->state == C_CONNECTING || c->state == C_HS;
+        synced += c->state == C_OPEN && c->synced;
+        stale += c->saw_stale;
+        live += c->saw_live;
+        refusals[c->refusals < 64 ? c->refusals : 64]++;
+        if (c->refusals > max_ref) max_ref = c->refusals;
+        if (c->state == C_OPEN && c->lost_window != S.window) {
+            steady++;
+            double gap = c->max_gap;
+            if (c->last_msg > 0 && now - c->last_msg > gap) gap = now - c->last_msg;
+            if (gap > max_gap) max_gap = gap;
+            long k = (long)(gap * 10);
+            gaps[k < GAP_BUCKETS ? k : GAP_BUCKETS]++;
+        }
+    }
+    sb_printf(b, ",\"reconnect\":{\"per_s\":{");
+    for (int k = 0; k < R_KINDS; k++) {
+        sb_printf(b, "%s\"%s\":[", k ? "," : "", r_names[k]);
+        for (long i = 0; i < per_s_n; i++) sb_printf(b, "%s%u", i ? "," : "", per_s[i][k]);
+        sb_printf(b, "]");
+    }
+    sb_printf(b, "},\"refused_by\":");
+    sb_counter(b, &refused_by);
+    sb_printf(b, ",\"refusals\":");
+    sb_hist(b, refusals, 65, 1);
+    sb_printf(b, ",\"max_refusals\":%ld,\"waiting\":%ld,\"connecting\":%ld,\"synced\":%ld,"
+              "\"last_sync\":", max_ref, waiting, connecting, synced);
+    if (last_sync_wall > 0) sb_num(b, last_sync_wall, 3);
+    else sb_printf(b, "null");
+    sb_printf(b, ",\"stale\":%ld,\"live\":%ld,\"steady\":%ld,\"steady_aged\":%llu,"
+              "\"steady_max_age_ms\":%lld,\"steady_ages\":", stale, live, steady,
+              (unsigned long long)steady_aged, (long long)steady_max_age);
+    sb_hist(b, hist_steady, HIST_MAX_MS + 1, 1);
+    sb_printf(b, ",\"steady_max_gap_ms\":%.0f,\"steady_gaps\":", max_gap * 1000);
+    sb_hist(b, gaps, GAP_BUCKETS + 1, 100);
+    sb_printf(b, "}");
+}
 
 static void emit_stats(void) {
     struct rusage ru;
@@ -1237,6 +1558,7 @@ static void emit_stats(void) {
     sb_counter(&b, &S.closes);
     sb_printf(&b, ",\"open\":%ld,\"silent\":%ld,\"conns\":%ld", open, silent, ok_n);
     if (encoding_given) sb_printf(&b, ",\"compressed\":%llu", (unsigned long long)S.compressed);
+    if (reconnect_on) emit_reconnect(&b);
     sb_printf(&b, "}");
     emit(&b);
 }
@@ -1391,8 +1713,8 @@ static int command(const char *line, size_t n) {
         F.end = t_stop + deadline_s;
         F.board_idx = malloc((n_boards_req + 1) * sizeof *F.board_idx);
         if (!F.board_idx) { perror("viewers_load: malloc"); _exit(1); }
-        for (long i = 0; i < n_conns; i++)
-            if (conns[i].board && (conns[i].state == C_OPEN || conns[i].state == C_CLOSED))
+        for (long i = 0; i < n_conns; i++) /* with --reconnect, a board lives on through reconnects */
+            if (conns[i].board && (reconnect_on || conns[i].state == C_OPEN || conns[i].state == C_CLOSED))
                 F.board_idx[F.nboards++] = i;
         F.when = calloc(F.nboards + 1, sizeof *F.when);
         F.done = calloc(F.nboards + 1, 1);
@@ -1444,7 +1766,8 @@ static void run_commands(void) {
 
 #define USAGE "usage: viewers_load --url ws://127.0.0.1:PORT/ws --conns N [--max-hz H] " \
     "[--decode-every K] [--boards S] [--concurrency C] [--connect-timeout T] [--batch-us U] " \
-    "[--encoding json|compact|deflate|compact+deflate]\n"
+    "[--encoding json|compact|deflate|compact+deflate] [--reconnect] [--reconnect-cap S] " \
+    "[--bind 127.0.0.X]\n"
 
 static void usage(const char *why) {
     fputs(USAGE, stderr);
@@ -1477,6 +1800,7 @@ int main(int argc, char **argv) {
             fputs(USAGE, stdout);
             exit(0);
         }
+        if (!strcmp(a, "--reconnect")) { reconnect_on = 1; continue; }
         char *eq = strncmp(a, "--", 2) ? NULL : strchr(a, '=');
         if (eq) { *eq = 0; v = eq + 1; }
         else if (i + 1 < argc) v = argv[++i];
@@ -1489,6 +1813,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--concurrency")) concurrency = (int)arg_long(v, a);
         else if (!strcmp(a, "--connect-timeout")) connect_timeout = arg_double(v, a);
         else if (!strcmp(a, "--batch-us")) batch_us = arg_long(v, a);
+        else if (!strcmp(a, "--reconnect-cap")) reconnect_cap = arg_double(v, a);
+        else if (!strcmp(a, "--bind")) {
+            if (inet_pton(AF_INET, v, &bind_addr) != 1) usage("--bind takes an IPv4 address");
+            bind_given = 1;
+        }
         else if (!strcmp(a, "--encoding")) {
             encoding_given = 1;
             if (!strcmp(v, "compact")) want_compact = 1;
@@ -1502,6 +1831,7 @@ int main(int argc, char **argv) {
     if (decode_every < 1) decode_every = 1;
     if (concurrency < 1) concurrency = 1;
     if (n_boards_req < 0) n_boards_req = 0;
+    if (!(reconnect_cap > 0)) usage("--reconnect-cap must be positive");
 
     /* 127.0.0.1 only, and the query fastclient.viewer_url adds. */
     const char *hostport;
@@ -1547,6 +1877,10 @@ int main(int argc, char **argv) {
         conns[i].fd = -1;
         conns[i].countdown = 1 + (int)(rnd() % (uint64_t)decode_every);
     }
+    if (reconnect_on && !(heap = malloc((n_conns ? n_conns : 1) * sizeof *heap))) {
+        perror("viewers_load: malloc");
+        return 1;
+    }
     for (long i = 0; i < n_boards_req && n_conns > 0; i++) {
         struct conn *c = &conns[i * n_conns / n_boards_req];
         if (!c->board && !(c->board = calloc(1, sizeof *c->board))) { perror("viewers_load: calloc"); return 1; }
@@ -1567,10 +1901,19 @@ int main(int argc, char **argv) {
             launch();
             if (ok_n + failed_n >= n_conns) emit_connected();
         }
+        if (reconnect_on) reconnect_tick();
         if (stdin_polled && !in_eof) read_stdin();
         run_commands();
         int timeout = -1;
         if (!connect_done) timeout = 100;
+        if (reconnect_on) {
+            int ms = 500; /* the handshake timeout's scan */
+            if (heap_n) {
+                double w = (conns[heap[0]].retry_at - mono_s()) * 1000 + 1;
+                if (w < ms) ms = w < 0 ? 0 : (int)w;
+            }
+            if (timeout < 0 || ms < timeout) timeout = ms;
+        }
         if (F.active) {
             int ms = (int)((F.next_check - mono_s()) * 1000) + 1;
             if (ms < 0) ms = 0;
@@ -1583,6 +1926,7 @@ int main(int argc, char **argv) {
             perror("viewers_load: epoll_wait");
             return 1;
         }
+        if (reconnect_on) loop_now = mono_s();
         for (int i = 0; i < k; i++) {
             uint32_t tag = evs[i].data.u32;
             if (tag == STDIN_TAG) {

@@ -503,3 +503,144 @@ def test_compact_and_deflate_against_a_scripted_server(generator: Path, tmp_path
     assert min(a for a, _ in ages) >= 15 and max(a for a, _ in ages) < 5000
     assert seen["plain"] == [(8, True, struct.pack(">H", 1002))]
     assert conv["converged"] == 1 and conv["boards"] == 2, conv
+
+
+# ---- --reconnect (issue 25) -------------------------------------------------------------
+
+RECONNECT_KEYS = {"per_s", "refused_by", "refusals", "max_refusals", "waiting", "connecting", "synced",
+                  "last_sync", "stale", "live", "steady", "steady_aged", "steady_max_age_ms",
+                  "steady_ages", "steady_max_gap_ms", "steady_gaps"}
+PER_S_KEYS = {"attempted", "opened", "admitted", "refused", "failed", "lost", "synced"}
+
+
+def totals(stats: dict[str, Any]) -> dict[str, int]:
+    return {kind: sum(counts) for kind, counts in stats["reconnect"]["per_s"].items()}
+
+
+def test_reconnect_after_the_service_is_killed(generator: Path, tmp_path: Path) -> None:
+    """--reconnect against the real service: SIGKILLed, then started again on its port
+    admitting 10 connections a second, so most of the crowd is refused (1013) first and
+    comes back later: every viewer is back with its snapshot and every board converges."""
+    with redis_server() as rs:
+        env = {"REDIS_URL": rs.url, "REDIS_PARTITIONS": "1"}
+        service = ServiceProcess(env)
+        publisher = ChildProcess(["bench.publisher", "--rate", "100", "--seed", "1", "--redis", rs.url],
+                                 {"REDIS_PARTITIONS": "1"}, f"publisher-reconnect-{service.port}")
+        child: Child | None = None
+        try:
+            service.start()
+            publisher.spawn()
+            argv = native.generator_argv(service.ws_url, CONNS, MAX_HZ, 5, BOARDS, binary=generator,
+                                         reconnect=True, reconnect_cap=1.0)
+            child = Child("viewers-reconnect", argv, cwd=ROOT, log_dir=tmp_path, pipe=True)
+            assert child.recv(timeout=20)["ok"] == CONNS
+            stats_when(child, lambda s: s["reconnect"]["synced"] == CONNS, 15)
+            child.send({"cmd": "start"})
+            before = stats_when(child, lambda s: s["reconnect"]["steady_aged"] >= 20, 15)
+            assert service.proc is not None
+            service.proc.kill()  # SIGKILL: no close frame, no drain
+            service.proc.wait(timeout=5)
+            stats_when(child, lambda s: totals(s)["lost"] == CONNS, 10)
+            service = ServiceProcess({**env, "MAX_CONNECTS_PER_S": "10"}, port=service.port)
+            service.start()
+            after = stats_when(child, lambda s: s["reconnect"]["synced"] == CONNS, 40)
+            publisher.stop()
+            t_stop = time.time()
+            client = redis.Redis.from_url(rs.url)
+            seqs = final_seqs(client)
+            client.close()
+            child.send({"cmd": "final", "seqs": seqs, "t_stop": t_stop, "deadline_s": 5.0})
+            conv = child.recv(timeout=15)
+            assert quit_child(child) == 0
+        finally:
+            if child is not None:
+                child.stop(timeout=5)
+            publisher.stop()
+            service.stop()
+
+    assert set(before) == STATS_KEYS | {"reconnect"}
+    rc = before["reconnect"]
+    assert set(rc) == RECONNECT_KEYS and set(rc["per_s"]) == PER_S_KEYS
+    assert rc["steady"] == CONNS and rc["refusals"] == {"0": CONNS}
+    assert sum(c for _, c in merge_hist(rc["steady_ages"])) == rc["steady_aged"] <= before["aged"]
+    assert sum(rc["steady_gaps"].values()) == CONNS
+    assert totals(before) == dict.fromkeys(PER_S_KEYS, 0)
+
+    rc = after["reconnect"]
+    done = totals(after)
+    assert after["open"] == CONNS and after["conns"] == CONNS  # first attempts, as without the flag
+    assert rc["steady"] == 0 and rc["steady_gaps"] == {} and rc["waiting"] == rc["connecting"] == 0
+    assert done["lost"] == done["admitted"] == done["synced"] == CONNS
+    refused = rc["refused_by"].get("1013", 0)
+    assert refused > 0 and rc["refused_by"] == {"1013": refused} == {"1013": done["refused"]}
+    assert done["opened"] == CONNS + refused
+    assert done["attempted"] == done["opened"] + done["failed"]
+    assert sum(int(k) * n for k, n in rc["refusals"].items()) == refused
+    assert sum(rc["refusals"].values()) == CONNS and rc["max_refusals"] >= 1
+    assert after["closes"] == {"eof": CONNS, "1013": refused}
+    assert isinstance(rc["last_sync"], float) and rc["last_sync"] <= time.time()
+    assert conv["converged"] == conv["boards"] == BOARDS, conv
+
+
+def test_reconnect_counts_against_a_scripted_server(generator: Path, tmp_path: Path) -> None:
+    """One viewer through every way a connection ends, with exact counts: lost after its
+    snapshot (1001), refused by an HTTP 503, refused after the upgrade (1013), then back with
+    a snapshot, a stale and a live status, held open."""
+    now = int(time.time() * 1000)
+    welcome = frame(1, orjson.dumps({"type": "welcome", "protocol": 1}))
+
+    def snapshot(seq: int) -> bytes:
+        return frame(1, orjson.dumps({"type": "snapshot", "quotes": [{"symbol": "AAA", "seq": seq,
+                                                                      "ts": now}]}))
+
+    def lost(sock: socket.socket) -> None:
+        sock.sendall(UPGRADE + welcome + snapshot(3))
+        scripted.go.wait(10)
+        sock.sendall(frame(8, struct.pack(">H", 1001)))
+        read_client_frames(sock, 8, 10)
+
+    def http_refused(sock: socket.socket) -> None:
+        sock.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+
+    def ws_refused(sock: socket.socket) -> None:
+        sock.sendall(UPGRADE + frame(8, struct.pack(">H", 1013) + b"try again later"))
+        read_client_frames(sock, 8, 10)
+
+    def back(sock: socket.socket) -> None:
+        sock.sendall(UPGRADE + welcome)
+        send_split(sock, frame(1, orjson.dumps({"type": "status", "feed": "stale", "ts": now}))
+                   + snapshot(5) + frame(1, orjson.dumps({"type": "status", "feed": "live", "ts": now})))
+        read_client_frames(sock, 8, 20)  # until the generator quits
+
+    scripted = Scripted([lost, http_refused, ws_refused, back])
+    argv = native.generator_argv(f"ws://127.0.0.1:{scripted.port}/ws", 1, None, 1, 1, binary=generator,
+                                 reconnect=True, reconnect_cap=0.2)
+    child = Child("viewers-reconnect-scripted", argv, log_dir=tmp_path, pipe=True)
+    try:
+        info = child.recv(timeout=10)
+        assert info == {"event": "connected", "ok": 1, "failed": 0, "boards": 1, "errors": {},
+                        "connect_s": info["connect_s"]}
+        stats_when(child, lambda s: s["reconnect"]["synced"] == 1, 10)
+        child.send({"cmd": "start"})
+        child.send({"cmd": "stop"})
+        assert child.recv(timeout=5)["reconnect"]["steady"] == 1
+        scripted.go.set()
+        stats = stats_when(child, lambda s: s["reconnect"]["live"] == 1, 15)
+        child.send({"cmd": "final", "seqs": {"AAA": 5}, "t_stop": time.time(), "deadline_s": 0.5})
+        conv = child.recv(timeout=5)
+        assert quit_child(child) == 0
+        scripted.join(10)
+    finally:
+        child.stop(timeout=5)
+        scripted.close()
+
+    rc = stats["reconnect"]
+    assert totals(stats) == {"attempted": 3, "opened": 2, "admitted": 1, "refused": 2, "failed": 0,
+                             "lost": 1, "synced": 1}
+    assert rc["refused_by"] == {"http_503": 1, "1013": 1}
+    assert rc["refusals"] == {"2": 1} and rc["max_refusals"] == 2
+    assert (rc["synced"], rc["stale"], rc["live"], rc["steady"], rc["waiting"]) == (1, 1, 1, 0, 0)
+    assert stats["closes"] == {"1001": 1, "1013": 1}
+    assert stats["open"] == 1 and stats["conns"] == 1
+    assert conv["converged"] == conv["boards"] == 1
+    assert len(scripted.requests) == 4
