@@ -44,12 +44,14 @@ def build(src: Path, out: Path) -> Path:
 
 def generator_argv(url: str, conns: int, max_hz: float | None, decode_every: int, boards: int,
                    *, binary: Path | None = None, encoding: str = "json", reconnect: bool = False,
-                   reconnect_cap: float | None = None, bind: str | None = None) -> list[str]:
+                   reconnect_cap: float | None = None, bind: str | None = None,
+                   bind_count: int = 1) -> list[str]:
     """The argv of the native generator (bench/fastclient.py's flags; built if stale), for
     `url` = ws://127.0.0.1:PORT/ws; `binary` runs another build of it instead; `encoding`:
     what its viewers ask for (issue 24: compact, deflate, compact+deflate); `reconnect`:
     its viewers come back after the SDKs' back-off (capped at `reconnect_cap` s), and
-    report per-second connects (issue 25); `bind`: their source address (127.0.0.X)."""
+    report per-second connects (issue 25); `bind`: their source address (127.0.0.X),
+    spread over `bind_count` consecutive ones."""
     exe = binary or build(GENERATOR_SRC, GENERATOR_BIN)
     argv = [str(exe), "--url", url, "--conns", str(conns), "--decode-every", str(decode_every),
             "--boards", str(boards)]
@@ -63,4 +65,6 @@ def generator_argv(url: str, conns: int, max_hz: float | None, decode_every: int
             argv += ["--reconnect-cap", f"{reconnect_cap:g}"]
     if bind is not None:
         argv += ["--bind", bind]
+        if bind_count > 1:
+            argv += ["--bind-count", str(bind_count)]
     return argv

@@ -3,7 +3,7 @@
  * viewers_load --url ws://127.0.0.1:PORT/ws --conns N [--max-hz H] [--decode-every K]
  *              [--boards S] [--concurrency C] [--connect-timeout T] [--batch-us U]
  *              [--encoding json|compact|deflate|compact+deflate]
- *              [--reconnect] [--reconnect-cap S] [--bind 127.0.0.X]
+ *              [--reconnect] [--reconnect-cap S] [--bind 127.0.0.X [--bind-count K]]
  *
  * A drop-in for bench/fastclient.py (same flags, same driver protocol, same JSON), written
  * because a generator in Python costs 7-10 µs of CPU per received frame, as much as the
@@ -56,13 +56,15 @@
  *   before the welcome, or an HTTP status; by code in "refused_by", per connection in
  *   "refusals"), failed (neither), lost (admitted, then ended) and synced (their snapshot
  *   came); where they stand now (waiting in back-off, connecting, synced; "last_sync",
- *   the wall clock of the latest snapshot); how many saw a stale then a live status; and
+ *   the wall clock of the latest snapshot); how many saw a stale then a live status (and
+ *   "last_live", the wall clock of the latest such live); and
  *   for the steady connections (open with their snapshot at `start`, never lost since)
  *   their ages apart ("steady_ages") and their longest gaps between two messages
  *   ("steady_gaps", 100 ms buckets). `final` then counts every board, whatever its state.
  *   `connected` and `conns` count first attempts. Without the flag nothing changes.
- * - --bind ADDR: every connection's source address (e.g. 127.0.0.2): each address has its
- *   own ephemeral ports, for more connections than one address has ports for.
+ * - --bind ADDR [--bind-count K]: connection i's source address is ADDR + i % K (e.g.
+ *   127.0.0.2 ...): each address has its own ephemeral ports (for more connections than
+ *   one has), and per-address limits see K clients, not one.
  *
  * 127.0.0.1 only. Built with `cc -O2 -Wall ... -lz` (bench/native.py).
  */
@@ -201,11 +203,13 @@ static uint64_t steady_aged;
 static int64_t steady_max_age;
 static int cur_steady; /* the message being decoded is a steady connection's */
 static double last_sync_wall; /* wall clock of the latest snapshot of a (re)connection */
+static double last_live_wall; /* ... of the latest live status after a stale one */
 static int32_t *heap; /* connections in C_WAIT, a min-heap on retry_at */
 static long heap_n;
 static double loop_now; /* monotonic, read once per wake-up */
 static struct in_addr bind_addr; /* --bind: the source address of every connection */
 static int bind_given;
+static long bind_count = 1; /* --bind-count K: connection i from --bind's address + i % K */
 
 /* ---- small helpers ------------------------------------------------------------------ */
 
@@ -904,7 +908,10 @@ static void peek(struct conn *c, const uint8_t *m, size_t len) {
         else break;
     }
     if (status && feed == 1) c->saw_stale = 1;
-    if (status && feed == 2 && c->saw_stale) c->saw_live = 1;
+    if (status && feed == 2 && c->saw_stale && !c->saw_live) {
+        c->saw_live = 1;
+        last_live_wall = wall_s();
+    }
 }
 
 /* ---- sockets ------------------------------------------------------------------------- */
@@ -1088,6 +1095,7 @@ static void start_connect(struct conn *c, const struct sockaddr_in *addr) {
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (bind_given) { /* the port is picked at connect, per destination: no bind-time shortage */
         struct sockaddr_in src = {.sin_family = AF_INET, .sin_addr = bind_addr};
+        src.sin_addr.s_addr = htonl(ntohl(bind_addr.s_addr) + (uint32_t)((c - conns) % bind_count));
         setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
         if (bind(c->fd, (const struct sockaddr *)&src, sizeof src) != 0) {
             connect_failed(c, errno_name(errno), 0);
@@ -1518,6 +1526,9 @@ static void emit_reconnect(struct sb *b) {
               "\"last_sync\":", max_ref, waiting, connecting, synced);
     if (last_sync_wall > 0) sb_num(b, last_sync_wall, 3);
     else sb_printf(b, "null");
+    sb_printf(b, ",\"last_live\":");
+    if (last_live_wall > 0) sb_num(b, last_live_wall, 3);
+    else sb_printf(b, "null");
     sb_printf(b, ",\"stale\":%ld,\"live\":%ld,\"steady\":%ld,\"steady_aged\":%llu,"
               "\"steady_max_age_ms\":%lld,\"steady_ages\":", stale, live, steady,
               (unsigned long long)steady_aged, (long long)steady_max_age);
@@ -1767,7 +1778,7 @@ static void run_commands(void) {
 #define USAGE "usage: viewers_load --url ws://127.0.0.1:PORT/ws --conns N [--max-hz H] " \
     "[--decode-every K] [--boards S] [--concurrency C] [--connect-timeout T] [--batch-us U] " \
     "[--encoding json|compact|deflate|compact+deflate] [--reconnect] [--reconnect-cap S] " \
-    "[--bind 127.0.0.X]\n"
+    "[--bind 127.0.0.X [--bind-count K]]\n"
 
 static void usage(const char *why) {
     fputs(USAGE, stderr);
@@ -1814,6 +1825,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--connect-timeout")) connect_timeout = arg_double(v, a);
         else if (!strcmp(a, "--batch-us")) batch_us = arg_long(v, a);
         else if (!strcmp(a, "--reconnect-cap")) reconnect_cap = arg_double(v, a);
+        else if (!strcmp(a, "--bind-count")) bind_count = arg_long(v, a);
         else if (!strcmp(a, "--bind")) {
             if (inet_pton(AF_INET, v, &bind_addr) != 1) usage("--bind takes an IPv4 address");
             bind_given = 1;
@@ -1832,6 +1844,7 @@ int main(int argc, char **argv) {
     if (concurrency < 1) concurrency = 1;
     if (n_boards_req < 0) n_boards_req = 0;
     if (!(reconnect_cap > 0)) usage("--reconnect-cap must be positive");
+    if (bind_count < 1 || bind_count > 65536) usage("--bind-count is 1-65536");
 
     /* 127.0.0.1 only, and the query fastclient.viewer_url adds. */
     const char *hostport;

@@ -221,6 +221,7 @@ class Scripted:
         self.port = self.listener.getsockname()[1]
         self.scripts = scripts
         self.requests: list[bytes] = []
+        self.peers: list[str] = []  # the clients' source addresses
         self.go = threading.Event()
         self.errors: list[BaseException] = []
         self.threads: list[threading.Thread] = []
@@ -231,7 +232,8 @@ class Scripted:
         self.listener.settimeout(10)
         for script in self.scripts:
             try:
-                sock, _ = self.listener.accept()
+                sock, peer = self.listener.accept()
+                self.peers.append(peer[0])
             except OSError as exc:
                 self.errors.append(exc)
                 return
@@ -508,7 +510,7 @@ def test_compact_and_deflate_against_a_scripted_server(generator: Path, tmp_path
 # ---- --reconnect (issue 25) -------------------------------------------------------------
 
 RECONNECT_KEYS = {"per_s", "refused_by", "refusals", "max_refusals", "waiting", "connecting", "synced",
-                  "last_sync", "stale", "live", "steady", "steady_aged", "steady_max_age_ms",
+                  "last_sync", "last_live", "stale", "live", "steady", "steady_aged", "steady_max_age_ms",
                   "steady_ages", "steady_max_gap_ms", "steady_gaps"}
 PER_S_KEYS = {"attempted", "opened", "admitted", "refused", "failed", "lost", "synced"}
 
@@ -614,7 +616,7 @@ def test_reconnect_counts_against_a_scripted_server(generator: Path, tmp_path: P
 
     scripted = Scripted([lost, http_refused, ws_refused, back])
     argv = native.generator_argv(f"ws://127.0.0.1:{scripted.port}/ws", 1, None, 1, 1, binary=generator,
-                                 reconnect=True, reconnect_cap=0.2)
+                                 reconnect=True, reconnect_cap=0.2, bind="127.0.0.3", bind_count=2)
     child = Child("viewers-reconnect-scripted", argv, log_dir=tmp_path, pipe=True)
     try:
         info = child.recv(timeout=10)
@@ -640,7 +642,8 @@ def test_reconnect_counts_against_a_scripted_server(generator: Path, tmp_path: P
     assert rc["refused_by"] == {"http_503": 1, "1013": 1}
     assert rc["refusals"] == {"2": 1} and rc["max_refusals"] == 2
     assert (rc["synced"], rc["stale"], rc["live"], rc["steady"], rc["waiting"]) == (1, 1, 1, 0, 0)
+    assert rc["last_sync"] <= rc["last_live"] <= time.time()
     assert stats["closes"] == {"1001": 1, "1013": 1}
     assert stats["open"] == 1 and stats["conns"] == 1
     assert conv["converged"] == conv["boards"] == 1
-    assert len(scripted.requests) == 4
+    assert len(scripted.requests) == 4 and scripted.peers == ["127.0.0.3"] * 4  # --bind
