@@ -30,6 +30,14 @@ from .uvicorn_private import SharedDeflateProtocol, stop_accepting
 
 log = logging.getLogger("service")
 
+# Unsent bytes the kernel may hold for one client (TCP_NOTSENT_LOWAT): past them the socket
+# takes no more, the transport keeps the frames, and the client is served conflated frames
+# (outbox.py) instead of a queue of stale ones. Without it the kernel's autotuned send
+# buffer held 114 KB not yet sent to a reader on a 256 kbit/s line (tests/test_networks.py):
+# its board was 10 s old, and older the longer it stayed. Bytes in flight are not counted,
+# so a fast path keeps its throughput.
+NOTSENT_LOWAT = 16384
+
 
 class Worker(uvicorn.Server):
     """uvicorn closes open websockets with 1012 at once on shutdown; the protocol promises
@@ -105,7 +113,8 @@ def _watchdog(seconds: float) -> None:
 def listening_socket(host: str, port: int, user_timeout_ms: int, send_buffer: int = 0,
                      reuse_port: bool = False) -> socket.socket:
     """A listening socket whose accepted connections inherit TCP_USER_TIMEOUT, so the
-    kernel aborts a peer that stops acknowledging data (tcp(7)), and SO_SNDBUF.
+    kernel aborts a peer that stops acknowledging data (tcp(7)), TCP_NOTSENT_LOWAT and
+    SO_SNDBUF.
     With `reuse_port`, every worker binds its own and the kernel spreads connections."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -114,6 +123,8 @@ def listening_socket(host: str, port: int, user_timeout_ms: int, send_buffer: in
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if hasattr(socket, "TCP_USER_TIMEOUT"):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout_ms)
+    if hasattr(socket, "TCP_NOTSENT_LOWAT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
     if send_buffer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     try:
