@@ -31,7 +31,10 @@ def _sub_once(pattern: str, replacement: str, text: str) -> str:
     return result
 
 
-def rewritten_config(upstreams: Sequence[int], port: int, workdir: Path) -> str:
+def rewritten_config(upstreams: Sequence[int], port: int, workdir: Path,
+                     extra: Sequence[tuple[str, str]] = ()) -> str:
+    """`extra`: further (pattern, replacement) rewrites, each matching exactly once too (a
+    benchmark's worker counts and limits)."""
     text = CONF.read_text()
     servers = re.findall(r"^\s*server service-\d+:8000 .*;$", text, flags=re.MULTILINE)
     assert len(servers) == len(upstreams), "one upstream server line per test instance"
@@ -40,11 +43,15 @@ def rewritten_config(upstreams: Sequence[int], port: int, workdir: Path) -> str:
     text = _sub_once(r"^(\s*)listen 80;$", rf"\1listen 127.0.0.1:{port};", text)
     temp = "".join(f"    {kind}_temp_path {workdir / kind};\n"
                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    return _sub_once(r"^http \{\n", "http {\n" + temp, text)
+    text = _sub_once(r"^http \{\n", "http {\n" + temp, text)
+    for pattern, replacement in extra:
+        text = _sub_once(pattern, replacement, text)
+    return text
 
 
 class Nginx:
-    def __init__(self, upstreams: Sequence[int], workdir: Path) -> None:
+    def __init__(self, upstreams: Sequence[int], workdir: Path,
+                 extra: Sequence[tuple[str, str]] = ()) -> None:
         exe = shutil.which("nginx") or next(
             (p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
         if exe is None:
@@ -53,7 +60,7 @@ class Nginx:
         self.workdir = workdir
         self.port = free_port()
         self.conf = workdir / "nginx.conf"
-        self.conf.write_text(rewritten_config(upstreams, self.port, workdir))
+        self.conf.write_text(rewritten_config(upstreams, self.port, workdir, extra))
         self.error_log = workdir / "error.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
