@@ -12,6 +12,7 @@ over live workers only).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections import Counter as Tally
 from collections.abc import Sequence
@@ -42,6 +43,16 @@ _GAUGES = {
     "workers": ("Worker processes serving.", "livesum"),
     "every_subscribers": ("Connections subscribed in every mode (every quote, none conflated).",
                           "livesum"),
+}
+
+# name -> help: per worker process ("liveall": with WORKERS > 1 each live worker's value
+# under its `pid` label), so that a soak (bench/soak.py) can tell one worker's leak from
+# the host's sums.
+_WORKER_GAUGES = {
+    "worker_connections": "Open websockets and SSE streams of this worker.",
+    "worker_members": "Hub members of this worker, every tier (a live client is one).",
+    "worker_groups": "Hub groups of this worker, every tier.",
+    "worker_tasks": "asyncio tasks of this worker, counted once a second by its sweeper.",
 }
 
 # name -> help; each is read from the hub's stats or the outboxes (`_counter_values`)
@@ -75,6 +86,9 @@ class Metrics:
         self.gauges = {name: Gauge(f"quote_service_{name}", help_text, registry=registry,
                                    multiprocess_mode=mode)  # type: ignore[arg-type]
                        for name, (help_text, mode) in _GAUGES.items()}
+        self.gauges.update({name: Gauge(f"quote_service_{name}", help_text, registry=registry,
+                                        multiprocess_mode="liveall")
+                            for name, help_text in _WORKER_GAUGES.items()})
         self.counters = {name: Counter(f"quote_service_{name}", help_text, registry=registry)
                          for name, help_text in _COUNTERS.items()}
         self.refused = Counter(
@@ -101,6 +115,8 @@ class Metrics:
         # What each counter was last advanced to: counters only take increments.
         self._pushed: dict[str, float] = {}
         self._last_sync = 0.0
+        # Counted by the sweeper (`tick`), not by a scrape, whose own task would count.
+        self._tasks = 0
         service.hub.observer = self.observe
 
     def observe(self, quotes: Sequence[Quote], seconds: float) -> None:
@@ -138,6 +154,10 @@ class Metrics:
         gauges["feed_live"].set(1 if hub.feed == "live" else 0)
         gauges["workers"].set(1)
         gauges["every_subscribers"].set(sum(f.every_subscribers for f in figures))
+        gauges["worker_connections"].set(len(service.registry.sessions))
+        gauges["worker_members"].set(sum(len(t.hub.members) for t in service.tiers.values()))
+        gauges["worker_groups"].set(sum(f.groups for f in figures))
+        gauges["worker_tasks"].set(self._tasks)
         pushed = self._pushed
         for name, value in self._counter_values(figures).items():
             delta = value - pushed.get(name, 0)
@@ -152,11 +172,13 @@ class Metrics:
                 self.counters[name].inc(delta)
 
     def tick(self, now: float) -> None:
-        """Called by the service's sweeper: keep the shared files current for the scrapes
-        other workers answer."""
-        if self.multiprocess and now - self._last_sync >= SYNC_INTERVAL_S:
+        """Called by the service's sweeper: count the worker's tasks, and keep the shared
+        files current for the scrapes other workers answer."""
+        if now - self._last_sync >= SYNC_INTERVAL_S:
             self._last_sync = now
-            self.sync()
+            self._tasks = len(asyncio.all_tasks())
+            if self.multiprocess:
+                self.sync()
 
     def render(self) -> bytes:
         self.sync()
