@@ -254,6 +254,7 @@ class JsonLines:
             except ValueError:
                 continue
             if isinstance(line, dict):
+                line["at"] = time.monotonic()  # when it came, on this process's clock
                 self.lines.append(line)
 
     @property
