@@ -107,7 +107,11 @@ def test_slow_links_get_conflated_current_boards(children: list[JsonLines]) -> N
     stays put (the line's delay and a frame or two), where a queue would age it by
     seconds every few seconds; the kernel holds at most NOTSENT_LOWAT and a frame unsent
     for each; no one is dropped as a slow consumer."""
-    service = ServiceProcess({"HOST": "0.0.0.0", "SIM_RATE": "2000", "HEARTBEAT_S": "1"})
+    # SEND_TIMEOUT_S 15: what is tried here is conflation, not the slow-consumer cut, which
+    # at the default 5 s a full protocol-1 board on this line's share (8 KB/s, 2.4 s
+    # retransmission timeouts) can reach: the report says so.
+    service = ServiceProcess({"HOST": "0.0.0.0", "SIM_RATE": "2000", "HEARTBEAT_S": "1",
+                              "SEND_TIMEOUT_S": "15"})
     service.start()
     try:
         with hosts_on_links(SLOW, MEDIUM) as (slow, medium):
