@@ -131,7 +131,9 @@ def test_slow_links_get_conflated_current_boards(children: list[JsonLines]) -> N
             got = list(slow_readers.lines)  # before the service stops
             assert metric(service, "quote_service_quotes_conflated_total") > conflated
     finally:
-        service.stop()
+        # A slow reader's sender waiting on its socket takes the drain's close only when
+        # its send ends or SEND_TIMEOUT_S cuts it; uvicorn's graceful 5 s end it sooner.
+        service.stop(timeout=30)
     end = got[-1]["t"]
     print(f"\nslow readers' newest quote age, ms: {[s['age_ms_max'] for s in got[-40::4]]}; "
           f"kernel unsent bytes: max {max(unsent, default=0)}")
