@@ -204,6 +204,10 @@ class Churn:
         if plan.leave == "vanish":
             pause(transport)
             await self.linger(self.vanish_s)
+            # Did the service give up on it first (a FIN came: CLOSE_WAIT here)?
+            state = tcp_state(transport.get_extra_info("socket"))
+            self.counts[f"vanished {plan.transport}, " + (
+                "the service had closed it" if state == TCP_CLOSE_WAIT else "still open")] += 1
             plan.leave = "abort"
         if plan.leave == "abort":
             rst(transport.get_extra_info("socket"))
@@ -243,6 +247,19 @@ class Churn:
         finally:
             if not writer.transport.is_closing():
                 writer.transport.abort()
+
+
+TCP_CLOSE_WAIT = 8
+
+
+def tcp_state(sock: socket.socket | None) -> int | None:
+    """The socket's TCP state (tcp_info's first byte; 1 established, 8 close-wait)."""
+    if sock is None:
+        return None
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    except OSError:
+        return None
 
 
 def pause(transport: Any) -> None:
