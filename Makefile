@@ -63,10 +63,14 @@ js:
 # System packages (redis-server, chromium, nginx, npm; docker.io, docker-compose and debootstrap
 # as root) through the same script CI uses: it installs them where it can, or names each one
 # missing.
+# Two pytest-xdist workers: most tests wait on processes and sockets, and tests/conftest.py
+# keeps each module on one worker and the machine-loading ones (benchmark, soak, storm,
+# network hosts) on the same worker, one at a time. `TEST_WORKERS=0` runs them in one process.
+TEST_WORKERS ?= 2
 test: install-test
 	@bash .ci/system-packages
 	@$(MAKE) --no-print-directory js
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # Lint, types and the import contracts (.importlinter): what CI checks besides the tests.
 lint: install-test

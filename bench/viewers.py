@@ -275,10 +275,16 @@ def run_point(peer: Server, redis_url: str, r: redis_sync.Redis, n: int, max_hz:
         for c in clients:
             c.send({"cmd": "stop"})
         before = [c.recv(timeout=60) for c in clients]
+        published = final_seqs(r)
         publisher = Child(f"publisher-{tag}", [PY, "-m", "bench.publisher", "--rate",
                                                str(plan.rate), "--seed", "1", "--redis", redis_url],
                           env={"REDIS_URL": redis_url, "REDIS_PARTITIONS": "1"}, cwd=ROOT,
                           log_dir=logs, cpus=other_cpus)
+        # The warm-up counts from the publisher's first quote, not its start: on a loaded
+        # machine its start alone can outlast a short warm-up and leave the window empty.
+        deadline = time.monotonic() + 60
+        while final_seqs(r) == published and time.monotonic() < deadline:
+            time.sleep(0.05)
         time.sleep(plan.warmup_s)
         sampler = Sampler(server.pid, cpus=cpus)
         for c in clients:

@@ -323,9 +323,11 @@ def test_stream_client_in_chromium(service: ServiceProcess, page: Page, embedder
     delivered = page.evaluate("() => log.delivered")
     assert all(d["snapshot"] for d in delivered[:3]) and {d["symbol"] for d in delivered} == set(SYMBOLS)
     assert_by_seq(delivered)
-    board = page.evaluate("() => Object.fromEntries([...stream.board].map(([s, q]) => [s, q.seq]))")
-    last = {d["symbol"]: d["seq"] for d in page.evaluate("() => log.delivered")}
-    assert all(board[s] >= last[s] for s in SYMBOLS)  # more may have come since
+    # Both read in one turn of the page's event loop: no quote comes between them.
+    board, seen = page.evaluate("""() => [Object.fromEntries([...stream.board].map(([s, q]) => [s, q.seq])),
+                                          log.delivered]""")
+    last = {d["symbol"]: d["seq"] for d in seen}
+    assert all(board[s] >= last[s] for s in SYMBOLS)
     assert [d["text"] for d in delivered] == [python_line(d["q"]) for d in delivered]
 
     # Unsubscribe stops a symbol: nothing of PPL after the call, OGDC goes on.

@@ -40,7 +40,8 @@ def seed_line(line: str) -> TickerLine:
 
 
 SEED_SYMBOLS = 34
-ENV = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "REDIS_URL")}
+# LINES and COLUMNS would override the pty's size (pytest-xdist's workers have them set).
+ENV = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "REDIS_URL", "LINES", "COLUMNS")}
 
 
 @pytest.fixture(scope="module")
