@@ -104,6 +104,12 @@ def test_the_same_reconnect_cap(js: dict[str, Any]) -> None:
     assert default == RECONNECT_CAP_S
 
 
+def test_the_same_open_timeout(js: dict[str, Any]) -> None:
+    """A socket not open within this long is given up and retried, by either client."""
+    default = inspect.signature(QuoteClient).parameters["open_timeout"].default
+    assert js["RECONNECT"]["openTimeoutMs"] == default * 1000 == 10_000
+
+
 def test_the_same_modes_and_rates(js: dict[str, Any]) -> None:
     assert js["MODES"] == list(MODES)
     assert sorted(js["ENCODINGS"]) == sorted(protocol.ENCODINGS)

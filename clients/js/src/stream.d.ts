@@ -257,6 +257,8 @@ export declare const RECONNECT: Readonly<{
   slowBaseMs: number;
   slowCapMs: number;
   healthyAfterMs: number;
+  /** A socket not open this long is closed and retried (10 s, as the Python client's open_timeout). */
+  openTimeoutMs: number;
 }>;
 /** Close codes after which the reconnect backs off slowly (slowBaseMs, slowCapMs): 1008,
  * 1013, 4029. */

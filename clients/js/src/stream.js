@@ -80,6 +80,10 @@ export const RECONNECT = Object.freeze({
   // The same codes as the Python client's SLOW_DOWN_CODES (a test holds them equal).
   slowBaseMs: 5000, slowCapMs: 60000,
   healthyAfterMs: 10000, // a socket that lived this long resets the backoff
+  // A socket not open this long is given up and retried: a path that drops packets
+  // (a dead link whose route is still up) holds a handshake for the kernel's SYN retries,
+  // about two minutes. The Python client's open_timeout, 10 s, the same.
+  openTimeoutMs: 10000,
 });
 export const SLOW_DOWN_CODES = Object.freeze([1008, 1013, 4029]);
 const SLOW_CODES = new Set(SLOW_DOWN_CODES);
@@ -763,6 +767,7 @@ class Connection {
     this.liveTimer = null;
     this.openedAt = 0;
     this.authSent = this.tokenSource === null;
+    this.armWatchdog(RECONNECT.openTimeoutMs, 'open timeout');
     ws.onopen = () => {
       if (ws !== this.ws) return;
       this.openedAt = Date.now();
@@ -856,17 +861,16 @@ class Connection {
     for (const c of [...this.consumers]) c.emit('auth', { ...this.auth });
   }
 
-  armWatchdog() {
+  /** The server speaks at least every heartbeat_s; silence past twice that (plus slack)
+   * means a dead path that TCP has not reported yet. Before the socket opens: `ms`. */
+  armWatchdog(ms = Math.max(4000, (this.heartbeatS * 2 + 3) * 1000), reason = 'heartbeat timeout') {
     clearTimeout(this.watchdog);
-    // The server speaks at least every heartbeat_s; silence past twice that (plus slack)
-    // means a dead path that TCP has not reported yet.
-    const ms = Math.max(4000, (this.heartbeatS * 2 + 3) * 1000);
     this.watchdog = setTimeout(() => {
       const ws = this.ws;
       if (!ws) return;
       this.ws = null;
       try {
-        ws.close(4000, 'heartbeat timeout');
+        ws.close(4000, reason);
       } catch (_) { /* already closing */ }
       this.onClose(1006);
     }, ms);
