@@ -54,7 +54,15 @@ import redis as redis_sync
 
 from bench import native, report
 from bench.output import write_results
-from bench.procs import Child, port_open, raise_nofile, read_proc, tree_pids
+from bench.procs import (
+    Child,
+    busy_pct,
+    cpu_times,
+    port_open,
+    raise_nofile,
+    read_proc,
+    tree_pids,
+)
 from bench.viewers import LAYOUT, final_seqs, service_env
 from tests.redis_server import RedisServer, free_port
 
@@ -211,6 +219,9 @@ class Soak:
     phase: str = "start"
     # Per window (between samples) the steady viewers' stats from the generator.
     windows: list[dict[str, Any]] = field(default_factory=list)
+    # pid -> (monotonic time, CPU seconds) at the last sample; the machine's CPU times.
+    cpu_last: dict[int, tuple[float, float]] = field(default_factory=dict)
+    machine_last: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def now(self) -> float:
         return round(time.monotonic() - self.t0, 2)
@@ -226,11 +237,17 @@ class Soak:
         per: dict[str, dict[str, Any]] = {}
         for pid in workers:
             try:
-                _, rss_kb = read_proc(pid)
+                cpu_s, rss_kb = read_proc(pid)
                 kinds = fd_kinds(pid, tcp, port, redis_port)
             except (OSError, ValueError):
                 continue
+            now = time.monotonic()
+            last = self.cpu_last.get(pid)
+            self.cpu_last[pid] = (now, cpu_s)
             per[str(pid)] = {"rss_mb": round(rss_kb / 1024, 2), "fds": sum(kinds.values()),
+                             # % of one core since the last sample (a worker's own CPU).
+                             "cpu_pct": round(100 * (cpu_s - last[1]) / (now - last[0]), 1)
+                             if last and now > last[0] else None,
                              "redis_conns": kinds.get("socket: redis", 0), "fd_kinds": kinds,
                              **{k: -1 for k in WORKER_GAUGES}}
         # /metrics after /proc: the scrape's own socket is not one of a worker's fds.
@@ -242,8 +259,13 @@ class Soak:
         for pid_text, figures in per.items():
             figures.update({k: int(v) for k, v in gauges.get(int(pid_text), {}).items()
                             if k in WORKER_GAUGES})
+        times = cpu_times()
         entry: dict[str, Any] = {"t": self.now(), "phase": self.phase, "workers": per,
-                                 "redis": redis_info(redis_url)}
+                                 "redis": redis_info(redis_url),
+                                 # Everything that ran on the machine, ours and anyone's.
+                                 "machine_busy_pct": busy_pct(self.machine_last, times, None)
+                                 if self.machine_last else None}
+        self.machine_last = times
         if viewers is not None:
             viewers.send({"cmd": "stop"})
             stats = viewers.recv(timeout=60)
@@ -632,6 +654,20 @@ def age_verdict(data: dict[str, Any]) -> dict[str, Any]:
             "ok": p99_calm is not None and p99_calm <= limit}
 
 
+def cpu_by_phase(samples: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Mean worker CPU (% of one core, per worker) and machine busy % per phase: whether
+    late quotes came with a worker at its limit, or with a machine busy with others."""
+    out: dict[str, dict[str, float | None]] = {}
+    for phase in dict.fromkeys(s["phase"] for s in samples):
+        these = [s for s in samples if s["phase"] == phase]
+        workers = [w["cpu_pct"] for s in these for w in s["workers"].values()
+                   if w.get("cpu_pct") is not None]
+        machine = [s["machine_busy_pct"] for s in these if s.get("machine_busy_pct") is not None]
+        out[phase] = {"workers": round(statistics.fmean(workers), 1) if workers else None,
+                      "machine": round(statistics.fmean(machine), 1) if machine else None}
+    return out
+
+
 def verdicts(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     rows = data["table"]
     conv = data["converged"]
@@ -684,6 +720,9 @@ def markdown(data: dict[str, Any]) -> str:
                      f"{row['after']:g} | {row['margin']} | {'yes' if row['ok'] else '**no**'} |")
     ages = data["ages"]
     every = data["every"]
+    lines += ["", "CPU, mean per phase: " + "; ".join(
+        f"{phase}: workers {cpu['workers']}% of a core each, machine {cpu['machine']}% busy"
+        for phase, cpu in data["cpu"].items()) + "."]
     lines += [
         "",
         "RSS growth, MB/hour (least squares over the churn's samples): "
@@ -720,7 +759,7 @@ def chart(data: dict[str, Any], path: Path) -> bool:
     pids = sorted({p for s in samples for p in s["workers"]}, key=int)
     panels = [("rss_mb", "RSS, MB"), ("fds", "open fds"), ("tasks", "asyncio tasks"),
               ("groups", "hub groups"), ("members", "hub members")]
-    fig, axes = plt.subplots(4, 2, figsize=(13, 12), sharex=True)
+    fig, axes = plt.subplots(5, 2, figsize=(13, 15), sharex=True)
     flat = list(axes.flat)
     for ax, (key, title) in zip(flat, panels, strict=False):
         for pid in pids:
@@ -745,6 +784,17 @@ def chart(data: dict[str, Any], path: Path) -> bool:
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", color="tab:green")
     ax.axhline(data["age_limit_ms"], color="grey", linestyle="--", linewidth=1)
     ax.set_title("steady viewers' p99 age per window, ms (limit dashed)")
+    ax = flat[8]
+    for pid in pids:
+        pts = [(s["t"], s["workers"][pid]["cpu_pct"]) for s in samples
+               if pid in s["workers"] and s["workers"][pid].get("cpu_pct") is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=f"worker {pid}")
+    ax.set_title("worker CPU, % of one core")
+    ax = flat[9]
+    pts = [(s["t"], s["machine_busy_pct"]) for s in samples if s.get("machine_busy_pct") is not None]
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", color="black")
+    ax.set_ylim(0, 105)
+    ax.set_title("machine busy, % of all CPUs (anyone's processes)")
     churn = [s["t"] for s in samples if s["phase"] == "churn"]
     for ax in flat:
         ax.grid(True, alpha=0.3)
@@ -795,6 +845,7 @@ def main(argv: list[str] | None = None) -> int:
     data["table"] = compare(data)
     data["growth"] = growth(data)
     data["ages"] = age_verdict(data)
+    data["cpu"] = cpu_by_phase(data["samples"])
     data["verdicts"] = verdicts(data)
     out.mkdir(parents=True, exist_ok=True)
     data["chart"] = chart(data, out / "soak.png")

@@ -11,23 +11,24 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.service_proc import ROOT
+from tests.service_proc import ARTIFACTS, ROOT
 
 pytestmark = pytest.mark.timeout(240)
 
 
-def test_soak_quick_comes_back_to_baseline(tmp_path: Path) -> None:
+def test_soak_quick_comes_back_to_baseline() -> None:
+    out = ARTIFACTS / "soak-quick"  # kept: soak.md, soak.json, soak.png and logs-soak/
+    (out / "soak.json").unlink(missing_ok=True)  # an earlier run's is not this one's
     assert shutil.which("cc"), "cc not found: bench/viewers_load.c needs a C compiler"
-    done = subprocess.run([sys.executable, "-m", "bench.soak", "--quick", "--out", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "bench.soak", "--quick", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=220, check=False)
-    result = tmp_path / "soak.json"
+    result = out / "soak.json"
     assert result.exists(), f"no soak.json ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     data = json.loads(result.read_text())
-    report = (tmp_path / "soak.md").read_text()
+    report = (out / "soak.md").read_text()
     verdicts = data["verdicts"]
     for name in ("back to baseline", "every mode: none lost, none repeated", "boards converged",
                  "steady viewers all back", "service alive"):
@@ -39,4 +40,4 @@ def test_soak_quick_comes_back_to_baseline(tmp_path: Path) -> None:
     assert kinds == {"ws", "sse"}, data["churn"]
     assert any(r["worker"].endswith("(restarted)") for r in data["table"])
     assert data["every"]["checked"] > 0 and data["every"]["sessions"] > data["plan"]["every"]
-    assert (tmp_path / "soak.png").exists()
+    assert (out / "soak.png").exists()
