@@ -97,6 +97,17 @@ class Registry:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._all_closed.wait()
+                return
+        # Those left are stuck in a write (a slow or dead reader) with the close behind
+        # it: give the write up rather than hold the stop for their send timeout.
+        stuck = list(self.sessions)
+        log.warning("%d clients did not take their close in %gs; giving their writes up", len(stuck),
+                    timeout, extra={"event": "close_given_up", "connections": len(stuck)})
+        for session in stuck:
+            session.give_up()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self._all_closed.wait()
 
     async def drain(self, seconds: float) -> None:
         """Close every client with 1001, spread evenly over `seconds` in random order, so

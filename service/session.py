@@ -157,8 +157,16 @@ class Session:
         log.warning("closing %s: a send took over %ss", self.who, self.settings.send_timeout_s,
                     extra={"event": "client_closed", "code": protocol.CLOSE_SLOW_CONSUMER})
         self.closing = self.closing or (protocol.CLOSE_SLOW_CONSUMER, "slow consumer")
-        self.sending_since = None
-        self._abandon(sender)
+        self.give_up()
+
+    def give_up(self) -> None:
+        """End a write in flight (a stalled one, or one the process cannot wait for as it
+        stops: the close frame waits behind it): the client is closed, or aborted if even
+        the close frame is not taken."""
+        sender = self._sender
+        if sender is not None and not sender.done():
+            self.sending_since = None
+            self._abandon(sender)
 
     def _abandon(self, sender: asyncio.Task[None]) -> None:
         """End the sender stuck in a write (and with it the connection)."""

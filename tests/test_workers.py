@@ -196,3 +196,37 @@ async def test_the_feed_ends_when_cancelled_as_redis_fails() -> None:
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, 5)
         await feed.aclose()
+
+
+def test_a_reader_stuck_in_a_write_does_not_hold_the_stop() -> None:
+    """A client that stopped reading, with its send timeout far off: on SIGTERM its close
+    frame waits behind a write the kernel will not take. The stop gives that write up (the
+    connection is aborted) instead of waiting for the send timeout, which the shutdown
+    watchdog used to cut short with exit 1."""
+    from service.server import NOTSENT_LOWAT
+    from tests.test_faults import server_ended, stalled_client
+
+    service = ServiceProcess({"SEND_TIMEOUT_S": "120", "DRAIN_S": "0", "SIM_RATE": "2000"})
+    service.start()
+    sock = stalled_client(service.port)
+    try:
+        client_port = sock.getsockname()[1]
+
+        def write_stuck() -> bool:  # the server's side holds bytes the client did not take
+            query = f"( sport = :{service.port} and dport = :{client_port} )"
+            ss = subprocess.run(["ss", "-Htn", "state", "established", query],
+                                capture_output=True, text=True, check=True).stdout.split()
+            # Recv-Q, Send-Q: past NOTSENT_LOWAT unsent, the kernel takes no more writes.
+            return len(ss) >= 2 and int(ss[1]) >= NOTSENT_LOWAT
+        deadline = time.monotonic() + 20
+        while not write_stuck():
+            assert time.monotonic() < deadline, "the service's writes to the stalled reader never backed up"
+            time.sleep(0.1)
+        assert service.proc is not None
+        service.proc.send_signal(signal.SIGTERM)
+        assert service.proc.wait(timeout=30) in (0, -signal.SIGTERM), service.log()
+        assert service.events("close_given_up") and not service.events("stop_timeout")
+        assert server_ended(sock)
+    finally:
+        sock.close()
+        service.stop()
