@@ -348,8 +348,11 @@ class EveryConsumer:
                 timeout = leave - asyncio.get_running_loop().time()
                 if timeout <= 0:
                     break
+                # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancel that
+                # comes as the frame does, and the consumer would never stop.
                 try:
-                    raw = await asyncio.wait_for(ws.recv(), timeout)
+                    async with asyncio.timeout(timeout):
+                        raw = await ws.recv()
                 except TimeoutError:
                     break
                 self.take(orjson.loads(raw))
@@ -428,9 +431,7 @@ async def main(args: argparse.Namespace) -> None:
             if cmd["on"] and not every_tasks:
                 every_tasks = [asyncio.create_task(c.run()) for c in consumers]
             elif not cmd["on"]:
-                for task in every_tasks:
-                    task.cancel()
-                await asyncio.gather(*every_tasks, return_exceptions=True)
+                await stop_all(every_tasks)
                 every_tasks = []
             say({"event": "every", "on": bool(cmd["on"])})
         elif cmd["cmd"] == "final":
@@ -439,9 +440,17 @@ async def main(args: argparse.Namespace) -> None:
             break
     for c in consumers:
         c.done.set()
-    for task in every_tasks:
-        task.cancel()
-    await asyncio.gather(*every_tasks, return_exceptions=True)
+    await stop_all(every_tasks)
+
+
+async def stop_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel these tasks until they are done (a cancel can still be lost in a library's
+    wait_for on 3.11)."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
 
 
 if __name__ == "__main__":
