@@ -36,6 +36,15 @@ class FeedHealth:
         self.last_probe_back = now
         self.probe_rtt_s = now - sent_at
 
+    def watcher_late(self, late_s: float) -> None:
+        """The watcher woke `late_s` after it meant to: the event loop was held up (a
+        reconnect storm's handshakes, a stopped process), and the listener that reads the
+        probe back had no more turns than the watcher. That time is not the broker's, so the
+        probe's allowance moves on by it: otherwise a busy process calls a healthy Redis
+        lost, sends every client stale, live and a fresh snapshot, and is busier still."""
+        if late_s > 0:
+            self.last_probe_back += late_s
+
     def probe_overdue(self, now: float) -> bool:
         return self.connected and now - self.last_probe_back > self.probe_timeout_s
 

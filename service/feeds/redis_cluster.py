@@ -227,8 +227,12 @@ class ClusterFeed(RedisEdge):
     async def _watch(self, client: aioredis.Redis, parts: list[int]) -> None:
         """Probe each partition through its own shard channel; judge it by the return."""
         interval = self.settings.probe_interval_s
+        wake_at: float | None = None
         while True:
             now = time.monotonic()
+            if wake_at is not None:
+                for p in parts:
+                    self.health[p].watcher_late(now - wake_at)
             late = [p for p in parts if self.health[p].probe_overdue(now)]
             if late:
                 raise FeedLost(f"no probe came back in {self.settings.probe_timeout_s}s "
@@ -238,7 +242,9 @@ class ClusterFeed(RedisEdge):
                     pipe.execute_command("SPUBLISH", self.layout.probe(p, NODE_ID), repr(now))
                 await pipe.execute()
             self.refresh()
-            await asyncio.sleep(min(interval, 0.5) if self.hub.feed != "live" else interval)
+            delay = min(interval, 0.5) if self.hub.feed != "live" else interval
+            wake_at = time.monotonic() + delay
+            await asyncio.sleep(delay)
 
     def _probe_back(self, p: int, payload: bytes) -> None:
         try:

@@ -85,14 +85,19 @@ class RedisFeed(RedisEdge):
     async def _watch(self) -> None:
         """Send probes; judge the broker by their return and the publisher by silence."""
         interval = self.settings.probe_interval_s
+        wake_at: float | None = None
         while True:
             now = time.monotonic()
+            if wake_at is not None:
+                self.health.watcher_late(now - wake_at)
             if self.health.probe_overdue(now):
                 raise FeedLost(f"no probe came back through pub/sub in "
                                f"{self.settings.probe_timeout_s}s")
             await self.client.publish(self.probe_channel, repr(now))
             self.refresh()
-            await asyncio.sleep(min(interval, 0.5) if self.hub.feed != "live" else interval)
+            delay = min(interval, 0.5) if self.hub.feed != "live" else interval
+            wake_at = time.monotonic() + delay
+            await asyncio.sleep(delay)
 
     def _probe_back(self, payload: bytes) -> None:
         try:
