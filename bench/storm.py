@@ -68,6 +68,7 @@ from bench.peers import ROOT
 from bench.procs import Child, busy_pct, cpu_times, raise_nofile, tree_pids
 from bench.report import merge_hist, percentile
 from bench.viewers import final_seqs
+from quote_bus.layout import Layout
 from service.settings import Settings
 from tests.nginx_server import Nginx
 from tests.redis_server import RedisServer, free_port
@@ -269,6 +270,18 @@ class Stack:
             argv += ["--connect-timeout", f"{self.plan.connect_timeout_s:g}"]
             self.generators.append(Child(f"viewers-{i}", argv, cwd=ROOT, log_dir=self.logs, pipe=True))
 
+    def nginx_errors(self) -> dict[str, int]:
+        """nginx's error log, its lines counted by what they say (addresses and numbers
+        taken out): why a viewer got a 502, say."""
+        if self.nginx is None:
+            return {}
+        kinds: Counter[str] = Counter()
+        with contextlib.suppress(OSError), open(self.nginx.error_log, errors="replace") as f:
+            for line in f:
+                text = line.split("] ", 1)[-1].split(", client:", 1)[0]
+                kinds[re.sub(r"\d+", "N", text).strip()] += 1
+        return dict(kinds.most_common(12))
+
     def stop(self) -> None:
         for g in self.generators:
             with contextlib.suppress(OSError, ValueError):
@@ -307,7 +320,7 @@ class Stack:
         t_stop = time.time()
         client = redis_sync.Redis.from_url(self.redis.url)
         try:
-            seqs = final_seqs(client)
+            seqs = final_seqs(client, Layout())  # the publisher's default partitions
         finally:
             client.close()
         for g in self.generators:
@@ -438,6 +451,7 @@ def run_scenario(plan: Plan, name: str, logs: Path, say: Any = print) -> dict[st
                     break
         stats = s.poll()
         conv = s.converge()
+        nginx_said = s.nginx_errors()
     m = merged(stats)
     first = int(fault_at - window_at)  # the per-second index of the fault
     end = m["last_sync"] if name == "kill" else m["last_live"]
@@ -461,7 +475,7 @@ def run_scenario(plan: Plan, name: str, logs: Path, say: Any = print) -> dict[st
                              "stale", "live", "steady_max_gap_ms", "steady_age_ms", "age_ms",
                              "steady_gaps_ms", "totals")},
         "timeline": {"first_s": first, **{k: v[first:] for k, v in m["per_s"].items()}},
-        "service": service,
+        "service": service, "nginx_errors": nginx_said,
     }
     result["fail_reasons"] = verdict(plan, result)
     result["pass"] = not result["fail_reasons"]
