@@ -107,11 +107,10 @@ def test_slow_links_get_conflated_current_boards(children: list[JsonLines]) -> N
     stays put (the line's delay and a frame or two), where a queue would age it by
     seconds every few seconds; the kernel holds at most NOTSENT_LOWAT and a frame unsent
     for each; no one is dropped as a slow consumer."""
-    # SEND_TIMEOUT_S 15: what is tried here is conflation, not the slow-consumer cut, which
-    # at the default 5 s a full protocol-1 board on this line's share (8 KB/s, 2.4 s
-    # retransmission timeouts) can reach: the report says so.
-    service = ServiceProcess({"HOST": "0.0.0.0", "SIM_RATE": "2000", "HEARTBEAT_S": "1",
-                              "SEND_TIMEOUT_S": "15"})
+    # The default settings: a slow reader is served, not cut. (With HEARTBEAT_S=1 the SDK,
+    # which takes 2 * HEARTBEAT_S + 2 s of silence for a dead path, reconnected when this
+    # line's retransmission stalls outlasted 4 s.)
+    service = ServiceProcess({"HOST": "0.0.0.0", "SIM_RATE": "2000"})
     service.start()
     try:
         with hosts_on_links(SLOW, MEDIUM) as (slow, medium):
@@ -140,8 +139,9 @@ def test_slow_links_get_conflated_current_boards(children: list[JsonLines]) -> N
     first = [s["age_ms_max"] for s in got if end - 15 <= s["t"] < end - 10]
     last = [s["age_ms_max"] for s in got if s["t"] >= end - 5]
     window = [s for s in got if s["t"] >= end - 20]
-    assert all(s["reconnects"] == 0 and s["served"] == 2 for s in window), (
-        [(s["t"], s["reconnects"], s["close_codes"]) for s in window], service.events("client_closed"))
+    off = [(s["t"], s["served"], s["reconnects"], s["close_codes"]) for s in window
+           if s["reconnects"] or s["served"] != 2]
+    assert not off, (off, service.events("client_closed"))
     # Current: the newest quote on each slow board is seconds old at most, and no older at
     # the end than 10 s before (a queue adds about 0.6 s every second here).
     assert max(last) < 12_000, last
