@@ -222,6 +222,8 @@ class Soak:
     # pid -> (monotonic time, CPU seconds) at the last sample; the machine's CPU times.
     cpu_last: dict[int, tuple[float, float]] = field(default_factory=dict)
     machine_last: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # The load's processes (generator, churn), whose CPU is sampled too.
+    load: dict[str, Child] = field(default_factory=dict)
 
     def now(self) -> float:
         return round(time.monotonic() - self.t0, 2)
@@ -259,8 +261,20 @@ class Soak:
         for pid_text, figures in per.items():
             figures.update({k: int(v) for k, v in gauges.get(int(pid_text), {}).items()
                             if k in WORKER_GAUGES})
+        # The load's own CPU (% of a core): the generator that measures the ages, and the
+        # churn, which share the machine with the service.
+        load: dict[str, float | None] = {}
+        for name, child in self.load.items():
+            load[name] = None
+            with contextlib.suppress(OSError, ValueError):
+                cpu_s, _ = read_proc(child.pid)
+                now = time.monotonic()
+                last = self.cpu_last.get(child.pid)
+                self.cpu_last[child.pid] = (now, cpu_s)
+                if last and now > last[0]:
+                    load[name] = round(100 * (cpu_s - last[1]) / (now - last[0]), 1)
         times = cpu_times()
-        entry: dict[str, Any] = {"t": self.now(), "phase": self.phase, "workers": per,
+        entry: dict[str, Any] = {"load_cpu_pct": load, "t": self.now(), "phase": self.phase, "workers": per,
                                  "redis": redis_info(redis_url),
                                  # Everything that ran on the machine, ours and anyone's.
                                  "machine_busy_pct": busy_pct(self.machine_last, times, None)
@@ -408,6 +422,7 @@ def run_with(soak: Soak, redis: RedisServer, children: list[Child], reconnect: b
                     cwd=ROOT, log_dir=logs, pipe=True)
     children.append(clients)
     clients.recv(timeout=30)
+    soak.load = {"generator": viewers, "churn": clients}
     viewers.send({"cmd": "start"})
 
     def take() -> None:
@@ -665,6 +680,10 @@ def cpu_by_phase(samples: list[dict[str, Any]]) -> dict[str, dict[str, float | N
         machine = [s["machine_busy_pct"] for s in these if s.get("machine_busy_pct") is not None]
         out[phase] = {"workers": round(statistics.fmean(workers), 1) if workers else None,
                       "machine": round(statistics.fmean(machine), 1) if machine else None}
+        for name in ("generator", "churn"):
+            values = [s["load_cpu_pct"].get(name) for s in these if s.get("load_cpu_pct")]
+            known = [v for v in values if v is not None]
+            out[phase][name] = round(statistics.fmean(known), 1) if known else None
     return out
 
 
@@ -720,8 +739,10 @@ def markdown(data: dict[str, Any]) -> str:
                      f"{row['after']:g} | {row['margin']} | {'yes' if row['ok'] else '**no**'} |")
     ages = data["ages"]
     every = data["every"]
-    lines += ["", "CPU, mean per phase: " + "; ".join(
-        f"{phase}: workers {cpu['workers']}% of a core each, machine {cpu['machine']}% busy"
+    lines += ["", "CPU, mean per phase (the ages are the generator's, on the same 2 cores as "
+              "the churn and anything else running): " + "; ".join(
+        f"{phase}: workers {cpu['workers']}% of a core each, generator {cpu.get('generator')}%, "
+        f"churn {cpu.get('churn')}%, machine {cpu['machine']}% busy"
         for phase, cpu in data["cpu"].items()) + "."]
     lines += [
         "",
