@@ -530,16 +530,19 @@ def markdown(data: dict[str, Any]) -> str:
         f"address. Admission: " + ", ".join(f"{k}={v}" for k, v in data["admission"].items()) + ".",
         f"Machine: {data['machine']['nproc']} CPUs, {data['machine']['cpu']}; nothing pinned. "
         f"Source: {data['source']}.", "",
-        "| scenario | verdict | back in | lost | peak admitted/s | peak refused/s | service refused/s "
-        "| max refusals | survivors | survivors' p50 / p99 age | longest silence | boards | busy |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | verdict | back in | lost | peak admitted/s | peak refused/s | refused by "
+        "| service refused/s | max refusals | survivors | survivors' p50 / p99 age | longest silence "
+        "| boards | busy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["scenarios"].values():
         p = r["peak_per_s"]
         a = r["steady_age_ms"]
         out.append(
             f"| {r['scenario']} | {'pass' if r['pass'] else 'FAIL'} | {r['recovery_s']} s | {r['lost']:,} "
-            f"| {p['admitted']:,} | {p['refused']:,} | {r['service_peak_refused_per_s']:,.0f} "
+            f"| {p['admitted']:,} | {p['refused']:,} "
+            f"| {', '.join(f'{k}: {v:,}' for k, v in sorted(r['refused_by'].items())) or '-'} "
+            f"| {r['service_peak_refused_per_s']:,.0f} "
             f"| {r['max_refusals']} | {r['steady']:,} | {a['p50']} / {a['p99']} ms "
             f"| {r['steady_max_gap_ms'] / 1000:.1f} s "
             f"| {r['converged']['converged']}/{r['converged']['boards']} | {r['busy_pct']}% |")
@@ -552,7 +555,11 @@ def markdown(data: dict[str, Any]) -> str:
              for r in data["scenarios"].values() if r["fail_reasons"]]
     if fails:
         out += ["", "Failures:", "", *fails]
-    out += ["", "Back in: from the fault to the last viewer's board (kill: its snapshot after it "
+    out += ["", "Refused: closed before the welcome (a close code: the service's 1013) or an HTTP "
+            "status instead of the upgrade (nginx: 502 when no instance took the connect, 504 when "
+            "the connect timed out in a full accept queue); service refused/s: from the survivors' "
+            "/metrics (`quote_service_connections_refused_total`).",
+            "", "Back in: from the fault to the last viewer's board (kill: its snapshot after it "
             "reconnected; redis: its `live` status). Survivors: viewers open with their board when the "
             "baseline began and never disconnected since; their ages are of the quotes they got "
             "(publisher clock to receipt) over baseline, storm and after; longest silence: the longest "
