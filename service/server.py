@@ -26,7 +26,7 @@ from .app import create_app
 from .engine import Engine
 from .forwarded import behind_proxies
 from .settings import Settings
-from .uvicorn_private import SharedDeflateProtocol, stop_accepting
+from .uvicorn_private import SharedDeflateProtocol, accept_in_batches, stop_accepting
 
 log = logging.getLogger("service")
 
@@ -51,9 +51,13 @@ class Worker(uvicorn.Server):
         self.lifeline = lifeline
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
+        # uvicorn listens on none of them (an empty list): BatchAcceptor does, taking every
+        # connection waiting at each wake-up where uvloop's server takes one per loop turn.
+        await super().startup([] if sockets is not None else None)
         if not self.started:
             return
+        if sockets is not None:
+            accept_in_batches(self, sockets)
         self.engine.on_fatal = self._fatal
         if self.lifeline is not None:
             # Tell the supervisor we serve; its end closing means it died: stop too.

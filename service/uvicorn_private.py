@@ -12,7 +12,9 @@ permessage-deflate (deflate.py) needs its extension offered by the protocol's we
 connection (`conn`), which uvicorn builds with its own deflate or none: `SharedDeflateProtocol`
 replaces the offer before any handshake is read. And the handshake's request and response,
 which the protocol keeps for the connection's life, are let go after the upgrade
-(`forget_handshake`: about 2 KB per idle client).
+(`forget_handshake`: about 2 KB per idle client). And the listening sockets are served by
+`BatchAcceptor`, which builds uvicorn's protocols itself: uvloop's server accepts one
+connection per turn of the loop, too few in a reconnect storm.
 
 None of this is uvicorn's public API. With another server, or an upgrade that changed a
 part, everything here answers None and the service takes the plain ASGI path (slower; a
@@ -23,6 +25,9 @@ fails loudly when any part used here changes, on both event loops.
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
+import socket
 from collections.abc import Callable, MutableMapping
 from typing import Any, Protocol, cast
 
@@ -30,6 +35,8 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from .deflate import SharedDeflate, SharedDeflateFactory
 from .outbox import Writer
+
+log = logging.getLogger("service")
 
 # Scope key under which WebApp leaves the server's own `send`, for websockets and HTTP.
 SERVER_SEND = "quotes.server_send"
@@ -149,6 +156,96 @@ def abort(send: Any) -> bool:
 def listeners(server: Any) -> list[asyncio.Server]:
     """The listening servers a started `uvicorn.Server` made (its `servers`)."""
     return list(getattr(server, "servers", []))
+
+
+# Connections taken per wake-up of a listener: what waits in its accept queue, at most this.
+ACCEPT_BATCH = 512
+# An accept that fails for want of descriptors or memory: wait this long before the next
+# (asyncio's server does the same), rather than spin on a queue that cannot be taken.
+ACCEPT_RETRY_S = 1.0
+
+
+class BatchAcceptor:
+    """A listening socket that takes every connection waiting in its accept queue at each
+    wake-up, each handed to uvicorn's protocol as `loop.create_server` would. uvloop's
+    server takes one connection per turn of the event loop: with thousands of clients to
+    write to a turn is long, and in a reconnect storm the queue filled faster than it
+    emptied while nginx gave up on the waiting connects after 2 s (bench/storm.py: 20,000
+    viewers did not come back in 3 minutes). It answers what uvicorn and server.py ask of
+    an `asyncio.Server`: close, wait_closed, is_serving, get_loop, sockets."""
+
+    def __init__(self, server: Any, sock: socket.socket) -> None:
+        config = server.config
+        self.loop = asyncio.get_running_loop()
+        self.sock = sock
+        self._serving = True
+        self._pending: set[asyncio.Task[Any]] = set()
+
+        def create_protocol() -> asyncio.Protocol:  # as uvicorn.Server.startup builds them
+            return cast(asyncio.Protocol, config.http_protocol_class(
+                config=config, server_state=server.server_state, app_state=server.lifespan.state))
+
+        self.create_protocol = create_protocol
+        sock.setblocking(False)
+        self.loop.add_reader(sock.fileno(), self._accept)
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return (self.sock,) if self._serving else ()
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                log.error("cannot accept a connection: %s; again in %gs", exc, ACCEPT_RETRY_S,
+                          extra={"event": "accept_failed", "reason": str(exc)})
+                self.loop.remove_reader(self.sock.fileno())
+                self.loop.call_later(ACCEPT_RETRY_S, self._resume)
+                return
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = self.loop.create_task(self._connect(conn))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(self.create_protocol, conn)
+        except OSError:  # the peer left before its transport was made
+            conn.close()
+
+    def _resume(self) -> None:
+        if self._serving:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+
+    def is_serving(self) -> bool:
+        return self._serving
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self.loop
+
+    def close(self) -> None:
+        if self._serving:
+            self._serving = False
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+
+    async def wait_closed(self) -> None:
+        if self._pending:
+            await asyncio.wait(self._pending)
+
+
+def accept_in_batches(server: Any, sockets: list[socket.socket]) -> None:
+    """Serve a started `uvicorn.Server`, started with no sockets of its own (an empty
+    list), on `sockets` through BatchAcceptors, as its `servers`."""
+    server.servers = [BatchAcceptor(server, sock) for sock in sockets]
 
 
 def stop_accepting(server: Any) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import socket
 import threading
 import time
@@ -25,7 +26,7 @@ from service import uvicorn_private
 from service.app import create_app
 from service.connection import Connection
 from service.engine import Engine
-from service.server import listening_socket, uvicorn_config
+from service.server import Worker, listening_socket, uvicorn_config
 from service.settings import Settings
 from service.sse import EventStream
 from tests.redis_server import free_port
@@ -59,7 +60,7 @@ class Running:
 def running(request: pytest.FixtureRequest) -> Iterator[Running]:
     settings = replace(Settings(), port=free_port(), loop=request.param)
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn_config(settings, app))
+    server = Worker(uvicorn_config(settings, app), app.state.engine)
     sock = listening_socket(settings.host, settings.port, 10_000)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -193,3 +194,31 @@ def test_the_listeners_stop_accepting(running: Running) -> None:
         return False
 
     wait_for(refused, "the listener still accepts")
+
+
+def test_listeners_take_a_burst_of_connects_at_once(running: Running) -> None:
+    """BatchAcceptor builds uvicorn's protocols as uvicorn.Server.startup does (the same
+    arguments), and takes every connection waiting in the accept queue: here 300 queued
+    while the loop is held, all answered once it runs."""
+    source = inspect.getsource(uvicorn.Server.startup)
+    for part in ("config.http_protocol_class(", "config=config,", "server_state=self.server_state,",
+                 "app_state=self.lifespan.state,", "self.servers: list[asyncio.base_events.Server] = []"):
+        assert part in source, f"uvicorn.Server.startup changed ({part!r}): see BatchAcceptor"
+    (listener,) = uvicorn_private.listeners(running.server)
+    assert isinstance(listener, uvicorn_private.BatchAcceptor)
+    release = threading.Event()
+    listener.get_loop().call_soon_threadsafe(release.wait, 10)  # the loop is held
+    clients = []
+    try:
+        for _ in range(300):
+            client = socket.create_connection(("127.0.0.1", running.port), timeout=10)
+            clients.append(client)
+        release.set()
+        for client in clients:
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        for client in clients:
+            assert client.recv(12) == b"HTTP/1.1 200"
+    finally:
+        release.set()
+        for client in clients:
+            client.close()
