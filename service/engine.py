@@ -64,6 +64,8 @@ class Engine:
         # Tokens and entitlements (service/auth.py), shared by every route.
         self.auth = Authenticator(settings)
         self.feed: QuoteSource = make_feed(settings, self.hub)
+        # Redis lost: the tape's idle connections died with the feed's; close them.
+        self.feed.on_lost.append(self.tape.release_idle)
         self._feed_task: asyncio.Task[None] | None = None
         self._delayed_task: asyncio.Task[None] | None = None
         self.metrics = Metrics(self)

@@ -8,13 +8,19 @@ decides live or stale from what they observed.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from ..hub import Hub
 from ..settings import Settings
 
+# Called when the feed loses its Redis (the engine releases the tape's idle connections).
+LostHook = Callable[[], Awaitable[None]]
+
 
 class QuoteSource(Protocol):
+    on_lost: list[LostHook]
+
     async def run(self) -> None: ...
 
     def report(self) -> dict[str, Any]: ...

@@ -15,6 +15,7 @@ from quote_sim.simulate import market_from_settings, run_simulation
 from ..hub import Hub
 from ..settings import Settings
 from ..tape.memory import MemoryTape
+from . import LostHook
 
 
 class MemoryBroker:
@@ -44,6 +45,7 @@ class MemoryBroker:
 
 class EmbeddedFeed:
     def __init__(self, settings: Settings, hub: Hub) -> None:
+        self.on_lost: list[LostHook] = []  # it never loses anything
         self.settings = settings
         self.hub = hub
 

@@ -26,6 +26,7 @@ from quote_core.quote import Quote
 
 from ..hub import Hub
 from ..settings import Settings
+from . import LostHook
 
 log = logging.getLogger("service.redis_feed")
 
@@ -87,6 +88,7 @@ class RedisEdge:
         self._ever_subscribed = False
         self._batch: list[Quote] = []
         self._last_fan_out = 0.0
+        self.on_lost: list[LostHook] = []
 
     # What the subclass decides.
 

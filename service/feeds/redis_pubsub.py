@@ -54,6 +54,9 @@ class RedisFeed(RedisEdge):
         self.note_lost(str(exc) or type(exc).__name__)
         self.health.lost()
         self.hub.set_feed("stale")
+        await topology.drop_idle(self.client)
+        for hook in self.on_lost:
+            await hook()
         await asyncio.sleep(self.backoff_s())
 
     async def _session(self) -> None:

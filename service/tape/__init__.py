@@ -60,6 +60,10 @@ class Tape(Protocol):
         """For each symbol, up to `count` entries after its start ("(ID", or "-") up to
         `end` (an id or "MS"), oldest first: the delayed tier's tick, in one round trip."""
 
+    async def release_idle(self) -> None:
+        """The server was lost: close the idle connections it left behind (their sockets
+        would be held until each is used again, topology.drop_idle)."""
+
     async def aclose(self) -> None: ...
 
 

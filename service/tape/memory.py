@@ -109,5 +109,8 @@ class MemoryTape:
         entries = await (self.back(symbol, at, count) if back else self.range(symbol, at, count))
         return [(e.id, e.quote.ts, e.quote.price) for e in entries]
 
+    async def release_idle(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         return None

@@ -64,6 +64,9 @@ class RedisTape:
             entries.append(Entry(id.decode(), quotes[0]))
         return entries
 
+    async def release_idle(self) -> None:
+        await topology.drop_idle(self.client)
+
     async def aclose(self) -> None:
         client: Any = self.client
         await client.aclose()
