@@ -11,44 +11,26 @@ lost Redis closes the idle connections of the feed's and the tape's pools
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from contextlib import AsyncExitStack
 
 import orjson
 
+from bench.soak import fd_kinds, tcp_sockets
 from quote_sim.seed import load_instruments
 from tests.redis_server import redis_server
 from tests.service_proc import feed_stack, http_get
 from tests.wsclient import connect, recv_type
 
 
-def redis_sockets(pid: int, redis_port: int) -> tuple[int, int]:
-    """The process's socket descriptors to Redis that are open (ESTABLISHED) and those
-    that are dead but held (any other TCP state, or in no TCP table at all)."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except FileNotFoundError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    tcp: dict[str, tuple[int, str]] = {}  # inode -> (remote port, state)
-    for table in ("tcp", "tcp6"):
-        with open(f"/proc/{pid}/net/{table}") as lines:
-            next(lines)
-            for line in lines:
-                fields = line.split()
-                tcp[fields[9]] = (int(fields[2].rsplit(":", 1)[1], 16), fields[3])
-    unix = set()
-    with open(f"/proc/{pid}/net/unix") as lines:
-        next(lines)
-        unix = {line.split()[6] for line in lines if len(line.split()) > 6}
-    live = sum(1 for i in inodes if tcp.get(i) == (redis_port, "01"))
-    dead = sum(1 for i in inodes if (i in tcp and tcp[i][0] == redis_port and tcp[i][1] != "01")
-               or (i not in tcp and i not in unix))
-    return live, dead
+def redis_sockets(pid: int, service_port: int, redis_port: int) -> tuple[int, int]:
+    """The process's sockets to Redis that are open (established), and those that are
+    dead but held (in another TCP state, or closed by the kernel and in no table): the
+    soak's own reading of /proc (bench/soak.py)."""
+    kinds = fd_kinds(pid, tcp_sockets(), service_port, redis_port)
+    dead = sum(n for kind, n in kinds.items()
+               if kind.startswith("socket: redis (") or kind == "socket: closed, still held")
+    return kinds.get("socket: redis", 0), dead
 
 
 def wait_until(check: object, timeout: float, what: str) -> None:
@@ -74,12 +56,12 @@ async def recover_at_once(ws_url: str, symbols: list[str]) -> None:
 def test_a_redis_restart_leaves_no_socket_held() -> None:
     with redis_server() as rs, feed_stack(rs.url, rate=200, ready="/readyz") as (service, _):
         assert service.proc is not None
-        pid, port = service.proc.pid, rs.port
+        pid, ports = service.proc.pid, (service.port, rs.port)
         symbols = [i.symbol for i in load_instruments()]
         wait_until(lambda: http_get(f"{service.url}/readyz")[0] == 200, 10, "live")
         time.sleep(1)  # some tape to recover
         asyncio.run(recover_at_once(service.ws_url, symbols))
-        live_before, dead_before = redis_sockets(pid, port)
+        live_before, dead_before = redis_sockets(pid, *ports)
         assert dead_before == 0 and live_before > 4, (live_before, dead_before)
 
         rs.kill()
@@ -87,6 +69,6 @@ def test_a_redis_restart_leaves_no_socket_held() -> None:
         wait_until(lambda: http_get(f"{service.url}/readyz")[0] == 200, 30, "live again")
         asyncio.run(recover_at_once(service.ws_url, symbols[:1]))
         # Every connection the dead server left is closed, not held.
-        wait_until(lambda: redis_sockets(pid, port)[1] == 0, 10,
-                   f"sockets to the dead Redis still held: {redis_sockets(pid, port)}")
-        assert redis_sockets(pid, port)[0] < live_before
+        wait_until(lambda: redis_sockets(pid, *ports)[1] == 0, 10,
+                   "sockets to the dead Redis still held")
+        assert redis_sockets(pid, *ports)[0] < live_before
