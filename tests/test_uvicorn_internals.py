@@ -64,7 +64,8 @@ def running(request: pytest.FixtureRequest) -> Iterator[Running]:
     sock = listening_socket(settings.host, settings.port, 10_000)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    wait_for(lambda: server.started, "the server did not start")
+    # Worker.startup installs its listeners just after uvicorn says started.
+    wait_for(lambda: server.started and uvicorn_private.listeners(server), "the server did not start")
     try:
         yield Running(app.state.engine, server, settings.port, request.param)
     finally:
