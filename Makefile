@@ -63,12 +63,10 @@ js:
 # System packages (redis-server, chromium, nginx, npm; docker.io, docker-compose and debootstrap
 # as root) through the same script CI uses: it installs them where it can, or names each one
 # missing.
-# One process by default. `TEST_WORKERS=2` runs the suite on two pytest-xdist workers
-# (most tests wait on processes and sockets; tests/conftest.py keeps each module on one
-# worker and the machine-loading ones, benchmark, soak, storm, network hosts, on the same
-# worker, one at a time): about 40% less wall time, but one such run of 959 tests lost a
-# worker to an unexplained exit, so CI does not rely on it yet.
-TEST_WORKERS ?= 0
+# Two pytest-xdist workers: most tests wait on processes and sockets, and tests/conftest.py
+# keeps each module on one worker and the machine-loading ones (benchmark, soak, storm,
+# network hosts) on the same worker, one at a time. `TEST_WORKERS=0` runs them in one process.
+TEST_WORKERS ?= 2
 test: install-test
 	@bash .ci/system-packages
 	@$(MAKE) --no-print-directory js

@@ -87,18 +87,23 @@ class Worker(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         engine = self.engine
-        _watchdog(engine.settings.drain_s + (self.config.timeout_graceful_shutdown or 5) + 10)
-        # Stop accepting: with SO_REUSEPORT the kernel sends new connections to the
-        # other workers; without, a load balancer sees a refusal and tries elsewhere.
-        stop_accepting(self)
-        for sock in sockets or []:
-            sock.close()
-        await engine.registry.drain(engine.settings.drain_s)
-        await super().shutdown(sockets)
+        watchdog = _watchdog(engine.settings.drain_s + (self.config.timeout_graceful_shutdown or 5) + 10)
+        try:
+            # Stop accepting: with SO_REUSEPORT the kernel sends new connections to the
+            # other workers; without, a load balancer sees a refusal and tries elsewhere.
+            stop_accepting(self)
+            for sock in sockets or []:
+                sock.close()
+            await engine.registry.drain(engine.settings.drain_s)
+            await super().shutdown(sockets)
+        finally:
+            # Done: a process that goes on after its server (the tests run one in-process)
+            # must not be ended by the watchdog later.
+            watchdog.cancel()
         log.info("stopped", extra={"event": "stop", "pid": os.getpid()})
 
 
-def _watchdog(seconds: float) -> None:
+def _watchdog(seconds: float) -> threading.Timer:
     """A stop that hangs must not leave a worker behind, holding its clients' sockets and
     a Redis subscription with nobody to stop it (its supervisor may be gone already):
     past `seconds`, end the process from a thread the event loop cannot block."""
@@ -112,6 +117,7 @@ def _watchdog(seconds: float) -> None:
     timer = threading.Timer(seconds, expire)
     timer.daemon = True
     timer.start()
+    return timer
 
 
 def listening_socket(host: str, port: int, user_timeout_ms: int, send_buffer: int = 0,
