@@ -169,8 +169,9 @@ ACCEPT_RETRY_S = 1.0
 
 
 class BatchAcceptor:
-    """A listening socket that takes every connection waiting in its accept queue at each
-    wake-up, each handed to uvicorn's protocol as `loop.create_server` would. uvloop's
+    """A listening socket that takes the connections waiting in its accept queue, up to
+    ACCEPT_BATCH per wake-up (it wakes again while more wait), each handed to uvicorn's
+    protocol as `loop.create_server` would. uvloop's
     server takes one connection per turn of the event loop: with thousands of clients to
     write to a turn is long, and in a reconnect storm the queue filled faster than it
     emptied while nginx gave up on the waiting connects after 2 s (bench/storm.py: 20,000

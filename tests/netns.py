@@ -37,6 +37,8 @@ from typing import Any
 
 import pytest
 
+from tests.service_proc import end_process
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -191,13 +193,8 @@ class NetHost:
             raise RuntimeError(f"the link emulator did not start: {err.strip()}")
 
     def _destroy(self) -> None:
-        if self.emulator is not None and self.emulator.poll() is None:
-            self.emulator.terminate()
-            try:
-                self.emulator.wait(5)
-            except subprocess.TimeoutExpired:
-                self.emulator.kill()
-                self.emulator.wait(5)
+        if self.emulator is not None:
+            end_process(self.emulator)
         _ip("link", "del", self.outer, check=False)
         _ip("netns", "del", self.name, check=False)
 
@@ -281,11 +278,5 @@ class JsonLines:
         return self.log.read_text(errors="replace")[-3000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        end_process(self.proc, timeout=10)
         self._err.close()

@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -42,7 +43,7 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def end_process(proc: subprocess.Popen[str], timeout: float = 5.0) -> None:
+def end_process(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
     """Terminate a child the test started, then kill it if it does not go."""
     if proc.poll() is None:
         proc.terminate()
